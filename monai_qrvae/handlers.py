@@ -1,0 +1,435 @@
+"""Ignite handlers that turn an evaluator's output into anomaly maps, lesion masks, files and metrics.
+
+The maths lives in :mod:`monai_qrvae.anomaly` and :mod:`monai_qrvae.metrics`; the dictionary transforms in
+:mod:`monai_qrvae.postprocessing`. The handlers here only attach that work to an engine:
+
+- :class:`AnomalyMapHandler`, :class:`FDRHandler`, :class:`LesionFilterHandler` run at ``MODEL_COMPLETED``
+  (before the metrics) and add ``z``/``p``/``lesion`` to each output item;
+- :class:`AnomalyMapSaver` puts the maps back on the input's grid and writes NIfTI files atomically;
+- :class:`OverlaySaver` writes PNG overlays of the maps on the scan;
+- metric handlers wrap :mod:`monai_qrvae.metrics` like ``monai.handlers.ROCAUC`` wraps ``ROCAUCMetric``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor, NibabelWriter
+from monai.handlers import IgniteMetricHandler, PostProcessing
+from monai.transforms import Invertd
+from monai.utils import ImageMetaKey
+
+from monai_qrvae.anomaly import FLAIR_CHANNEL
+from monai_qrvae.metrics import (
+    BestDiceMetric,
+    DiceScoreMetric,
+    MaskedAveragePrecisionMetric,
+    MaskedROCAUCMetric,
+)
+from monai_qrvae.postprocessing import AnomalyMapsd, FDRMaskd, LesionFilterd
+
+__all__ = [
+    "AnomalyMapHandler",
+    "FDRHandler",
+    "LesionFilterHandler",
+    "AnomalyMapSaver",
+    "OverlaySaver",
+    "BestDice",
+    "LesionDice",
+    "MaskedROCAUC",
+    "MaskedAveragePrecision",
+    "atomic_write",
+]
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class AnomalyMapHandler(PostProcessing):
+    """Add the z-map and one-sided p-map of the FLAIR channel to each output item (``z``, ``p``).
+
+    Args:
+        pred_key: key of the ``[mu, sigma, z]`` prediction.
+        mask_key: brain mask key; outside it ``z = 0`` and ``p = 1``.
+        channel: input channel to score.
+        alternative: ``"greater"`` (hyperintense), ``"less"`` or ``"two-sided"``.
+        event: ``"MODEL_COMPLETED"`` (default, before metrics) or ``"ITERATION_COMPLETED"``.
+    """
+
+    def __init__(
+        self,
+        pred_key: str = "pred",
+        mask_key: str | None = "brain_mask",
+        channel: int = FLAIR_CHANNEL,
+        alternative: str = "greater",
+        keep_mu_sigma: bool = False,
+        event: str = "MODEL_COMPLETED",
+    ) -> None:
+        super().__init__(
+            AnomalyMapsd(pred_key, mask_key, channel, alternative, keep_mu_sigma=keep_mu_sigma), event=event
+        )
+
+
+class FDRHandler(PostProcessing):
+    """Add the Benjamini-Hochberg lesion mask (``lesion``) at false discovery rate ``alpha`` inside the brain."""
+
+    def __init__(
+        self,
+        p_key: str = "p",
+        mask_key: str | None = "brain_mask",
+        alpha: float = 0.05,
+        per: str = "volume",
+        output_key: str = "lesion",
+        event: str = "MODEL_COMPLETED",
+    ) -> None:
+        super().__init__(FDRMaskd(p_key, mask_key, alpha, per, output_key), event=event)
+
+
+class LesionFilterHandler(PostProcessing):
+    """Median-filter the lesion mask in-plane and drop connected components smaller than ``min_size`` voxels."""
+
+    def __init__(
+        self,
+        lesion_key: str = "lesion",
+        median_size: int = 1,
+        min_size: int = 0,
+        connectivity: int = 1,
+        event: str = "MODEL_COMPLETED",
+    ) -> None:
+        super().__init__(LesionFilterd(lesion_key, median_size, min_size, connectivity), event=event)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    A crash part-way leaves either the old file or none, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _stem(meta: dict, fallback: str) -> str:
+    name = meta.get(ImageMetaKey.FILENAME_OR_OBJ) if meta else None
+    if isinstance(name, (list, tuple)):
+        name = name[-1] if name else None
+    if not name:
+        return fallback
+    name = Path(str(name))
+    stem = name.name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nii.gz"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    # one subject per folder (image.nii.gz) is common: use the folder name then
+    if stem in ("image", "flair", "t1", "t2") and name.parent.name:
+        stem = f"{name.parent.name}_{stem}" if stem != "image" else name.parent.name
+    return stem
+
+
+class AnomalyMapSaver:
+    """Write ``z``, ``p`` and ``lesion`` of each item as NIfTI on the input's grid (shape and affine).
+
+    With ``preprocessing`` given, the maps are first inverted through it (``monai.transforms.Invertd``): slice
+    selection, resizing, cropping and reorientation are undone, so the files overlay the input scan. Files are
+    named ``<output_dir>/<input name>_<key>.nii.gz`` and written atomically.
+
+    Args:
+        output_dir: folder for the files.
+        preprocessing: the (invertible) transform chain applied to the inputs, or ``None`` to save as is.
+        keys: output keys to save.
+        orig_key: the input key whose transform history is inverted.
+        nearest_interp: per key, whether to invert with nearest-neighbour interpolation (masks).
+        postfixes: file-name postfix per key (default ``zmap``, ``pmap``, ``lesion``).
+        output_transform: picks the list of output items from ``engine.state.output``.
+        batch_transform: picks the list of batch items from ``engine.state.batch``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        preprocessing: Callable | None = None,
+        keys: Sequence[str] = ("z", "p", "lesion"),
+        orig_key: str = "image",
+        nearest_interp: Sequence[bool] = (False, False, True),
+        postfixes: Sequence[str] | None = None,
+        output_transform: Callable = _identity,
+        batch_transform: Callable = _identity,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.preprocessing = preprocessing
+        self.keys = list(keys)
+        self.orig_key = orig_key
+        self.nearest_interp = list(nearest_interp)
+        default = {"z": "zmap", "p": "pmap", "lesion": "lesion"}
+        self.postfixes = list(postfixes) if postfixes is not None else [default.get(k, k) for k in self.keys]
+        self.output_transform = output_transform
+        self.batch_transform = batch_transform
+        self.saved: list[Path] = []
+
+    def attach(self, engine: Any) -> None:
+        """Save at the end of every iteration."""
+        from ignite.engine import Events
+
+        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        outputs = self.output_transform(engine.state.output)
+        batches = self.batch_transform(engine.state.batch)
+        if isinstance(outputs, dict):
+            outputs, batches = [outputs], [batches]
+        for index, (out, batch) in enumerate(zip(outputs, batches)):
+            self.save_item(out, batch, fallback=f"volume_{engine.state.iteration:04d}_{index}")
+
+    def save_item(self, out: dict, batch: dict, fallback: str = "volume") -> list[Path]:
+        """Invert and write the maps of one item; return the written paths."""
+        orig = batch.get(self.orig_key, out.get(self.orig_key))
+        data = {k: out[k] for k in self.keys if k in out}
+        missing = [k for k in self.keys if k not in out]
+        if missing:
+            raise KeyError(f"AnomalyMapSaver: output is missing {missing}; attach the anomaly handlers first.")
+        meta = dict(orig.meta) if isinstance(orig, MetaTensor) else {}
+        if self.preprocessing is not None and isinstance(orig, MetaTensor):
+            data[self.orig_key] = orig
+            for key in self.keys:
+                value = data[key]
+                data[key] = MetaTensor(torch.as_tensor(value).float(), meta=dict(orig.meta))
+            inverter = Invertd(
+                keys=self.keys,
+                transform=self.preprocessing,
+                orig_keys=self.orig_key,
+                nearest_interp=self.nearest_interp,
+                to_tensor=True,
+            )
+            data = inverter(data)
+        stem = _stem(meta, fallback)
+        written = []
+        for key, postfix in zip(self.keys, self.postfixes):
+            value = data[key]
+            array = torch.as_tensor(value).detach().cpu().float()
+            if key == "lesion":
+                array = (array > 0.5).to(torch.uint8)
+            item_meta = dict(value.meta) if isinstance(value, MetaTensor) else meta
+            path = self.output_dir / f"{stem}_{postfix}.nii.gz"
+
+            def _write(tmp: str, array: torch.Tensor = array, item_meta: dict = item_meta) -> None:
+                writer = NibabelWriter(output_dtype=np.uint8 if array.dtype == torch.uint8 else np.float32)
+                writer.set_data_array(array, channel_dim=0, squeeze_end_dims=True)
+                writer.set_metadata(item_meta, resample=False)
+                writer.write(tmp, verbose=False)
+
+            written.append(atomic_write(path, _write))
+        self.saved.extend(written)
+        return written
+
+
+class OverlaySaver:
+    """Write a PNG per item: FLAIR slices with the z-map, the detected lesions (red) and the label (green).
+
+    Args:
+        output_dir: folder for the PNG files.
+        image_key: the preprocessed image ``(C, H, W, N)``.
+        score_key: the score map ``(1, H, W, N)``.
+        lesion_key: the detected lesion mask, if present.
+        label_key: the ground-truth label, if present.
+        channel: image channel shown (FLAIR).
+        num_slices: slices shown (those with the most label or detection, else central ones).
+        z_max: top of the z colour scale.
+        output_transform: picks the list of output items from ``engine.state.output``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        image_key: str = "image",
+        score_key: str = "z",
+        lesion_key: str = "lesion",
+        label_key: str = "label",
+        channel: int = FLAIR_CHANNEL,
+        num_slices: int = 6,
+        z_max: float = 6.0,
+        output_transform: Callable = _identity,
+        batch_transform: Callable = _identity,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.image_key = image_key
+        self.score_key = score_key
+        self.lesion_key = lesion_key
+        self.label_key = label_key
+        self.channel = channel
+        self.num_slices = num_slices
+        self.z_max = z_max
+        self.output_transform = output_transform
+        self.batch_transform = batch_transform
+        self.saved: list[Path] = []
+
+    def attach(self, engine: Any) -> None:
+        """Save at the end of every iteration."""
+        from ignite.engine import Events
+
+        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        outputs = self.output_transform(engine.state.output)
+        batches = self.batch_transform(engine.state.batch)
+        if isinstance(outputs, dict):
+            outputs, batches = [outputs], [batches]
+        for index, (out, batch) in enumerate(zip(outputs, batches)):
+            merged = {**batch, **out}
+            meta = merged[self.image_key].meta if isinstance(merged[self.image_key], MetaTensor) else {}
+            self.save_item(merged, _stem(meta, f"volume_{engine.state.iteration:04d}_{index}"))
+
+    def save_item(self, data: dict, stem: str) -> Path:
+        """Render one item to ``<output_dir>/<stem>_overlay.png``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        image = torch.as_tensor(data[self.image_key])[self.channel].float().cpu().numpy()
+        score = torch.as_tensor(data[self.score_key])[0].float().cpu().numpy()
+        lesion = torch.as_tensor(data[self.lesion_key])[0].cpu().numpy() > 0.5 if self.lesion_key in data else None
+        label = torch.as_tensor(data[self.label_key])[0].cpu().numpy() > 0.5 if self.label_key in data else None
+        weight = np.zeros(image.shape[-1])
+        for m in (label, lesion):
+            if m is not None:
+                weight += m.reshape(-1, m.shape[-1]).sum(0)
+        n = min(self.num_slices, image.shape[-1])
+        if weight.sum() > 0:
+            chosen = sorted(np.argsort(-weight, kind="stable")[:n].tolist())
+        else:
+            mid = image.shape[-1] // 2
+            chosen = list(range(max(0, mid - n // 2), max(0, mid - n // 2) + n))
+        fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
+        for col, s in enumerate(chosen):
+            flair = np.rot90(image[..., s])
+            axes[0, col].imshow(flair, cmap="gray", vmin=0, vmax=1)
+            axes[0, col].set_title(f"slice {s}", fontsize=8)
+            axes[1, col].imshow(flair, cmap="gray", vmin=0, vmax=1)
+            z = np.rot90(np.clip(score[..., s], 0, self.z_max))
+            axes[1, col].imshow(np.ma.masked_less(z, 1.0), cmap="hot", vmin=0, vmax=self.z_max, alpha=0.7)
+            if lesion is not None and lesion[..., s].any():
+                axes[1, col].contour(np.rot90(lesion[..., s]), levels=[0.5], colors="red", linewidths=0.8)
+            if label is not None and label[..., s].any():
+                axes[1, col].contour(np.rot90(label[..., s]), levels=[0.5], colors="lime", linewidths=0.8)
+            for row in range(2):
+                axes[row, col].axis("off")
+        fig.suptitle(f"{stem}: FLAIR (top); z-map, detected (red), label (green)", fontsize=9)
+        fig.tight_layout()
+        path = self.output_dir / f"{stem}_overlay.png"
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        plt.close(fig)
+        self.saved.append(path)
+        return path
+
+
+class _MaskedMetricHandler(IgniteMetricHandler):
+    """``IgniteMetricHandler`` whose ``output_transform`` returns ``(y_pred, y, mask)``."""
+
+    def update(self, output: Sequence[Any]) -> None:
+        if len(output) == 3:
+            y_pred, y, mask = output
+            self.metric_fn(y_pred, y, mask=mask)
+        else:
+            super().update(output)
+
+
+def _from_items(pred_key: str, label_key: str, mask_key: str | None) -> Callable:
+    def transform(output: Any) -> tuple:
+        items = output if isinstance(output, list) else [output]
+        preds = [item[pred_key] for item in items]
+        labels = [item[label_key] for item in items]
+        if mask_key is None:
+            return preds, labels
+        return preds, labels, [item[mask_key] for item in items]
+
+    return transform
+
+
+class BestDice(_MaskedMetricHandler):
+    """Best Dice over all thresholds of a score map, pooled over the data (an upper bound: it uses the labels)."""
+
+    def __init__(
+        self,
+        score_key: str = "z",
+        label_key: str = "label",
+        mask_key: str | None = "brain_mask",
+        output_transform: Callable | None = None,
+        save_details: bool = True,
+    ) -> None:
+        super().__init__(
+            metric_fn=BestDiceMetric(),
+            output_transform=output_transform or _from_items(score_key, label_key, mask_key),
+            save_details=save_details,
+        )
+
+
+class LesionDice(_MaskedMetricHandler):
+    """Dice of the label-free lesion mask (e.g. the FDR mask), pooled over the data."""
+
+    def __init__(
+        self,
+        lesion_key: str = "lesion",
+        label_key: str = "label",
+        mask_key: str | None = "brain_mask",
+        output_transform: Callable | None = None,
+        save_details: bool = True,
+    ) -> None:
+        super().__init__(
+            metric_fn=DiceScoreMetric(),
+            output_transform=output_transform or _from_items(lesion_key, label_key, mask_key),
+            save_details=save_details,
+        )
+
+
+class MaskedROCAUC(_MaskedMetricHandler):
+    """Voxel-wise AUROC of a score map inside the brain mask, pooled over the data."""
+
+    def __init__(
+        self,
+        score_key: str = "z",
+        label_key: str = "label",
+        mask_key: str | None = "brain_mask",
+        output_transform: Callable | None = None,
+    ) -> None:
+        super().__init__(
+            metric_fn=MaskedROCAUCMetric(),
+            output_transform=output_transform or _from_items(score_key, label_key, mask_key),
+            save_details=False,
+        )
+
+
+class MaskedAveragePrecision(_MaskedMetricHandler):
+    """Voxel-wise AUPRC (average precision) of a score map inside the brain mask, pooled over the data."""
+
+    def __init__(
+        self,
+        score_key: str = "z",
+        label_key: str = "label",
+        mask_key: str | None = "brain_mask",
+        output_transform: Callable | None = None,
+    ) -> None:
+        super().__init__(
+            metric_fn=MaskedAveragePrecisionMetric(),
+            output_transform=output_transform or _from_items(score_key, label_key, mask_key),
+            save_details=False,
+        )

@@ -1,0 +1,110 @@
+"""The standard preprocessing chain (3D volume -> normalised stack of central axial slices) and the slice dataset.
+
+The same chain is written out in the bundle configs; both call these transforms. Every spatial step is
+invertible, so ``monai.transforms.Invertd`` puts maps computed on the slices back onto the input's grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.data import Dataset
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    Orientationd,
+    Resized,
+)
+from tqdm.auto import tqdm
+
+from monai_qrvae.transforms import BrainMaskd, MaskedScaleIntensityPercentilesd, SelectSlicesd, slices_to_items
+
+__all__ = ["volume_transforms", "SliceDataset"]
+
+
+def volume_transforms(
+    image_key: str = "image",
+    mask_key: str = "brain_mask",
+    label_key: str = "label",
+    image_size: int = 64,
+    num_slices: int = 20,
+    slice_mode: str = "mask_centre",
+    lower: float = 1.0,
+    upper: float = 99.0,
+    load: bool = True,
+) -> Compose:
+    """Load, reorient to RAS, normalise inside the brain, crop to the brain, resize in-plane and select slices.
+
+    Output per item: ``image`` ``(C, S, S, N)``, ``brain_mask`` ``(1, S, S, N)`` and, where present,
+    ``label`` ``(1, S, S, N)``, with ``S = image_size`` and ``N = num_slices``. A missing ``brain_mask`` is
+    made from the non-zero voxels of the image; a missing ``label`` is allowed (inference).
+
+    Args:
+        image_key: key of the multi-contrast image (one 4D file or a list of per-contrast files).
+        mask_key: key of the brain mask.
+        label_key: key of the lesion label (optional in the data).
+        image_size: in-plane size after resizing (the network's input size).
+        num_slices: number of central axial slices kept.
+        slice_mode: how slices are chosen, see :class:`~monai_qrvae.transforms.SelectSlices`.
+        lower: lower intensity percentile inside the brain (maps to 0).
+        upper: upper intensity percentile inside the brain (maps to 1).
+        load: include ``LoadImaged``/``EnsureChannelFirstd`` (set False for data already in memory).
+    """
+    keys = [image_key, mask_key, label_key]
+    steps: list[Callable] = []
+    if load:
+        steps += [
+            LoadImaged(keys=keys, allow_missing_keys=True, image_only=True),
+            EnsureChannelFirstd(keys=keys, allow_missing_keys=True),
+        ]
+    steps += [
+        EnsureTyped(keys=image_key, dtype=torch.float32, track_meta=True),
+        Orientationd(keys=keys, axcodes="RAS", allow_missing_keys=True),
+        BrainMaskd(keys=image_key, mask_key=mask_key),
+        MaskedScaleIntensityPercentilesd(keys=image_key, mask_key=mask_key, lower=lower, upper=upper),
+        CropForegroundd(keys=keys, source_key=mask_key, margin=1, allow_missing_keys=True),
+        Resized(
+            keys=keys,
+            spatial_size=(image_size, image_size, -1),
+            mode=("area", "nearest", "nearest"),
+            allow_missing_keys=True,
+        ),
+        SelectSlicesd(keys=keys, num_slices=num_slices, mode=slice_mode, mask_key=mask_key, allow_missing_keys=True),
+        EnsureTyped(keys=[mask_key, label_key], dtype=torch.float32, allow_missing_keys=True),
+    ]
+    return Compose(steps)
+
+
+class SliceDataset(Dataset):
+    """A dataset of 2D axial slices, made once from 3D volumes (the volume work is not repeated each epoch).
+
+    Args:
+        data: volume dictionaries (a datalist section).
+        transform: the 3D chain, e.g. :func:`volume_transforms`; each output is split into its slices.
+        keys: keys split into slices (``(C, H, W, N)`` -> N items of ``(C, H, W)``).
+        slice_transform: optional transform applied to each 2D slice on every access (augmentation).
+        progress: show a progress bar while the volumes are prepared.
+    """
+
+    def __init__(
+        self,
+        data: Sequence[dict[str, Any]],
+        transform: Callable,
+        keys: Sequence[str] = ("image", "brain_mask"),
+        slice_transform: Callable | None = None,
+        progress: bool = True,
+    ) -> None:
+        items: list[dict[str, Any]] = []
+        for volume in tqdm(data, desc="preparing slices", disable=not progress, leave=False):
+            prepared = transform(dict(volume))
+            for item in slices_to_items(prepared, keys=[k for k in keys if k in prepared]):
+                items.append({k: (v.as_tensor() if hasattr(v, "as_tensor") else v) for k, v in item.items()
+                              if k in keys or k == "slice_index"})
+        if not items:
+            raise ValueError(f"no slices were produced from {len(data)} volume(s); expected at least one volume.")
+        super().__init__(data=items, transform=slice_transform)
