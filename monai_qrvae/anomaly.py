@@ -42,6 +42,8 @@ FLAIR_CHANNEL = 2
 #: The authors' reference code omits this factor when it turns quantiles into sigma; we do not.
 PPF_085 = float(norm.ppf(0.85))
 
+_SQRT1_2 = 0.7071067811865476  # 1 / sqrt(2)
+
 
 def _as_tensor(x: Any) -> torch.Tensor:
     """A plain ``torch.Tensor`` view of ``x`` (numpy arrays and MetaTensors accepted, metadata dropped)."""
@@ -204,13 +206,15 @@ def p_value(z: torch.Tensor, alternative: str = "greater") -> torch.Tensor:
     Raises:
         ValueError: for an unknown ``alternative``.
     """
-    z = z.to(_float_dtype(z))
+    # 0.5 * erfc(z / sqrt(2)) keeps full relative precision in the upper tail; torch.special.ndtr(-z) computes
+    # 1 - Phi(z) there and returns 0 for z > 5.5 in float32 (and loses digits in float64).
+    z = z.to(_float_dtype(z)) * _SQRT1_2
     if alternative == "greater":
-        return torch.special.ndtr(-z)
+        return 0.5 * torch.special.erfc(z)
     if alternative == "less":
-        return torch.special.ndtr(z)
+        return 0.5 * torch.special.erfc(-z)
     if alternative == "two-sided":
-        return (2.0 * torch.special.ndtr(-z.abs())).clamp_max(1.0)
+        return torch.special.erfc(z.abs()).clamp_max(1.0)
     raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}.")
 
 

@@ -15,9 +15,9 @@ import math
 from collections.abc import Sequence
 
 import torch
+from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from monai.utils import LossReduction
 from monai_qrvae.anomaly import check_quantiles, split_quantiles
 
 __all__ = ["pinball_loss", "kl_divergence", "QuantileLoss", "QRVAELoss", "GaussianVAELoss"]
@@ -34,7 +34,9 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
 def _check_pair(input: torch.Tensor, target: torch.Tensor, channels_per_target: int, what: str) -> None:
     """Check ``input (B, K*C, ...)`` against ``target (B, C, ...)`` with ``K = channels_per_target``."""
     if target.ndim < 3:
-        raise ValueError(f"target must be batched and channel-first (B, C, spatial...), got shape {tuple(target.shape)}.")
+        raise ValueError(
+            f"target must be batched and channel-first (B, C, spatial...), got shape {tuple(target.shape)}."
+        )
     expected = (target.shape[0], channels_per_target * target.shape[1], *target.shape[2:])
     if tuple(input.shape) != expected:
         raise ValueError(

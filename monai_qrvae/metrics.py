@@ -6,9 +6,12 @@ set and per volume: the best Dice over all thresholds (an upper bound that looks
 AUPRC. :class:`QuantileCoverageMetric` checks the calibration of predicted quantiles: the fraction of voxels
 below the predicted ``tau``-quantile should be close to ``tau``.
 
-Every ``compute_*`` function is pure and pools over all the voxels it is given; the ``CumulativeIterationMetric``
-classes only accumulate what each iteration gives them and call the ``compute_*`` functions in ``aggregate``,
-like ``monai.metrics.ROCAUCMetric``.
+Every ``compute_*`` function is pure and pools over all the voxels it is given
+(:func:`compute_per_volume_metrics` splits by batch item); the ``CumulativeIterationMetric`` classes only
+accumulate what each iteration gives them and call the ``compute_*`` functions, like ``monai.metrics.ROCAUCMetric``:
+``aggregate()`` is the value pooled over the whole test set, ``get_buffer()`` the per-volume values ``(N, 1)``
+(what ``IgniteMetricHandler(save_details=True)`` stores in ``engine.state.metric_details``). They take
+``metric(y_pred, y, mask=...)`` as batch-first tensors or as lists of channel-first items (``mask`` then a list).
 
 Inputs: score maps and labels are channel-first batches, typically ``(B, 1, H, W)`` or ``(B, 1, H, W, D)``;
 torch tensors, MetaTensors (metadata is ignored) and numpy arrays are accepted. A label or mask voxel is
@@ -29,6 +32,7 @@ from typing import Any
 
 import torch
 from monai.metrics import CumulativeIterationMetric, compute_average_precision, compute_roc_auc
+from monai.utils import evenly_divisible_all_gather
 
 from monai_qrvae.anomaly import _as_tensor, _broadcast_mask, check_quantiles, split_quantiles
 
@@ -41,6 +45,7 @@ __all__ = [
     "compute_detection_metrics",
     "compute_per_volume_metrics",
     "BestDiceMetric",
+    "DiceScoreMetric",
     "MaskedROCAUCMetric",
     "MaskedAveragePrecisionMetric",
     "QuantileCoverageMetric",
@@ -284,107 +289,229 @@ def compute_per_volume_metrics(
     return [compute_detection_metrics(s[i], y[i], m[i], threshold=threshold) for i in range(s.shape[0])]
 
 
-class _MaskedVoxelMetric(CumulativeIterationMetric):
-    """Accumulates score maps, labels and masks (batch-first) for metrics pooled over all iterations.
+def _dice_from_counts(counts: torch.Tensor, empty_score: float) -> torch.Tensor:
+    """Dice ``2 I / (P + L)`` from ``(..., 3)`` counts ``[I, P, L]``; ``empty_score`` where ``P + L = 0``."""
+    denominator = counts[..., 1] + counts[..., 2]
+    dice = 2.0 * counts[..., 0] / denominator.clamp_min(1.0)
+    return torch.where(denominator > 0, dice, torch.full_like(dice, empty_score))
 
-    Every item must have the same shape (MONAI's cumulative buffers are stacked when aggregated). Labels and masks
-    are stored as bool, scores as float32 (float64 kept): about 6 bytes per voxel, no subsampling.
+
+class _PerItemMaskMixin:
+    """``_compute_list`` that pairs the i-th list item with the i-th mask (MONAI's passes ``mask`` unchanged)."""
+
+    def _compute_list(  # type: ignore[override]
+        self, y_pred: Any, y: Any = None, mask: Any = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        preds = list(y_pred)
+        targets = [None] * len(preds) if y is None else list(y)
+        masks = [None] * len(preds) if mask is None else list(mask)
+        if not len(preds) == len(targets) == len(masks):
+            raise ValueError(
+                f"y_pred, y and mask must have one item each per sample, got {len(preds)}, {len(targets)} and "
+                f"{len(masks)} items."
+            )
+        results = [
+            self._compute_tensor(  # type: ignore[attr-defined]
+                _as_tensor(p).detach().unsqueeze(0),
+                None if t is None else _as_tensor(t).detach().unsqueeze(0),
+                mask=None if m is None else _as_tensor(m).detach().unsqueeze(0),
+            )
+            for p, t, m in zip(preds, targets, masks)
+        ]
+        if isinstance(results[0], torch.Tensor):
+            return torch.cat(results, dim=0)
+        return [torch.cat(parts, dim=0) for parts in zip(*results)]
+
+
+class _MaskedVoxelMetric(_PerItemMaskMixin, CumulativeIterationMetric):
+    """Accumulates, per item, the scores and labels of the voxels inside the mask (pooled in ``aggregate``).
+
+    Only the masked voxels are kept (float32 score + bool label, about 5 bytes per brain voxel; no subsampling),
+    so items of different shapes (e.g. volumes in their native grids) can be pooled. Each call takes
+    ``y_pred`` (scores ``(B, 1, spatial...)``), ``y`` (labels) and optionally ``mask``, as batch-first tensors or
+    as lists of channel-first items (then ``mask`` is a list too). ``get_buffer()`` returns one value per
+    accumulated item ``(N, 1)``, like MONAI's per-image metric buffers, so ``IgniteMetricHandler(save_details=True)``
+    and ``MetricsSaver`` record per-volume values.
     """
 
     def _compute_tensor(  # type: ignore[override]
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, mask: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Validate one iteration and return ``(scores, labels, mask)`` for the buffers.
+        """Masked voxels of one batch: ``(scores, labels, lengths)``, the first two 1-D, ``lengths`` ``(B,)``.
 
         Args:
             y_pred: anomaly scores ``(B, 1, spatial...)``.
-            y: lesion labels, broadcastable to ``y_pred``.
-            mask: brain mask, broadcastable to ``y_pred`` (a batch-first tensor), or ``None``.
+            y: lesion labels (non-zero = lesion), broadcastable to ``y_pred``.
+            mask: region evaluated, broadcastable to ``y_pred``, or ``None`` for every voxel.
         """
         if y is None:
             raise ValueError("y (the lesion labels) is required, got None.")
         if y_pred.ndim < 2:
             raise ValueError(f"y_pred must be batch-first (B, C, spatial...), got shape {tuple(y_pred.shape)}.")
         s, labels, m = _scores_labels_mask(y_pred, y, None if mask is None else _as_tensor(mask).detach())
-        return s, labels.contiguous(), m.contiguous()
+        if bool(torch.isnan(s[m]).any()):
+            raise ValueError("scores inside the mask must not be NaN.")
+        lengths = m.flatten(1).sum(1)
+        return s[m], labels[m], lengths
 
-    def _buffers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        buffers = self.get_buffer()
-        if buffers is None:
+    def extend(self, *data: Any) -> None:
+        """Add one batch from ``_compute_tensor``: ``(scores, labels, lengths)``, split into per-item vectors."""
+        scores, labels, lengths = data
+        sizes = [int(n) for n in lengths]
+        for s, y, n in zip(torch.split(scores, sizes), torch.split(labels, sizes), sizes):
+            self.append(s, y, torch.tensor([n], dtype=torch.long))
+
+    def _sync(self) -> None:
+        """Concatenate the per-item vectors (not stack: their lengths differ) and gather across ranks."""
+        if self._synced or self._buffers is None:
+            return
+        self._synced_tensors = [evenly_divisible_all_gather(torch.cat(b, dim=0), concat=True) for b in self._buffers]
+        self._synced = True
+
+    def _voxels(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """All accumulated masked voxels ``(scores, labels)`` and the number of voxels of each item."""
+        self._sync()
+        if self._synced_tensors is None:
             raise ValueError(f"{self.__class__.__name__} has no data: call it on at least one batch first.")
-        s, y, m = buffers
-        return s, y, m
+        scores, labels, lengths = self._synced_tensors
+        return scores, labels, [int(n) for n in lengths]
+
+    def _per_item(self, scores: torch.Tensor, labels: torch.Tensor, lengths: list[int]) -> list[float]:
+        raise NotImplementedError
+
+    def get_buffer(self) -> torch.Tensor | None:  # type: ignore[override]
+        """Per-item values ``(N, 1)`` (float64, NaN where undefined), or ``None`` before the first call."""
+        self._sync()
+        if self._synced_tensors is None:
+            return None
+        values = self._per_item(*self._voxels())
+        return torch.tensor(values, dtype=torch.float64).reshape(-1, 1)
 
 
 class BestDiceMetric(_MaskedVoxelMetric):
-    """Best Dice over all thresholds, pooled over every iteration, with its threshold (see :func:`compute_best_dice`).
+    """Best Dice over all thresholds, pooled over every iteration (see :func:`compute_best_dice`).
 
-    Call it as ``metric(y_pred=scores, y=labels, mask=brain_mask)`` on each batch, then ``aggregate()``.
+    ``metric(y_pred=scores, y=labels, mask=brain_mask)`` on each batch, then ``aggregate()``. This is the "[Dice]"
+    of the literature: an upper bound, since the threshold is chosen on the labels. ``get_buffer()`` gives each
+    item's Dice at the pooled best threshold (the literature's per-volume "[Dice]").
 
     Args:
-        empty_score: Dice when there is no lesion voxel (NaN by default).
+        empty_score: Dice when there is no lesion and nothing is predicted (NaN by default).
     """
 
     def __init__(self, empty_score: float = float("nan")) -> None:
         super().__init__()
         self.empty_score = empty_score
 
-    def aggregate(self, per_volume: bool = False) -> tuple[float, float] | list[tuple[float, float]]:  # type: ignore[override]
-        """Pooled ``(dice, threshold)``, or one ``(dice, threshold)`` per accumulated item (each its own optimum).
+    def aggregate(self, return_threshold: bool = False) -> float | tuple[float, float]:  # type: ignore[override]
+        """The pooled best Dice (a float, what Ignite handlers record), or ``(dice, threshold)``.
 
         Args:
-            per_volume: return the list of per-item results instead of the pooled one.
+            return_threshold: also return the threshold (``pred = score >= threshold``).
         """
-        s, y, m = self._buffers()
-        if per_volume:
-            return [compute_best_dice(s[i], y[i], m[i], self.empty_score) for i in range(s.shape[0])]
-        return compute_best_dice(s, y, m, self.empty_score)
+        scores, labels, _ = self._voxels()
+        dice, threshold = compute_best_dice(scores, labels, None, self.empty_score)
+        return (dice, threshold) if return_threshold else dice
+
+    def _per_item(self, scores: torch.Tensor, labels: torch.Tensor, lengths: list[int]) -> list[float]:
+        _, threshold = compute_best_dice(scores, labels, None, self.empty_score)
+        return [
+            compute_dice_score(s >= threshold, y, None, self.empty_score)
+            for s, y in zip(torch.split(scores, lengths), torch.split(labels, lengths))
+        ]
 
 
 class MaskedROCAUCMetric(_MaskedVoxelMetric):
     """Voxel-wise AUROC inside the mask, pooled over every iteration (see :func:`compute_masked_roc_auc`).
 
-    Call it as ``metric(y_pred=scores, y=labels, mask=brain_mask)`` on each batch, then ``aggregate()``.
+    ``metric(y_pred=scores, y=labels, mask=brain_mask)`` on each batch, then ``aggregate()``; ``get_buffer()``
+    gives each item's own AUROC (NaN for lesion-free items).
     """
 
-    def aggregate(self, per_volume: bool = False) -> float | list[float]:  # type: ignore[override]
-        """Pooled AUROC, or a list with one AUROC per accumulated item.
+    def aggregate(self) -> float:  # type: ignore[override]
+        """The AUROC of all accumulated masked voxels."""
+        scores, labels, _ = self._voxels()
+        return compute_masked_roc_auc(scores, labels)
 
-        Args:
-            per_volume: return the list of per-item results instead of the pooled one.
-        """
-        s, y, m = self._buffers()
-        if per_volume:
-            return [compute_masked_roc_auc(s[i], y[i], m[i]) for i in range(s.shape[0])]
-        return compute_masked_roc_auc(s, y, m)
+    def _per_item(self, scores: torch.Tensor, labels: torch.Tensor, lengths: list[int]) -> list[float]:
+        return [
+            compute_masked_roc_auc(s, y) for s, y in zip(torch.split(scores, lengths), torch.split(labels, lengths))
+        ]
 
 
 class MaskedAveragePrecisionMetric(_MaskedVoxelMetric):
     """Voxel-wise average precision (AUPRC) inside the mask, pooled over every iteration.
 
-    See :func:`compute_masked_average_precision`. Call it as ``metric(y_pred=scores, y=labels, mask=brain_mask)``
-    on each batch, then ``aggregate()``.
+    See :func:`compute_masked_average_precision`. ``metric(y_pred=scores, y=labels, mask=brain_mask)`` on each
+    batch, then ``aggregate()``; ``get_buffer()`` gives each item's own value (NaN for lesion-free items).
     """
 
-    def aggregate(self, per_volume: bool = False) -> float | list[float]:  # type: ignore[override]
-        """Pooled average precision, or a list with one value per accumulated item.
+    def aggregate(self) -> float:  # type: ignore[override]
+        """The average precision of all accumulated masked voxels."""
+        scores, labels, _ = self._voxels()
+        return compute_masked_average_precision(scores, labels)
 
-        Args:
-            per_volume: return the list of per-item results instead of the pooled one.
-        """
-        s, y, m = self._buffers()
-        if per_volume:
-            return [compute_masked_average_precision(s[i], y[i], m[i]) for i in range(s.shape[0])]
-        return compute_masked_average_precision(s, y, m)
+    def _per_item(self, scores: torch.Tensor, labels: torch.Tensor, lengths: list[int]) -> list[float]:
+        return [
+            compute_masked_average_precision(s, y)
+            for s, y in zip(torch.split(scores, lengths), torch.split(labels, lengths))
+        ]
 
 
-class QuantileCoverageMetric(CumulativeIterationMetric):
+class DiceScoreMetric(_PerItemMaskMixin, CumulativeIterationMetric):
+    """Dice of binary lesion masks (e.g. the label-free FDR mask), pooled over every iteration.
+
+    ``metric(y_pred=pred_mask, y=labels, mask=brain_mask)`` on each batch; only per-item counts (intersection,
+    predicted, lesion voxels inside the mask) are accumulated, so ``aggregate()`` is the pooled Dice
+    ``2 sum(I) / (sum(P) + sum(L))`` (see :func:`compute_dice_score`) and ``get_buffer()`` each item's Dice ``(N, 1)``.
+
+    Args:
+        empty_score: Dice when both prediction and labels are empty (NaN by default).
+    """
+
+    def __init__(self, empty_score: float = float("nan")) -> None:
+        super().__init__()
+        self.empty_score = empty_score
+
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, mask: Any = None
+    ) -> torch.Tensor:
+        """Per-item counts ``(B, 3)``: intersection, predicted and lesion voxels inside the mask."""
+        if y is None:
+            raise ValueError("y (the lesion labels) is required, got None.")
+        p = _as_tensor(y_pred)
+        if p.ndim < 2:
+            raise ValueError(f"y_pred must be batch-first (B, C, spatial...), got shape {tuple(p.shape)}.")
+        p = p if p.dtype == torch.bool else p != 0
+        labels = _broadcast_mask(y, p.shape, p.device, name="labels")
+        m = (
+            torch.ones(p.shape, dtype=torch.bool, device=p.device)
+            if mask is None
+            else _broadcast_mask(_as_tensor(mask).detach(), p.shape, p.device)
+        )
+        p, labels = (p & m).flatten(1), (labels & m).flatten(1)
+        return torch.stack([(p & labels).sum(1), p.sum(1), labels.sum(1)], dim=1).to(torch.float64)
+
+    def aggregate(self) -> float:  # type: ignore[override]
+        """The Dice of all accumulated voxels."""
+        counts = super().get_buffer()
+        if counts is None:
+            raise ValueError(f"{self.__class__.__name__} has no data: call it on at least one batch first.")
+        return float(_dice_from_counts(counts.sum(0), self.empty_score))
+
+    def get_buffer(self) -> torch.Tensor | None:  # type: ignore[override]
+        """Per-item Dice ``(N, 1)`` (float64), or ``None`` before the first call."""
+        counts = super().get_buffer()
+        return None if counts is None else _dice_from_counts(counts, self.empty_score).reshape(-1, 1)
+
+
+class QuantileCoverageMetric(_PerItemMaskMixin, CumulativeIterationMetric):
     """Calibration of predicted quantiles: fraction of masked target voxels below each predicted quantile.
 
-    Call it as ``metric(y_pred=quantile_prediction, y=image, mask=brain_mask)`` with the quantile-major
-    ``(B, Q*C, spatial...)`` prediction and the ``(B, C, spatial...)`` target; ``aggregate()`` returns the pooled
-    coverage ``(Q, C)``, which should be close to the quantile levels on healthy data. Only per-item counts are
-    accumulated, so memory does not grow with the image size.
+    ``metric(y_pred=quantile_prediction, y=image, mask=brain_mask)`` with the quantile-major
+    ``(B, Q*C, spatial...)`` prediction and the ``(B, C, spatial...)`` target; ``aggregate()`` is the pooled
+    coverage ``(Q, C)``, which should be close to the quantile levels on healthy data, and ``get_buffer()`` the
+    per-item coverage ``(N, Q, C)``. Only per-item counts are accumulated.
 
     Args:
         quantiles: the quantile levels of the prediction, strictly increasing in (0, 1).
@@ -402,16 +529,19 @@ class QuantileCoverageMetric(CumulativeIterationMetric):
             raise ValueError("y (the target image) is required, got None.")
         return _coverage_counts(y_pred, y, self.quantiles, None if mask is None else _as_tensor(mask).detach())
 
-    def aggregate(self, per_volume: bool = False) -> torch.Tensor:  # type: ignore[override]
-        """Coverage ``(Q, C)`` pooled over all accumulated voxels, or ``(N, Q, C)`` per accumulated item.
+    def _counts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        buffers = super().get_buffer()
+        return None if buffers is None else (buffers[0], buffers[1])
 
-        Args:
-            per_volume: return one row per accumulated item instead of pooling.
-        """
-        buffers = self.get_buffer()
-        if buffers is None:
+    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        """Coverage ``(Q, C)`` pooled over all accumulated voxels (float64; NaN for a channel with no voxel)."""
+        counts = self._counts()
+        if counts is None:
             raise ValueError(f"{self.__class__.__name__} has no data: call it on at least one batch first.")
-        counts, totals = buffers
-        if not per_volume:
-            counts, totals = counts.sum(0), totals.sum(0)
-        return counts / totals.unsqueeze(-2)
+        below, totals = counts
+        return below.sum(0) / totals.sum(0).unsqueeze(-2)
+
+    def get_buffer(self) -> torch.Tensor | None:  # type: ignore[override]
+        """Per-item coverage ``(N, Q, C)`` (float64), or ``None`` before the first call."""
+        counts = self._counts()
+        return None if counts is None else counts[0] / counts[1].unsqueeze(-2)

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from monai.networks.nets import VarAutoEncoder
+
 from monai_qrvae.anomaly import check_quantiles, quantiles_to_mu_sigma
 
 __all__ = ["QRVAE", "GaussianVAE", "AnomalyMapNet", "ANOMALY_MAP_LAYOUT"]
 
-#: Channel blocks of the :py:class:`AnomalyMapNet` output: ``out.view(B, 3, C, ...)[:, i]`` is ``ANOMALY_MAP_LAYOUT[i]``.
+#: Channel blocks of the :py:class:`AnomalyMapNet` output: ``out.view(B, 3, C, ...)[:, i]`` is
+#: ``ANOMALY_MAP_LAYOUT[i]``.
 ANOMALY_MAP_LAYOUT = ("mu", "sigma", "z")
 
 

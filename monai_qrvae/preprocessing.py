@@ -65,7 +65,7 @@ def volume_transforms(
     steps += [
         EnsureTyped(keys=image_key, dtype=torch.float32, track_meta=True),
         Orientationd(keys=keys, axcodes="RAS", allow_missing_keys=True),
-        BrainMaskd(keys=image_key, mask_key=mask_key),
+        BrainMaskd(keys=image_key, mask_key=mask_key, overwrite=False),
         MaskedScaleIntensityPercentilesd(keys=image_key, mask_key=mask_key, lower=lower, upper=upper),
         CropForegroundd(keys=keys, source_key=mask_key, margin=1, allow_missing_keys=True),
         Resized(

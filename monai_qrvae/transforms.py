@@ -417,7 +417,8 @@ class BrainMask(Transform):
         self.dtype = dtype
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        """Mask of ``img`` ``(C, *spatial)``: same type and meta as ``img``, one channel."""
+        """Mask of ``img`` ``(C, *spatial)``: a tensor (``MetaTensor`` with the meta of ``img``), one channel."""
+        img = convert_to_tensor(img, track_meta=get_track_meta())
         img_t = convert_to_tensor(img, track_meta=False)
         if img_t.ndim < 2:
             raise ValueError(f"BrainMask: expected a channel-first image (C, *spatial), got shape {tuple(img.shape)}.")
@@ -456,6 +457,8 @@ class BrainMaskd(MapTransform):
         threshold: see :class:`BrainMask`.
         erosion: see :class:`BrainMask`.
         dtype: see :class:`BrainMask`.
+        overwrite: replace a mask already under ``mask_key``; False keeps it (e.g. a loaded brain mask) and only
+            makes the mask when the key is absent.
         allow_missing_keys: don't raise an exception if a key is missing.
     """
 
@@ -468,16 +471,18 @@ class BrainMaskd(MapTransform):
         threshold: float = 0.0,
         erosion: int = 0,
         dtype: DtypeLike | torch.dtype = np.float32,
+        overwrite: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
+        self.overwrite = overwrite
         self.masker = BrainMask(threshold=threshold, erosion=erosion, dtype=dtype)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         keys = list(self.key_iterator(d))
-        if not keys:
+        if not keys or (not self.overwrite and self.mask_key in d):
             return d
         if len(keys) == 1:
             d[self.mask_key] = self.masker(d[keys[0]])
@@ -488,8 +493,9 @@ class BrainMaskd(MapTransform):
             raise ValueError(
                 f"BrainMaskd: keys {keys} have spatial shapes {sorted(shapes)}; expected one common spatial shape."
             )
-        mask = self.masker(torch.cat([x.float() for x in images], dim=0))
-        d[self.mask_key] = convert_to_dst_type(mask, d[keys[0]], dtype=self.masker.dtype)[0]
+        mask = convert_to_tensor(self.masker(torch.cat([x.float() for x in images], dim=0)), track_meta=False)
+        ref = convert_to_tensor(d[keys[0]], track_meta=get_track_meta())
+        d[self.mask_key] = convert_to_dst_type(mask, ref, dtype=self.masker.dtype)[0]
         return d
 
 
@@ -528,7 +534,9 @@ class MaskedScaleIntensityPercentiles(Transform):
         dtype: DtypeLike = np.float32,
     ) -> None:
         if not 0.0 <= lower < upper <= 100.0:
-            raise ValueError(f"MaskedScaleIntensityPercentiles: expected 0 <= lower < upper <= 100, got {lower}, {upper}.")
+            raise ValueError(
+                f"MaskedScaleIntensityPercentiles: expected 0 <= lower < upper <= 100, got {lower=}, {upper=}."
+            )
         self.lower = lower
         self.upper = upper
         self.b_min = b_min
@@ -697,7 +705,9 @@ class HistogramStandardize(Transform):
                 f"percentiles; expected (C, {len(self.percentiles)})."
             )
         if not bool(torch.isfinite(lm).all()) or bool((lm[:, 1:] <= lm[:, :-1]).any()):
-            raise ValueError(f"HistogramStandardize: landmarks must be finite and strictly increasing, got {lm.tolist()}.")
+            raise ValueError(
+                f"HistogramStandardize: landmarks must be finite and increase strictly per channel, got {lm.tolist()}."
+            )
         return lm
 
     def image_landmarks(self, img: NdarrayOrTensor, mask: NdarrayOrTensor | None = None) -> torch.Tensor:
@@ -797,7 +807,9 @@ class HistogramStandardize(Transform):
         """
         missing = {"percentiles", "output_range", "landmarks"} - set(state)
         if missing:
-            raise ValueError(f"HistogramStandardize.load_state_dict: missing keys {sorted(missing)}, got {sorted(state)}.")
+            raise ValueError(
+                f"HistogramStandardize.load_state_dict: missing keys {sorted(missing)}, got keys {sorted(state)}."
+            )
         self.percentiles = self._check_percentiles(state["percentiles"])
         self.output_range = self._check_output_range(state["output_range"])
         self.landmarks = None if state["landmarks"] is None else self._check_landmarks(state["landmarks"])

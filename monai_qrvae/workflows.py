@@ -25,7 +25,13 @@ from torch.utils.data import DistributedSampler
 
 from monai_qrvae.baselines import IntensityBaseline
 from monai_qrvae.checkpoints import AtomicCheckpointSaver, ResumeFromCheckpoint, load_state_dict_file
-from monai_qrvae.engines import create_anomaly_evaluator, create_loss_evaluator, create_trainer
+from monai_qrvae.engines import (
+    EpochSeedHandler,
+    LossHistory,
+    create_anomaly_evaluator,
+    create_loss_evaluator,
+    create_trainer,
+)
 from monai_qrvae.handlers import (
     AnomalyMapHandler,
     AnomalyMapSaver,
@@ -155,41 +161,6 @@ def _datalist(datalist: str | os.PathLike, section: str) -> list[dict]:
     return items
 
 
-class _History:
-    """Collect per-epoch losses from the trainer and the validator (for history.json and the curve)."""
-
-    def __init__(self, validator: Any | None) -> None:
-        self.validator = validator
-        self.rows: list[dict[str, float]] = []
-
-    def attach(self, engine: Any) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine: Any) -> None:
-        row = {"epoch": engine.state.epoch}
-        row.update({k: float(v) for k, v in engine.state.metrics.items() if k.startswith("loss")})
-        if self.validator is not None and "val_loss" in self.validator.state.metrics:
-            row["val_loss"] = float(self.validator.state.metrics["val_loss"])
-        self.rows.append(row)
-
-
-class _EpochSeed:
-    """Seed torch at each epoch start with ``seed + epoch`` so a resumed run draws the same noise."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def attach(self, engine: Any) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Any) -> None:
-        torch.manual_seed(self.seed + engine.state.epoch)
-
-
 def plot_history(rows: Sequence[dict[str, float]], path: str | os.PathLike, title: str = "training") -> Path:
     """Save the training and validation loss curves as a PNG."""
     import matplotlib
@@ -266,10 +237,10 @@ def train(
     loss = build_loss(config)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     validator = create_loss_evaluator(vae, loss, val_loader, device=device)
-    history = _History(validator)
+    history = LossHistory(validator)
     ckpt_dir = output_dir / "checkpoints"
     save_dict = {"network": vae, "optimizer": optimizer}
-    handlers: list[Any] = [_EpochSeed(seed)]
+    handlers: list[Any] = [EpochSeedHandler(seed)]
     handlers.append(ValidationHandler(validator=validator, interval=val_interval, epoch_level=True))
     handlers.append(history)
     handlers.append(StatsHandler(name="monai_qrvae.train", tag_name="loss", output_transform=lambda o: o["loss"].item()))

@@ -1,0 +1,66 @@
+"""Data for monai-qrvae: the embedded synthetic cohort, datalists for a user's own scans, and subject montages.
+
+- :func:`make_cohort` / :class:`SyntheticBrainGenerator`: synthetic T1/T2/FLAIR subjects (healthy and with lesions)
+  rendered on the machine from nilearn's MNI152 2009 template, written as NIfTI plus a Decathlon-style
+  ``datalist.json`` (layout in :mod:`monai_qrvae.data.synthetic`).
+- :func:`make_datalist`, :func:`load_datalist`, :func:`check_datalist`: the same datalist format for real scans
+  (NIfTI, NRRD, MetaImage), with errors that name the offending file.
+- :func:`save_montage` / :func:`subject_montage`: a PNG of one subject's contrasts with the lesion outline.
+"""
+
+from __future__ import annotations
+
+from .datalist import (
+    DATALIST_SECTIONS,
+    ITK_SUFFIXES,
+    NIFTI_SUFFIXES,
+    SUPPORTED_SUFFIXES,
+    ImageInfo,
+    check_datalist,
+    check_item,
+    find_subjects,
+    load_datalist,
+    make_datalist,
+    read_image,
+    read_image_info,
+)
+from .montage import choose_levels, plot_montage, save_montage, subject_montage
+from .synthetic import (
+    BASE_INTENSITIES,
+    CONTRASTS,
+    GENERATOR_VERSION,
+    TISSUES,
+    Lesion,
+    SyntheticBrainGenerator,
+    SyntheticSubject,
+    make_cohort,
+    subject_name,
+)
+
+__all__ = [
+    "BASE_INTENSITIES",
+    "CONTRASTS",
+    "GENERATOR_VERSION",
+    "TISSUES",
+    "Lesion",
+    "SyntheticBrainGenerator",
+    "SyntheticSubject",
+    "make_cohort",
+    "subject_name",
+    "DATALIST_SECTIONS",
+    "ITK_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "SUPPORTED_SUFFIXES",
+    "ImageInfo",
+    "check_datalist",
+    "check_item",
+    "find_subjects",
+    "load_datalist",
+    "make_datalist",
+    "read_image",
+    "read_image_info",
+    "choose_levels",
+    "plot_montage",
+    "save_montage",
+    "subject_montage",
+]

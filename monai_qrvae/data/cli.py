@@ -1,0 +1,236 @@
+"""Command-line subcommands of the data module: ``make-data``, ``make-datalist``, ``check-datalist``, ``montage``.
+
+The ``qrvae`` console script registers them with :func:`add_parsers`; each parser sets ``func`` (a callable taking
+the parsed ``argparse.Namespace`` and returning an exit code). :func:`main` runs them on their own::
+
+    python -m monai_qrvae.data.cli make-data --out data/synthetic --healthy 40 --lesion 10 --seed 0 --spacing 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "add_parsers",
+    "build_parser",
+    "main",
+    "run_make_data",
+    "run_make_datalist",
+    "run_check_datalist",
+    "run_montage",
+    "main_make_data",
+    "main_make_datalist",
+    "main_montage",
+]
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _guard(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn the library's FileNotFoundError/ValueError into a one-line message and exit code 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"qrvae {name}: error: {err}", file=sys.stderr)
+            return 1
+
+    run.__name__ = func.__name__
+    run.__doc__ = func.__doc__
+    return run
+
+
+def _make_data(args: argparse.Namespace) -> int:
+    from .synthetic import make_cohort
+
+    start = time.perf_counter()
+    path = make_cohort(args.out, n_healthy=args.healthy, n_lesion=args.lesion, seed=args.seed, spacing=args.spacing)
+    seconds = time.perf_counter() - start
+    size = _dir_size(Path(args.out)) / 2**20
+    print(
+        f"wrote {args.healthy} healthy + {args.lesion} lesion subjects to {args.out} "
+        f"({size:.1f} MiB, {seconds:.1f} s); datalist: {path}"
+    )
+    if args.montage:
+        from .montage import subject_montage
+        from .synthetic import subject_name
+
+        n_total = args.healthy + args.lesion
+        index = args.healthy if args.lesion else 0
+        png = subject_montage(Path(args.out) / subject_name(index, n_total), Path(args.out) / "montage.png")
+        print(f"montage: {png}")
+    return 0
+
+
+def _make_datalist(args: argparse.Namespace) -> int:
+    from .datalist import make_datalist
+
+    datalist = make_datalist(
+        args.root,
+        args.image[0] if len(args.image) == 1 else args.image,
+        args.out,
+        brain_mask=args.brain_mask,
+        label=args.label,
+        section=args.section,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        num_channels=args.channels,
+        check=not args.no_check,
+        skip_incomplete=args.skip_incomplete,
+        update=args.update,
+    )
+    counts = ", ".join(f"{k}: {len(datalist[k])}" for k in ("training", "validation", "test") if k in datalist)
+    print(f"wrote {args.out} ({counts})")
+    return 0
+
+
+def _check_datalist(args: argparse.Namespace) -> int:
+    import json
+
+    from .datalist import DATALIST_SECTIONS, load_datalist
+
+    sections = args.section
+    if not sections:
+        try:
+            content = json.loads(Path(args.datalist).read_text())
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"datalist file not found: {args.datalist}") from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read datalist {args.datalist}: {err}") from err
+        sections = [s for s in DATALIST_SECTIONS if isinstance(content, dict) and s in content]
+    for section in sections:
+        items = load_datalist(args.datalist, section, num_channels=args.channels, read_data=args.read_data)
+        print(f"{section}: {len(items)} entries OK")
+    return 0
+
+
+def _montage(args: argparse.Namespace) -> int:
+    from .montage import save_montage, subject_montage
+
+    if args.subject is not None:
+        png = subject_montage(args.subject, args.out, levels=args.levels)
+    elif args.image:
+        if args.out is None:
+            raise ValueError("--out is required with --image.")
+        png = save_montage(
+            args.image[0] if len(args.image) == 1 else args.image,
+            args.out,
+            label=args.label,
+            brain_mask=args.brain_mask,
+            levels=args.levels,
+            title=args.title,
+        )
+    else:
+        raise ValueError("give --subject DIR (a folder written by make-data) or --image FILE [FILE ...].")
+    print(f"wrote {png}")
+    return 0
+
+
+run_make_data = _guard("make-data", _make_data)
+run_make_datalist = _guard("make-datalist", _make_datalist)
+run_check_datalist = _guard("check-datalist", _check_datalist)
+run_montage = _guard("montage", _montage)
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``make-data``, ``make-datalist``, ``check-datalist`` and ``montage`` on an argparse subparsers
+    object (from ``parser.add_subparsers()``); each sets ``func`` to its ``run_*`` function."""
+    p = subparsers.add_parser(
+        "make-data",
+        help="write the synthetic T1/T2/FLAIR cohort (healthy + lesion subjects) and its datalist",
+        description="Render synthetic skull-stripped T1/T2/FLAIR subjects from nilearn's MNI152 2009 template "
+        "(no download) and write NIfTI files plus OUT/datalist.json.",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--healthy", type=int, default=40, help="healthy subjects (training + validation; default 40)")
+    p.add_argument("--lesion", type=int, default=10, help="subjects with lesions (test; default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
+    p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (default 2)")
+    p.add_argument("--montage", action="store_true", help="also write OUT/montage.png of the first lesion subject")
+    p.set_defaults(func=run_make_data)
+
+    p = subparsers.add_parser(
+        "make-datalist",
+        help="build a Decathlon-style datalist from a folder of scans by file-name patterns",
+        description="Patterns are relative to --root and contain {subject} (e.g. '{subject}/{subject}_flair.nii.gz') "
+        "and optionally glob wildcards. Give one --image pattern per contrast (T1 T2 FLAIR) or one for a 4D file. "
+        "NIfTI, NRRD and MetaImage (.mha/.mhd) files are accepted.",
+    )
+    p.add_argument("--root", required=True, help="folder holding the scans")
+    p.add_argument("--image", required=True, nargs="+", help="image pattern(s): one 4D file, or T1 T2 FLAIR files")
+    p.add_argument("--brain-mask", default=None, help="brain-mask pattern")
+    p.add_argument("--label", default=None, help="lesion-label pattern (subjects with a label go to 'test' in auto)")
+    p.add_argument("--out", required=True, help="the JSON file to write (paths relative to its folder)")
+    p.add_argument(
+        "--section", default="auto", choices=("auto", "training", "validation", "test"), help="where subjects go"
+    )
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of unlabelled subjects in validation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training/validation shuffle")
+    p.add_argument("--channels", type=int, default=3, help="channels each image must have (default 3)")
+    p.add_argument("--no-check", action="store_true", help="do not read the files' headers")
+    p.add_argument("--skip-incomplete", action="store_true", help="leave out subjects with a missing file")
+    p.add_argument("--update", action="store_true", help="merge into an existing --out (replacing its sections)")
+    p.set_defaults(func=run_make_datalist)
+
+    p = subparsers.add_parser(
+        "check-datalist",
+        help="check that every file of a datalist exists, is readable and has the right channels and grid",
+    )
+    p.add_argument("datalist", help="the JSON file")
+    p.add_argument("--section", nargs="*", default=None, help="sections to check (default: all present)")
+    p.add_argument("--channels", type=int, default=3, help="channels each image must have (default 3)")
+    p.add_argument("--read-data", action="store_true", help="read every voxel (finds truncated files; slower)")
+    p.set_defaults(func=run_check_datalist)
+
+    p = subparsers.add_parser(
+        "montage",
+        help="PNG montage of one subject: each contrast at a few axial levels, lesion outline in red",
+    )
+    p.add_argument("--subject", default=None, help="a subject folder written by make-data")
+    p.add_argument("--image", nargs="+", default=None, help="one 4D file or one file per contrast")
+    p.add_argument("--label", default=None, help="lesion label file (outlined)")
+    p.add_argument("--brain-mask", default=None, help="brain mask file (windowing and levels)")
+    p.add_argument("--out", default=None, help="PNG path (default SUBJECT/montage.png with --subject)")
+    p.add_argument("--levels", type=int, default=5, help="number of axial levels (default 5)")
+    p.add_argument("--title", default=None, help="figure title")
+    p.set_defaults(func=run_montage)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser with only the data subcommands."""
+    parser = argparse.ArgumentParser(prog="qrvae", description="monai-qrvae data tools")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one data subcommand, e.g. ``main(["make-data", "--out", "data"])``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def main_make_data(argv: Sequence[str] | None = None) -> int:
+    """``qrvae make-data`` with its own arguments, e.g. ``main_make_data(["--out", "data"])``."""
+    return main(["make-data", *(sys.argv[1:] if argv is None else argv)])
+
+
+def main_make_datalist(argv: Sequence[str] | None = None) -> int:
+    """``qrvae make-datalist`` with its own arguments."""
+    return main(["make-datalist", *(sys.argv[1:] if argv is None else argv)])
+
+
+def main_montage(argv: Sequence[str] | None = None) -> int:
+    """``qrvae montage`` with its own arguments."""
+    return main(["montage", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
