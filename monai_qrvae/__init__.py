@@ -1,5 +1,75 @@
-"""monai-qrvae: unsupervised lesion detection in brain MRI with quantile-regression VAEs, on MONAI."""
+"""monai-qrvae: unsupervised lesion detection in brain MRI with quantile-regression VAEs, on MONAI.
+
+Importing the package registers its losses, networks, transforms and handlers with MONAI's config parser,
+so bundle configs can name them by short ``_target_`` (e.g. ``"QRVAELoss"``) after ``"$import monai_qrvae"``.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from monai_qrvae.anomaly import (
+    FLAIR_CHANNEL,
+    PPF_085,
+    anomaly_maps,
+    benjamini_hochberg,
+    median_filter,
+    p_value,
+    quantiles_to_mu_sigma,
+    remove_small_components,
+    z_score,
+)
+from monai_qrvae.baselines import IntensityBaseline
+from monai_qrvae.checkpoints import AtomicCheckpointSaver, ResumeFromCheckpoint, load_state_dict_file
+from monai_qrvae.engines import (
+    EpochSeedHandler,
+    LossHistory,
+    LossPartsHandler,
+    VAELossAdapter,
+    VAEPrepareBatch,
+    create_anomaly_evaluator,
+    create_loss_evaluator,
+    create_trainer,
+)
+from monai_qrvae.handlers import (
+    AnomalyMapHandler,
+    AnomalyMapSaver,
+    BestDice,
+    FDRHandler,
+    LesionDice,
+    LesionFilterHandler,
+    MaskedAveragePrecision,
+    MaskedROCAUC,
+    OverlaySaver,
+)
+from monai_qrvae.losses import GaussianVAELoss, QRVAELoss, QuantileLoss, kl_divergence, pinball_loss
+from monai_qrvae.metrics import (
+    BestDiceMetric,
+    DiceScoreMetric,
+    MaskedAveragePrecisionMetric,
+    MaskedROCAUCMetric,
+    QuantileCoverageMetric,
+    compute_best_dice,
+    compute_dice_score,
+    compute_masked_average_precision,
+    compute_masked_roc_auc,
+    compute_quantile_coverage,
+)
+from monai_qrvae.networks import ANOMALY_MAP_LAYOUT, AnomalyMapNet, GaussianVAE, QRVAE
+from monai_qrvae.postprocessing import AnomalyMapsd, FDRMaskd, LesionFilterd
+from monai_qrvae.preprocessing import SliceDataset, volume_transforms
+from monai_qrvae.transforms import (
+    BrainMask,
+    BrainMaskd,
+    HistogramStandardize,
+    HistogramStandardized,
+    MaskedScaleIntensityPercentiles,
+    MaskedScaleIntensityPercentilesd,
+    MaskedZScore,
+    MaskedZScored,
+    SelectSlices,
+    SelectSlicesd,
+    slices_to_items,
+)
+
+__all__ = [name for name in dir() if not name.startswith("_") and name not in ("annotations",)]

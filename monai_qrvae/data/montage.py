@@ -54,7 +54,8 @@ def _as_mask(mask: Any, shape: Sequence[int], what: str) -> np.ndarray | None:
 def choose_levels(
     brain: np.ndarray, label: np.ndarray | None = None, levels: int = 5
 ) -> list[int]:
-    """Pick ``levels`` axial slice indices (last axis) spread over the brain, one through the largest lesion area.
+    """Pick ``levels`` axial slice indices (last axis) spread over the brain; with a label, up to half of them go
+    through the largest lesion areas (at least 5 slices apart).
 
     Args:
         brain: ``(X, Y, Z)`` boolean brain (or non-zero image) mask.
@@ -66,13 +67,20 @@ def choose_levels(
     z = np.flatnonzero(brain.any(axis=(0, 1)))
     if z.size == 0:
         z = np.arange(brain.shape[-1])
-    lo, hi = z[0] + 0.2 * (z[-1] - z[0]), z[0] + 0.85 * (z[-1] - z[0])
+    lo, hi = z[0] + 0.3 * (z[-1] - z[0]), z[0] + 0.85 * (z[-1] - z[0])
     chosen = [int(round(v)) for v in np.linspace(lo, hi, levels)]
+    lesion_levels: set[int] = set()
     if label is not None and label.any():
-        area = label.sum(axis=(0, 1))
-        best = int(np.argmax(area))
-        if best not in chosen:
-            chosen[int(np.argmin([abs(c - best) for c in chosen]))] = best
+        area = label.sum(axis=(0, 1)).astype(float)
+        for _ in range(max(1, levels // 2)):  # up to half the levels go through the largest lesion areas
+            best = int(np.argmax(area))
+            if area[best] <= 0:
+                break
+            area[max(0, best - 4) : best + 5] = 0
+            free = [i for i, c in enumerate(chosen) if c not in lesion_levels]
+            if best not in chosen and free:
+                chosen[min(free, key=lambda i: abs(chosen[i] - best))] = best
+            lesion_levels.add(best)
     return sorted(set(chosen))
 
 

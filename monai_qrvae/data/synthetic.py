@@ -12,8 +12,8 @@ maps and a brain mask; nothing is downloaded). Each subject is rendered from the
    mostly in white matter and around the ventricles, that multiply the local intensity by ``1 + w * k`` with
    ``k > 0`` on T2/FLAIR (hyperintense) and ``k < 0`` on T1 (hypointense); some are subtle (FLAIR within the
    grey-matter range). The label is exactly the set of voxels whose intensity was changed;
-4. a multiplicative smooth bias field per contrast, then Rician noise inside the brain; zero outside the brain
-   mask (skull stripped).
+4. a multiplicative smooth bias field per contrast, then Rician noise inside the brain, rounded to whole numbers
+   (as a scanner stores them; it also halves the file size); zero outside the brain mask (skull stripped).
 
 Every random draw comes from ``numpy.random.default_rng([seed, subject_index, stream])`` with separate streams
 for anatomy, noise and lesions, so a subject can be rendered with and without its lesions and the two renders
@@ -322,7 +322,7 @@ class SyntheticBrainGenerator:
             weight = 0.3 + 0.7 * np.clip(value / float(value[blob].max()), 0.0, 1.0)
             subtle = bool(rng.random() < 0.35)
             k_flair = rng.uniform(0.12, 0.3) if subtle else rng.uniform(0.3, 1.0)
-            k = np.array([-rng.uniform(0.05, 0.45), k_flair * rng.uniform(0.8, 1.5), k_flair], dtype=np.float32)
+            k = np.array([-rng.uniform(0.05, 0.45), k_flair * rng.uniform(1.0, 2.0), k_flair], dtype=np.float32)
             change = np.where(blob[None], weight[None] * k[:, None, None, None], 0.0).astype(np.float32)
             region = effect[(slice(None), *box)]
             effect[(slice(None), *box)] = np.where(np.abs(change) > np.abs(region), change, region)
@@ -400,7 +400,7 @@ class SyntheticBrainGenerator:
             signal = clean[c].reshape(-1)[inside]
             real = signal + sigma[c] * noise_rng.standard_normal(inside.size, dtype=np.float32)
             imag = sigma[c] * noise_rng.standard_normal(inside.size, dtype=np.float32)
-            image[c, inside] = np.sqrt(real * real + imag * imag)
+            image[c, inside] = np.rint(np.sqrt(real * real + imag * imag))  # integers, like a scanner's output
         image = np.moveaxis(image.reshape(len(CONTRASTS), *self.shape), 0, -1)
 
         params.update(
