@@ -55,7 +55,9 @@ class IntensityBaseline(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``(B, 3C, ...)``: ``[mu, sigma, z]`` with ``z = (x - mean) / std`` per channel."""
         if x.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"expected {self.mean.shape[0]} input channels, got {x.shape[1]} (shape {tuple(x.shape)}).")
+            raise ValueError(
+                f"expected {self.mean.shape[0]} input channels, got {x.shape[1]} (shape {tuple(x.shape)})."
+            )
         shape = (1, -1) + (1,) * (x.ndim - 2)
         mu = self.mean.view(shape).expand_as(x)
         sigma = self.std.view(shape).expand_as(x)

@@ -320,21 +320,29 @@ class OverlaySaver:
         else:
             mid = image.shape[-1] // 2
             chosen = list(range(max(0, mid - n // 2), max(0, mid - n // 2) + n))
-        fig, axes = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
+        fig, axes = plt.subplots(3, n, figsize=(2.0 * n, 6.4), squeeze=False)
         for col, s in enumerate(chosen):
             flair = np.rot90(image[..., s])
             axes[0, col].imshow(flair, cmap="gray", vmin=0, vmax=1)
             axes[0, col].set_title(f"slice {s}", fontsize=8)
-            axes[1, col].imshow(flair, cmap="gray", vmin=0, vmax=1)
-            z = np.rot90(np.clip(score[..., s], 0, self.z_max))
-            axes[1, col].imshow(np.ma.masked_less(z, 1.0), cmap="hot", vmin=0, vmax=self.z_max, alpha=0.7)
+            axes[1, col].imshow(np.rot90(score[..., s]), cmap="magma", vmin=0, vmax=self.z_max)
+            axes[2, col].imshow(flair, cmap="gray", vmin=0, vmax=1)
             if lesion is not None and lesion[..., s].any():
-                axes[1, col].contour(np.rot90(lesion[..., s]), levels=[0.5], colors="red", linewidths=0.8)
+                axes[2, col].imshow(
+                    np.ma.masked_equal(np.rot90(lesion[..., s]).astype(float), 0),
+                    cmap="autumn",
+                    vmin=0,
+                    vmax=1,
+                    alpha=0.75,
+                    interpolation="nearest",
+                )
             if label is not None and label[..., s].any():
-                axes[1, col].contour(np.rot90(label[..., s]), levels=[0.5], colors="lime", linewidths=0.8)
-            for row in range(2):
+                axes[2, col].contour(np.rot90(label[..., s]), levels=[0.5], colors="lime", linewidths=0.9)
+            for row in range(3):
                 axes[row, col].axis("off")
-        fig.suptitle(f"{stem}: FLAIR (top); z-map, detected (red), label (green)", fontsize=9)
+        fig.suptitle(
+            f"{stem}: FLAIR; z-map (0 to {self.z_max:g}); detected lesions (red) and label outline (green)", fontsize=9
+        )
         fig.tight_layout()
         path = self.output_dir / f"{stem}_overlay.png"
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))

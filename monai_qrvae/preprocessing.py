@@ -103,8 +103,13 @@ class SliceDataset(Dataset):
         for volume in tqdm(data, desc="preparing slices", disable=not progress, leave=False):
             prepared = transform(dict(volume))
             for item in slices_to_items(prepared, keys=[k for k in keys if k in prepared]):
-                items.append({k: (v.as_tensor() if hasattr(v, "as_tensor") else v) for k, v in item.items()
-                              if k in keys or k == "slice_index"})
+                items.append(
+                    {
+                        k: (v.as_tensor() if hasattr(v, "as_tensor") else v)
+                        for k, v in item.items()
+                        if k in keys or k == "slice_index"
+                    }
+                )
         if not items:
             raise ValueError(f"no slices were produced from {len(data)} volume(s); expected at least one volume.")
         super().__init__(data=items, transform=slice_transform)

@@ -45,7 +45,7 @@ from monai_qrvae.handlers import (
     atomic_write,
 )
 from monai_qrvae.losses import GaussianVAELoss, QRVAELoss
-from monai_qrvae.networks import AnomalyMapNet, GaussianVAE, QRVAE
+from monai_qrvae.networks import QRVAE, AnomalyMapNet, GaussianVAE
 from monai_qrvae.preprocessing import SliceDataset, volume_transforms
 
 __all__ = [
@@ -217,7 +217,12 @@ def train(
     output_dir.mkdir(parents=True, exist_ok=True)
     set_determinism(seed=seed)
     config = ModelConfig(
-        method=method, preset=preset, image_size=image_size, num_slices=num_slices, quantiles=tuple(quantiles), beta=beta
+        method=method,
+        preset=preset,
+        image_size=image_size,
+        num_slices=num_slices,
+        quantiles=tuple(quantiles),
+        beta=beta,
     )
     train_items = _datalist(datalist, "training")
     val_items = _datalist(datalist, "validation")
@@ -243,8 +248,12 @@ def train(
     handlers: list[Any] = [EpochSeedHandler(seed)]
     handlers.append(ValidationHandler(validator=validator, interval=val_interval, epoch_level=True))
     handlers.append(history)
-    handlers.append(StatsHandler(name="monai_qrvae.train", tag_name="loss", output_transform=lambda o: o["loss"].item()))
-    handlers.append(TensorBoardStatsHandler(log_dir=str(output_dir / "tensorboard"), output_transform=lambda o: o["loss"].item()))
+    handlers.append(
+        StatsHandler(name="monai_qrvae.train", iteration_log=False, tag_name="loss", output_transform=lambda o: None)
+    )
+    handlers.append(
+        TensorBoardStatsHandler(log_dir=str(output_dir / "tensorboard"), output_transform=lambda o: o["loss"].item())
+    )
     trainer = create_trainer(
         vae, loss, train_loader, max_epochs=epochs, device=device, optimizer=optimizer, train_handlers=handlers
     )
@@ -255,7 +264,9 @@ def train(
     if progress:
         from ignite.handlers import ProgressBar
 
-        ProgressBar(desc=f"train {method}", persist=False).attach(trainer, output_transform=lambda o: {"loss": o["loss"]})
+        ProgressBar(desc=f"train {method}", persist=False).attach(
+            trainer, output_transform=lambda o: {"loss": o["loss"]}
+        )
     trainer.run()
 
     if method == "mse":  # calibrate the residual sigma on healthy validation slices
@@ -465,13 +476,22 @@ def demo(
     for method in methods:
         print(f"[demo] training {method} ...")
         summary = train(
-            datalist, output_dir / method / "model", method=method, epochs=epochs, seed=seed, progress=progress,
+            datalist,
+            output_dir / method / "model",
+            method=method,
+            epochs=epochs,
+            seed=seed,
+            progress=progress,
             preset=preset,
         )
         print(f"[demo] evaluating {method} on the lesion subjects ...")
         metrics = evaluate(
-            output_dir / method / "model", datalist, output_dir / method / "eval", alpha=alpha,
-            save_maps=method == "qrvae", save_png=True,
+            output_dir / method / "model",
+            datalist,
+            output_dir / method / "eval",
+            alpha=alpha,
+            save_maps=method == "qrvae",
+            save_png=True,
         )
         metrics["train_seconds"] = summary["seconds"]
         results.append(metrics)

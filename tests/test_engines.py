@@ -48,11 +48,15 @@ def _run(tmp_path, epochs: int, resume: bool, seed: int = 0, stop_after: int | N
     torch.manual_seed(seed)
     net = _tiny_qrvae()
     ds = Dataset(_slices())
-    loader = DataLoader(ds, batch_size=8, sampler=DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=seed))
+    loader = DataLoader(
+        ds, batch_size=8, sampler=DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    )
     loss = QRVAELoss()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     history = LossHistory()
-    trainer = create_trainer(net, loss, loader, max_epochs=epochs, optimizer=opt, train_handlers=[EpochSeedHandler(seed), history])
+    trainer = create_trainer(
+        net, loss, loader, max_epochs=epochs, optimizer=opt, train_handlers=[EpochSeedHandler(seed), history]
+    )
     save = {"network": net, "optimizer": opt, "trainer": trainer}
     if resume:
         ResumeFromCheckpoint(tmp_path, save).attach(trainer)

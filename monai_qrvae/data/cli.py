@@ -1,7 +1,8 @@
 """Command-line subcommands of the data module: ``make-data``, ``make-datalist``, ``check-datalist``, ``montage``.
 
-The ``qrvae`` console script registers them with :func:`add_parsers`; each parser sets ``func`` (a callable taking
-the parsed ``argparse.Namespace`` and returning an exit code). :func:`main` runs them on their own::
+The ``qrvae`` console script registers them with :func:`add_parsers`; each parser sets ``func`` (a ``run_*``
+function taking the parsed ``argparse.Namespace`` and returning 0; it raises ``FileNotFoundError``/``ValueError``
+with a message naming the file, for the caller to print). :func:`main` runs them on their own::
 
     python -m monai_qrvae.data.cli make-data --out data/synthetic --healthy 40 --lesion 10 --seed 0 --spacing 2
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +34,7 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _guard(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn the library's FileNotFoundError/ValueError into a one-line message and exit code 1."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"qrvae {name}: error: {err}", file=sys.stderr)
-            return 1
-
-    run.__name__ = func.__name__
-    run.__doc__ = func.__doc__
-    return run
-
-
-def _make_data(args: argparse.Namespace) -> int:
+def run_make_data(args: argparse.Namespace) -> int:
     from .synthetic import make_cohort
 
     start = time.perf_counter()
@@ -70,7 +56,7 @@ def _make_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_datalist(args: argparse.Namespace) -> int:
+def run_make_datalist(args: argparse.Namespace) -> int:
     from .datalist import make_datalist
 
     datalist = make_datalist(
@@ -92,7 +78,7 @@ def _make_datalist(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_datalist(args: argparse.Namespace) -> int:
+def run_check_datalist(args: argparse.Namespace) -> int:
     import json
 
     from .datalist import DATALIST_SECTIONS, load_datalist
@@ -112,7 +98,7 @@ def _check_datalist(args: argparse.Namespace) -> int:
     return 0
 
 
-def _montage(args: argparse.Namespace) -> int:
+def run_montage(args: argparse.Namespace) -> int:
     from .montage import save_montage, subject_montage
 
     if args.subject is not None:
@@ -132,12 +118,6 @@ def _montage(args: argparse.Namespace) -> int:
         raise ValueError("give --subject DIR (a folder written by make-data) or --image FILE [FILE ...].")
     print(f"wrote {png}")
     return 0
-
-
-run_make_data = _guard("make-data", _make_data)
-run_make_datalist = _guard("make-datalist", _make_datalist)
-run_check_datalist = _guard("check-datalist", _check_datalist)
-run_montage = _guard("montage", _montage)
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -207,14 +187,25 @@ def add_parsers(subparsers: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """A stand-alone parser with only the data subcommands."""
     parser = argparse.ArgumentParser(prog="qrvae", description="monai-qrvae data tools")
+    parser.add_argument("--debug", action="store_true", help="show full stack traces")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one data subcommand, e.g. ``main(["make-data", "--out", "data"])``; returns the exit code."""
+    """Run one data subcommand, e.g. ``main(["make-data", "--out", "data"])``; returns the exit code.
+
+    Like ``qrvae``: a missing file or a bad value prints one line (``qrvae CMD: error: ...``) and returns 2;
+    ``--debug`` shows the full trace instead.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as err:
+        if args.debug:
+            raise
+        print(f"qrvae {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def main_make_data(argv: Sequence[str] | None = None) -> int:

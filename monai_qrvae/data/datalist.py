@@ -177,9 +177,7 @@ def read_image(
     return data, info.affine
 
 
-def _check_image(
-    image: Any, num_channels: int | None, read_data: bool, atol: float, what: str = "image"
-) -> ImageInfo:
+def _check_image(image: Any, num_channels: int | None, read_data: bool, atol: float, what: str = "image") -> ImageInfo:
     if isinstance(image, (str, os.PathLike)):
         info = read_image_info(image, read_data=read_data)
         if num_channels is not None and info.n_channels != num_channels:

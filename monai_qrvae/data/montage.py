@@ -51,9 +51,7 @@ def _as_mask(mask: Any, shape: Sequence[int], what: str) -> np.ndarray | None:
     return array > 0
 
 
-def choose_levels(
-    brain: np.ndarray, label: np.ndarray | None = None, levels: int = 5
-) -> list[int]:
+def choose_levels(brain: np.ndarray, label: np.ndarray | None = None, levels: int = 5) -> list[int]:
     """Pick ``levels`` axial slice indices (last axis) spread over the brain; with a label, up to half of them go
     through the largest lesion areas (at least 5 slices apart).
 
@@ -162,8 +160,9 @@ def save_montage(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=dpi, facecolor=fig.get_facecolor(), bbox_inches="tight", pad_inches=0.05,
-                metadata={"Software": None})
+    fig.savefig(
+        out, dpi=dpi, facecolor=fig.get_facecolor(), bbox_inches="tight", pad_inches=0.05, metadata={"Software": None}
+    )
     return out
 
 

@@ -220,7 +220,7 @@ class SyntheticBrainGenerator:
         changed = (healthy.image != patient.image).any(-1)   # equals patient.label
     """
 
-    def __init__(self, spacing: float = 2.0, seed: int = 0, margin_mm: float = 8.0) -> None:
+    def __init__(self, spacing: float = 2.0, seed: int = 0, margin_mm: float = 12.0) -> None:
         spacing = float(spacing)
         if not np.isfinite(spacing) or spacing < 0.5 or spacing > 8.0:
             raise ValueError(f"spacing must be between 0.5 and 8 mm, got {spacing}.")
@@ -245,7 +245,7 @@ class SyntheticBrainGenerator:
     def _warp(self, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
         """Sample GM, WM and mask on the output grid through a random affine and a smooth displacement."""
         tpl, s = self._template, self.spacing
-        scale = 1.0 + np.clip(rng.normal(0.0, 0.04, 3), -0.1, 0.1)
+        scale = 1.0 + np.clip(rng.normal(0.0, 0.03, 3), -0.08, 0.08)
         angles = np.deg2rad(np.clip(rng.normal(0.0, 3.0, 3), -8.0, 8.0))
         shift = np.clip(rng.normal(0.0, 2.0, 3), -5.0, 5.0)
         amplitude = float(rng.uniform(1.5, 3.5))
@@ -380,7 +380,8 @@ class SyntheticBrainGenerator:
         jitter = 1.0 + np.clip(rng.normal(0.0, 0.04, (len(CONTRASTS), len(TISSUES))), -0.08, 0.08)
         intensities = np.array([BASE_INTENSITIES[c] for c in CONTRASTS]) * jitter * gains[:, None]
         bias_sd = rng.uniform(0.03, 0.12, len(CONTRASTS))
-        bias = np.exp(_smooth_field(rng, self.shape, self.spacing, ctrl_mm=60.0, scale=1.0, n=3) * bias_sd[:, None, None, None].astype(np.float32))
+        bias = _smooth_field(rng, self.shape, self.spacing, ctrl_mm=60.0, scale=1.0, n=len(CONTRASTS))
+        bias = np.exp(bias * bias_sd.astype(np.float32)[:, None, None, None])
         snr = rng.uniform(18.0, 40.0, len(CONTRASTS))
         sigma = intensities[:, 1:].mean(1) / snr
 
@@ -405,7 +406,9 @@ class SyntheticBrainGenerator:
 
         params.update(
             {
-                "intensities": {c: dict(zip(TISSUES, intensities[i].round(3).tolist())) for i, c in enumerate(CONTRASTS)},
+                "intensities": {
+                    c: dict(zip(TISSUES, intensities[i].round(3).tolist())) for i, c in enumerate(CONTRASTS)
+                },
                 "bias_sd": dict(zip(CONTRASTS, bias_sd.round(4).tolist())),
                 "noise_sigma": dict(zip(CONTRASTS, sigma.round(3).tolist())),
             }
