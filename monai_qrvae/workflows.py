@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import DataLoader, Dataset, load_decathlon_datalist
+from monai.data import DataLoader, Dataset
 from monai.handlers import StatsHandler, TensorBoardStatsHandler, ValidationHandler
 from monai.utils import set_determinism
 from torch import nn
@@ -148,16 +148,16 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     return config, net.to(device).eval()
 
 
-def _datalist(datalist: str | os.PathLike, section: str) -> list[dict]:
-    path = Path(datalist)
-    if not path.is_file():
-        raise FileNotFoundError(f"datalist {path} does not exist; expected a Decathlon-style JSON (qrvae make-data).")
-    try:
-        items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=section)
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"datalist {path} has no usable {section!r} section: {e}") from e
+def _datalist(datalist: str | os.PathLike, section: str, read_data: bool = False) -> list[dict]:
+    """One checked section of a datalist: files exist, contrasts agree in shape and affine, 3 channels.
+
+    With ``read_data`` every voxel is read too (corrupt data, NaN/Inf voxels, all-zero images).
+    """
+    from monai_qrvae.data.datalist import load_datalist
+
+    items = load_datalist(datalist, section=section, check=True, num_channels=3, read_data=read_data)
     if not items:
-        raise ValueError(f"datalist {path}: section {section!r} is empty; expected at least one subject.")
+        raise ValueError(f"datalist {datalist}: section {section!r} is empty; expected at least one subject.")
     return items
 
 
@@ -214,7 +214,6 @@ def train(
     """
     start = time.perf_counter()
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     set_determinism(seed=seed)
     config = ModelConfig(
         method=method,
@@ -230,6 +229,7 @@ def train(
     train_ds = SliceDataset(train_items, vt, progress=progress)
     val_ds = SliceDataset(val_items, vt, progress=progress)
     vae, net = build_networks(config)
+    output_dir.mkdir(parents=True, exist_ok=True)
     if vae is None:  # FLAIR thresholding: fit the healthy intensity statistics, no training
         net.fit(DataLoader(train_ds, batch_size=256))
         config.save(output_dir / CONFIG_FILE)
@@ -350,7 +350,7 @@ def evaluate(
     labels), ``auroc``, ``auprc``; per-volume values are kept in ``per_volume``.
     """
     config, net = load_model(model_dir, device)
-    items = _datalist(datalist, section)
+    items = _datalist(datalist, section, read_data=True)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pre = volume_transforms(image_size=config.image_size, num_slices=config.num_slices)
@@ -399,16 +399,14 @@ def infer(
     Args:
         images: paths of 4D (T1, T2, FLAIR) images, or datalist entries (``{"image": ..., "brain_mask": ...}``).
     """
+    from monai_qrvae.data.datalist import check_item
+
     config, net = load_model(model_dir, device)
     items = []
     for entry in images:
-        item = dict(entry) if isinstance(entry, dict) else {"image": str(entry)}
-        for key in ("image", "brain_mask"):
-            paths = item.get(key)
-            for p in [paths] if isinstance(paths, (str, os.PathLike)) else (paths or []):
-                if not Path(p).is_file():
-                    raise FileNotFoundError(f"{key} file {p} does not exist.")
+        item = dict(entry) if isinstance(entry, dict) else {"image": os.fspath(entry)}
         item.pop("label", None)
+        check_item(item, num_channels=config.in_channels, read_data=True)  # every input is checked before writing
         items.append(item)
     pre = volume_transforms(image_size=config.image_size, num_slices=config.num_slices)
     loader = DataLoader(Dataset(items, pre), batch_size=1, num_workers=0)

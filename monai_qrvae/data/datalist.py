@@ -206,6 +206,23 @@ def _check_image(image: Any, num_channels: int | None, read_data: bool, atol: fl
     raise ValueError(f"{what} must be a file path or a non-empty list of file paths, got {image!r}.")
 
 
+def _check_values(info: ImageInfo, what: str) -> None:
+    """Voxel checks that need the data: NaN/Inf voxels, an all-zero (empty brain) image."""
+    data = info.data
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"{what} file {info.path} has {bad} NaN or Inf voxel(s) of {data.size}; expected finite intensities "
+            "(fix or mask them before use)."
+        )
+    if not np.any(data):
+        raise ValueError(
+            f"{what} file {info.path} is all zero: the brain mask would be empty; expected a skull-stripped brain "
+            "with non-zero voxels."
+        )
+
+
 def check_item(
     item: dict[str, Any],
     num_channels: int | None = 3,
@@ -220,7 +237,8 @@ def check_item(
         item: ``{"image": path or [paths], "brain_mask"?: path, "label"?: path}`` with resolved paths
             (as :func:`monai.data.load_decathlon_datalist` returns them).
         num_channels: channels ``image`` must have (``None``: any).
-        read_data: read every voxel (finds truncated/corrupt data, slower); NIfTI headers only otherwise.
+        read_data: read every voxel (finds truncated/corrupt data, NaN/Inf voxels and all-zero images,
+            slower); NIfTI headers only otherwise.
         image_key: key of the image.
         mask_keys: single-channel keys checked, when present, against the image's grid.
         atol: tolerance (mm) for affine comparisons.
@@ -235,6 +253,8 @@ def check_item(
     if not isinstance(item, dict) or image_key not in item:
         raise ValueError(f"a datalist entry must be a dict with an {image_key!r} key, got {item!r}.")
     info = _check_image(item[image_key], num_channels, read_data, atol, what=image_key)
+    if info.data is not None:
+        _check_values(info, image_key)
     info.data = None
     for key in mask_keys:
         if key not in item or item[key] is None:
