@@ -191,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as e:
         if args.debug:
             raise
-        print(f"qrvae {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the exception's formatting
+        print(f"qrvae {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"qrvae {args.command}: interrupted; run the same command again to resume.", file=sys.stderr)

@@ -1,0 +1,188 @@
+"""Bad inputs get one clear error at the CLI and leave no output; odd but valid inputs work; safe loading."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_qrvae.checkpoints import load_state_dict_file
+from monai_qrvae.cli import main
+from monai_qrvae.data import make_cohort
+from monai_qrvae.workflows import load_model
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """A tiny cohort and a FLAIR-threshold model (no training: fitted in seconds), shared by the tests."""
+    root = tmp_path_factory.mktemp("robust")
+    datalist = make_cohort(root / "data", n_healthy=3, n_lesion=1, seed=0, spacing=3.0)
+    assert (
+        main(
+            [
+                "train",
+                "--datalist",
+                str(datalist),
+                "--out",
+                str(root / "model"),
+                "--method",
+                "flair",
+                "--no-progress",
+                "--num-slices",
+                "8",
+            ]
+        )
+        == 0
+    )
+    test = json.loads(datalist.read_text())["test"][0]
+    image = root / "data" / test["image"]
+    return root, datalist, image
+
+
+def _infer(root, image, capsys, name: str):
+    out = root / f"out_{name}"
+    rc = main(["infer", "--model", str(root / "model"), "--out", str(out), "--no-png", str(image)])
+    err = capsys.readouterr().err
+    return rc, err, out
+
+
+def _save_like(reference, data, path, affine=None):
+    ref = nib.load(reference)
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), ref.affine if affine is None else affine), path)
+    return path
+
+
+def _assert_clean_error(rc, err, out, *needles):
+    assert rc == 2, err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1, f"expected one line, got: {err!r}"
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not out.exists() or not any(out.iterdir()), "output written despite the error"
+
+
+def test_missing_file(cohort, capsys):
+    root, _, _ = cohort
+    rc, err, out = _infer(root, root / "nope.nii.gz", capsys, "missing")
+    _assert_clean_error(rc, err, out, "nope.nii.gz", "not found")
+
+
+def test_truncated_nifti(cohort, capsys):
+    root, _, image = cohort
+    bad = root / "truncated.nii.gz"
+    bad.write_bytes(image.read_bytes()[: image.stat().st_size // 3])
+    rc, err, out = _infer(root, bad, capsys, "truncated")
+    _assert_clean_error(rc, err, out, "truncated.nii.gz", "cannot read")
+
+
+def test_not_a_nifti(cohort, capsys):
+    root, _, _ = cohort
+    bad = root / "garbage.nii.gz"
+    bad.write_bytes(gzip.compress(b"this is not an image"))
+    rc, err, out = _infer(root, bad, capsys, "garbage")
+    _assert_clean_error(rc, err, out, "garbage.nii.gz")
+
+
+def test_2d_image(cohort, capsys):
+    root, _, image = cohort
+    bad = _save_like(image, np.ones((30, 30)), root / "flat.nii.gz")
+    rc, err, out = _infer(root, bad, capsys, "2d")
+    _assert_clean_error(rc, err, out, "flat.nii.gz", "expected a 3D volume")
+
+
+def test_wrong_number_of_contrasts(cohort, capsys):
+    root, _, image = cohort
+    data = nib.load(image).get_fdata()[..., :2]
+    bad = _save_like(image, data, root / "two.nii.gz")
+    rc, err, out = _infer(root, bad, capsys, "channels")
+    _assert_clean_error(rc, err, out, "two.nii.gz", "2 channel", "expected 3")
+
+
+def test_nan_voxels(cohort, capsys):
+    root, _, image = cohort
+    data = nib.load(image).get_fdata()
+    data[10, 10, 10, 2] = np.nan
+    data[11, 10, 10, 0] = np.inf
+    bad = _save_like(image, data, root / "nan.nii.gz")
+    rc, err, out = _infer(root, bad, capsys, "nan")
+    _assert_clean_error(rc, err, out, "nan.nii.gz", "2 NaN or Inf")
+
+
+def test_all_zero_volume(cohort, capsys):
+    root, _, image = cohort
+    bad = _save_like(image, np.zeros(nib.load(image).shape), root / "zero.nii.gz")
+    rc, err, out = _infer(root, bad, capsys, "zero")
+    _assert_clean_error(rc, err, out, "zero.nii.gz", "empty")
+
+
+def test_mismatched_contrast_files(cohort, capsys):
+    root, _, image = cohort
+    data = nib.load(image).get_fdata()
+    t1 = _save_like(image, data[..., 0], root / "t1.nii.gz")
+    t2 = _save_like(image, data[..., 1], root / "t2.nii.gz")
+    shifted = nib.load(image).affine.copy()
+    shifted[0, 3] += 5
+    flair = _save_like(image, data[..., 2], root / "flair.nii.gz", affine=shifted)
+    datalist = root / "mismatch.json"
+    datalist.write_text(json.dumps({"test": [{"image": [str(t1), str(t2), str(flair)]}]}))
+    out = root / "out_mismatch"
+    rc = main(["infer", "--model", str(root / "model"), "--out", str(out), "--datalist", str(datalist)])
+    _assert_clean_error(rc, capsys.readouterr().err, out, "flair.nii.gz", "affine")
+
+
+def test_non_ras_anisotropic_large_image_works(cohort, capsys):
+    """An LPS-oriented, anisotropic, upsampled copy is reoriented and resampled; maps come back on its grid."""
+    root, _, image = cohort
+    img = nib.load(image)
+    data = img.get_fdata()
+    data = np.repeat(data[::-1, ::-1], 2, axis=2)  # flip x/y (LPS-like) and double z (1.5 mm slices)
+    affine = img.affine @ np.diag([-1.0, -1.0, 0.5, 1.0])
+    affine[:3, 3] = img.affine[:3, :3] @ np.array([img.shape[0] - 1, img.shape[1] - 1, 0]) + img.affine[:3, 3]
+    odd = root / "odd.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype(np.float32), affine), odd)
+    rc, err, out = _infer(root, odd, capsys, "odd")
+    assert rc == 0, err
+    zmap = nib.load(out / "odd_zmap.nii.gz")
+    assert zmap.shape == data.shape[:3]
+    np.testing.assert_allclose(zmap.affine, affine, atol=1e-4)
+    assert np.isfinite(zmap.get_fdata()).all()
+
+
+def test_tampered_and_pickled_checkpoints_are_refused(cohort, tmp_path):
+    root, _, _ = cohort
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    # a checkpoint carrying an arbitrary pickled object must not be unpickled
+    torch.save({"network.mean": torch.zeros(3), "payload": _Payload()}, model / "model.pt")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_model(model)
+    (model / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        load_state_dict_file(model / "model.pt")
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--datalist",
+                str(root / "data" / "datalist.json"),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 2
+    )
+    assert not (tmp_path / "eval").exists()
+
+
+class _Payload:
+    """An object whose unpickling would run code in a full-pickle load."""
+
+    def __reduce__(self):
+        return (print, ("unpickled!",))
