@@ -287,15 +287,16 @@ def benjamini_hochberg(p: Any, alpha: float = 0.05, mask: Any = None, per: str =
     return detected
 
 
-def median_filter(x: Any, size: int = 3) -> Any:
+def median_filter(x: Any, size: int | Sequence[int] = 3) -> Any:
     """Median filter over the spatial axes of ``(B, C, spatial...)`` data, with MONAI's ``median_filter``.
 
-    The window is ``size`` voxels along every spatial axis (3 x 3 for slices, 3 x 3 x 3 for volumes); borders are
+    The window is ``size`` voxels along every spatial axis (3 x 3 for slices, 3 x 3 x 3 for volumes), or one odd
+    size per spatial axis (e.g. ``(3, 3, 1)`` filters each axial slice of a volume); borders are
     replicate-padded. Reduced-precision and boolean inputs are filtered in float32 and cast back.
 
     Args:
         x: ``(B, C, H, W)`` or ``(B, C, H, W, D)`` tensor, MetaTensor or numpy array.
-        size: odd window size ``>= 1``.
+        size: odd window size ``>= 1``, or one per spatial axis.
 
     Returns:
         The filtered data, same shape, type and dtype as ``x``.
@@ -303,16 +304,17 @@ def median_filter(x: Any, size: int = 3) -> Any:
     Raises:
         ValueError: for an even or non-positive ``size`` or input without 1-3 spatial axes.
     """
-    if int(size) != size or size < 1 or size % 2 == 0:
-        raise ValueError(f"size must be an odd integer >= 1, got {size}.")
     xt = _as_tensor(x)
     spatial_dims = xt.ndim - 2
     if spatial_dims not in (1, 2, 3):
         raise ValueError(f"x must be (B, C, spatial...) with 1-3 spatial axes, got shape {tuple(xt.shape)}.")
-    if size == 1:
+    sizes = [size] * spatial_dims if isinstance(size, (int, float)) else list(size)
+    if len(sizes) != spatial_dims or any(int(k) != k or k < 1 or k % 2 == 0 for k in sizes):
+        raise ValueError(f"size must be an odd integer >= 1 or {spatial_dims} of them, got {size}.")
+    if all(k == 1 for k in sizes):
         return x
     work = xt.to(_float_dtype(xt))
-    out = _monai_median_filter(work, kernel_size=int(size), spatial_dims=spatial_dims)
+    out = _monai_median_filter(work, kernel_size=[int(k) for k in sizes], spatial_dims=spatial_dims)
     if xt.dtype == torch.bool:
         out = out > 0.5
     return convert_to_dst_type(out, x)[0]

@@ -23,6 +23,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_post(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate (0.05)")
     p.add_argument("--per", choices=("volume", "slice"), default="volume", help="FDR per volume or per slice")
+    p.add_argument("--score-median", type=int, default=3, help="in-plane median filter of the z-map (3; 1 = off)")
     p.add_argument("--median-size", type=int, default=1, help="median filter of the lesion mask (1 = off)")
     p.add_argument("--min-size", type=int, default=0, help="drop lesion components smaller than this (voxels)")
 
@@ -79,6 +80,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         per=args.per,
         median_size=args.median_size,
         min_size=args.min_size,
+        score_median=args.score_median,
         save_maps=not args.no_maps,
         save_png=not args.no_png,
         device=args.device,
@@ -106,6 +108,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         per=args.per,
         median_size=args.median_size,
         min_size=args.min_size,
+        score_median=args.score_median,
         save_png=not args.no_png,
         device=args.device,
     )

@@ -61,6 +61,8 @@ class AnomalyMapHandler(PostProcessing):
         mask_key: brain mask key; outside it ``z = 0`` and ``p = 1``.
         channel: input channel to score.
         alternative: ``"greater"`` (hyperintense), ``"less"`` or ``"two-sided"``.
+        keep_mu_sigma: also add ``mu`` and ``sigma`` of the channel.
+        median_size: in-plane median filter of the z-map before the p-values (1 = off).
         event: ``"MODEL_COMPLETED"`` (default, before metrics) or ``"ITERATION_COMPLETED"``.
     """
 
@@ -71,10 +73,14 @@ class AnomalyMapHandler(PostProcessing):
         channel: int = FLAIR_CHANNEL,
         alternative: str = "greater",
         keep_mu_sigma: bool = False,
+        median_size: int = 1,
         event: str = "MODEL_COMPLETED",
     ) -> None:
         super().__init__(
-            AnomalyMapsd(pred_key, mask_key, channel, alternative, keep_mu_sigma=keep_mu_sigma), event=event
+            AnomalyMapsd(
+                pred_key, mask_key, channel, alternative, keep_mu_sigma=keep_mu_sigma, median_size=median_size
+            ),
+            event=event,
         )
 
 

@@ -41,6 +41,8 @@ class AnomalyMapsd(MapTransform):
         z_key: output key of the z-map.
         p_key: output key of the p-map.
         keep_mu_sigma: also write ``mu`` and ``sigma`` of that channel.
+        median_size: in-plane median filter of the z-map before p-values (1 = off; the field's usual
+            post-processing, Baur et al. 2021). Null p-values of a filtered map are conservative.
         roi_key: output key of the analysis mask actually used (a copy of the brain mask), so that metric
             handlers, which only see ``engine.state.output``, can restrict themselves to the brain.
     """
@@ -54,10 +56,12 @@ class AnomalyMapsd(MapTransform):
         z_key: str = "z",
         p_key: str = "p",
         keep_mu_sigma: bool = False,
+        median_size: int = 1,
         roi_key: str = "roi",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.median_size = median_size
         self.mask_key = mask_key
         self.roi_key = roi_key
         self.channel = channel
@@ -76,6 +80,11 @@ class AnomalyMapsd(MapTransform):
             if not 0 <= self.channel < c:
                 raise ValueError(f"channel {self.channel} is out of range for a prediction of {c} input channel(s).")
             z = torch.as_tensor(pred[2 * c + self.channel : 2 * c + self.channel + 1]).float()
+            if self.median_size > 1:
+                size = [self.median_size] * (z.ndim - 1)
+                if z.ndim == 4:
+                    size[-1] = 1  # filter each axial slice: the 2D model sees slices independently
+                z = median_filter(z.unsqueeze(0), size)[0]
             if self.mask_key is not None and self.mask_key in d:
                 mask = torch.as_tensor(d[self.mask_key]).to(z.device) > 0
                 if mask.shape[1:] != z.shape[1:]:

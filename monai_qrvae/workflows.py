@@ -312,10 +312,10 @@ def _residual_sigma(net: nn.Module, loader: Any, device: str) -> float:
 
 
 def _anomaly_handlers(
-    alpha: float, per: str, median_size: int, min_size: int, with_label: bool
+    alpha: float, per: str, median_size: int, min_size: int, with_label: bool, score_median: int = 3
 ) -> tuple[list[Any], dict[str, Any]]:
     post = [
-        AnomalyMapHandler(),
+        AnomalyMapHandler(median_size=score_median),
         FDRHandler(alpha=alpha, per=per),
         LesionFilterHandler(median_size=median_size, min_size=min_size),
     ]
@@ -342,12 +342,14 @@ def evaluate(
     save_maps: bool = True,
     save_png: bool = True,
     device: str = "cpu",
+    score_median: int = 3,
 ) -> dict[str, Any]:
     """Score the labelled ``section`` with a trained model; write metrics (JSON, CSV), maps and overlays.
 
     Metrics, voxel-wise inside the brain mask and pooled over the section: ``dice_fdr`` (Dice of the label-free
     BH-FDR mask at ``alpha``), ``best_dice`` (best Dice over all thresholds, an upper bound that uses the
-    labels), ``auroc``, ``auprc``; per-volume values are kept in ``per_volume``.
+    labels), ``auroc``, ``auprc``; per-volume values are kept in ``per_volume``. All are computed on the z-map
+    median-filtered in-plane with window ``score_median`` (1 = off), the same for every method.
     """
     config, net = load_model(model_dir, device)
     items = _datalist(datalist, section, read_data=True)
@@ -355,7 +357,7 @@ def evaluate(
     output_dir.mkdir(parents=True, exist_ok=True)
     pre = volume_transforms(image_size=config.image_size, num_slices=config.num_slices)
     loader = DataLoader(Dataset(items, pre), batch_size=1, num_workers=0)
-    post, metrics = _anomaly_handlers(alpha, per, median_size, min_size, with_label=True)
+    post, metrics = _anomaly_handlers(alpha, per, median_size, min_size, with_label=True, score_median=score_median)
     handlers: list[Any] = list(post)
     if save_maps:
         handlers.append(AnomalyMapSaver(output_dir / "maps", preprocessing=pre))
@@ -373,7 +375,13 @@ def evaluate(
     start = time.perf_counter()
     evaluator.run()
     seconds = time.perf_counter() - start
-    result: dict[str, Any] = {"method": config.method, "alpha": alpha, "per": per, "volumes": len(items)}
+    result: dict[str, Any] = {
+        "method": config.method,
+        "alpha": alpha,
+        "per": per,
+        "score_median": score_median,
+        "volumes": len(items),
+    }
     result.update({k: float(v) for k, v in evaluator.state.metrics.items()})
     details = evaluator.state.metric_details
     result["per_volume"] = {k: [float(x) for x in torch.as_tensor(v).flatten()] for k, v in details.items()}
@@ -393,6 +401,7 @@ def infer(
     min_size: int = 0,
     save_png: bool = True,
     device: str = "cpu",
+    score_median: int = 3,
 ) -> list[Path]:
     """Find lesions in new volumes (no labels): write z-map, p-map and lesion mask NIfTI (input grid) per image.
 
@@ -410,7 +419,7 @@ def infer(
         items.append(item)
     pre = volume_transforms(image_size=config.image_size, num_slices=config.num_slices)
     loader = DataLoader(Dataset(items, pre), batch_size=1, num_workers=0)
-    post, _ = _anomaly_handlers(alpha, per, median_size, min_size, with_label=False)
+    post, _ = _anomaly_handlers(alpha, per, median_size, min_size, with_label=False, score_median=score_median)
     saver = AnomalyMapSaver(output_dir, preprocessing=pre)
     handlers: list[Any] = [*post, saver]
     if save_png:
