@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/qrvae demo $(DEMO_ARGS)
 
-test: install
+test: install monailabel-env
 	$(PY) -m pytest -q tests
 
 test-fast: install
@@ -38,6 +38,23 @@ lint: install
 format: install
 	$(VENV)/bin/isort monai_qrvae tests benchmarks
 	$(VENV)/bin/black monai_qrvae tests benchmarks
+
+# MONAI Label 0.8.5 (server for 3D Slicer, monailabel/qrvae_app) in its own venv: it needs numpy<2 and
+# torch 2.14.1 + torchvision 0.29.1 (installed first, from local wheels); this package goes in editable.
+# pydicom<3 (+ the DICOM clients that still accept it): pydicom-seg 0.4.1, imported by monailabel, breaks on 3.x.
+MLVENV ?= .venv-monailabel
+MLPIP := $(MLVENV)/bin/python -m pip
+
+$(MLVENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(MLVENV)
+	$(MLPIP) install -q --upgrade pip
+	$(MLPIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(MLPIP) install -q monailabel==0.8.5 "pydicom<3" "dicomweb-client<0.60" "pynetdicom<3"
+	$(MLPIP) install -q -e . "numpy<2"
+	$(MLVENV)/bin/python -c "import numpy, monailabel.app, monai_qrvae; assert numpy.__version__ < '2', numpy.__version__"
+	touch $@
+
+monailabel-env: $(MLVENV)/.installed
 
 bench: install
 	$(PY) -m benchmarks.run_all

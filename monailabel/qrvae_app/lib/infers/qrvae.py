@@ -1,0 +1,120 @@
+"""MONAI Label infer task: QR-VAE lesion detection (or the z-map) on a T1/T2/FLAIR study."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import HTTPException
+from monai.inferers import Inferer
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from ..pipeline import (
+    ZMAP_BANDS,
+    LoadedModel,
+    PostOptions,
+    StudyError,
+    build_inferer,
+    build_pre_transforms,
+    postprocess,
+)
+
+logger = logging.getLogger(__name__)
+
+#: labels of the banded z-map model: value k marks ZMAP_BANDS[k-1] <= z < ZMAP_BANDS[k].
+ZMAP_LABELS = {
+    **{f"z {lo:g}-{hi:g}": i + 1 for i, (lo, hi) in enumerate(zip(ZMAP_BANDS[:-1], ZMAP_BANDS[1:]))},
+    f"z >= {ZMAP_BANDS[-1]:g}": len(ZMAP_BANDS),
+}
+
+
+class QRVAEInfer(BasicInferTask):
+    """Detect lesions in a 3-contrast brain MRI with a QR-VAE (one 3D label volume on the input's grid).
+
+    Args:
+        model: the loaded network (shared by the app's tasks).
+        output: ``"lesion"`` (binary BH-FDR lesion mask, label ``lesion`` = 1) or ``"zmap_bands"`` (the FLAIR z-map
+            as labels 1..3 for z >= 2, 3, 4; a request may ask ``{"zmap_output": "zmap"}`` for the float map).
+    """
+
+    def __init__(self, model: LoadedModel, output: str = "lesion") -> None:
+        if output not in ("lesion", "zmap_bands"):
+            raise ValueError(f"output must be 'lesion' or 'zmap_bands', got {output!r}.")
+        self.model = model
+        self.output = output
+        self._pre = build_pre_transforms(model)  # one chain per task: the inversion needs these instances
+        if output == "lesion":
+            labels: dict[str, int] = {"lesion": 1}
+            config: dict[str, Any] = {k: model.defaults[k] for k in ("alpha", "fdr_per", "median_size", "min_size")}
+            description = (
+                "QR-VAE unsupervised lesion detection (T1, T2, FLAIR in one 4D NIfTI): voxels whose FLAIR is not "
+                f"explained by the healthy model, Benjamini-Hochberg FDR {config['alpha']:g}; "
+                f"{model.num_slices} central axial slices are analysed"
+            )
+        else:
+            labels = dict(ZMAP_LABELS)
+            config = {"zmap_output": "zmap_bands"}
+            description = (
+                "QR-VAE FLAIR z-map (T1, T2, FLAIR in one 4D NIfTI) in bands: 1 = z 2-3, 2 = z 3-4, 3 = z >= 4; "
+                "params {'zmap_output': 'zmap'} return the float z-map instead"
+            )
+        super().__init__(
+            path=str(model.weights),
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels=labels,
+            dimension=3,
+            description=description,
+            config=config,
+        )
+
+    def pre_transforms(self, data: Any = None) -> Sequence[Callable]:
+        return list(self._pre.transforms)
+
+    def inferer(self, data: Any = None) -> Inferer:
+        return build_inferer(self.model)
+
+    def inverse_transforms(self, data: Any = None) -> None:
+        return None  # the post-processing inverts (it needs the maps, not the raw network output)
+
+    def post_transforms(self, data: Any = None) -> Sequence[Callable]:
+        return [self._to_input_grid]
+
+    def _get_network(self, device: str, data: Any) -> torch.nn.Module:
+        return self.model.on(device)
+
+    def _to_input_grid(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Anomaly maps, FDR mask and filters, inverted onto the study's grid; a summary for the result JSON."""
+        options = PostOptions.from_request(data, self.output, self.model.defaults)
+        data["pred"] = torch.as_tensor(data["pred"]).detach().cpu()
+        array, affine = postprocess(data, self._pre, options, pred_key="pred")
+        data["pred"] = array
+        data["pred_meta_dict"] = {"affine": affine}
+        data["result_dtype"] = "float32" if options.output == "zmap" else "uint8"
+        voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
+        summary: dict[str, Any] = {"model": self.model.source, "output": options.output, "shape": list(array.shape)}
+        if options.output == "lesion":
+            count = int(array.sum())
+            summary.update(
+                alpha=options.alpha,
+                fdr_per=options.fdr_per,
+                lesion_voxels=count,
+                lesion_volume_ml=round(count * voxel_ml, 3),
+            )
+        elif options.output == "zmap_bands":
+            summary["band_voxels"] = {name: int((array == value).sum()) for name, value in ZMAP_LABELS.items()}
+        else:
+            summary["z_max"] = float(array.max())
+        data["result"] = summary
+        return data
+
+    def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict[str, Any]]:
+        try:
+            return super().__call__(request, callbacks)
+        except StudyError as e:
+            logger.warning(f"refused study {request.get('image')!r}: {e}")
+            raise HTTPException(status_code=422, detail=str(e)) from None
