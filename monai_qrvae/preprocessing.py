@@ -36,6 +36,7 @@ def volume_transforms(
     slice_mode: str = "mask_centre",
     lower: float = 1.0,
     upper: float = 99.0,
+    clip: bool = False,
     load: bool = True,
 ) -> Compose:
     """Load, reorient to RAS, normalise inside the brain, crop to the brain, resize in-plane and select slices.
@@ -53,6 +54,8 @@ def volume_transforms(
         slice_mode: how slices are chosen, see :class:`~monai_qrvae.transforms.SelectSlices`.
         lower: lower intensity percentile inside the brain (maps to 0).
         upper: upper intensity percentile inside the brain (maps to 1).
+        clip: clip the scaled intensities to [0, 1]. Off by default: clipping at the 99th percentile would cap
+            exactly the bright (lesion) voxels the detector looks for.
         load: include ``LoadImaged``/``EnsureChannelFirstd`` (set False for data already in memory).
     """
     keys = [image_key, mask_key, label_key]
@@ -66,7 +69,7 @@ def volume_transforms(
         EnsureTyped(keys=image_key, dtype=torch.float32, track_meta=True),
         Orientationd(keys=keys, axcodes="RAS", allow_missing_keys=True),
         BrainMaskd(keys=image_key, mask_key=mask_key, overwrite=False),
-        MaskedScaleIntensityPercentilesd(keys=image_key, mask_key=mask_key, lower=lower, upper=upper),
+        MaskedScaleIntensityPercentilesd(keys=image_key, mask_key=mask_key, lower=lower, upper=upper, clip=clip),
         CropForegroundd(keys=keys, source_key=mask_key, margin=1, allow_missing_keys=True),
         Resized(
             keys=keys,
