@@ -102,6 +102,9 @@ def test_saved_nifti_has_input_shape_and_affine(evaluated):
         img = nib.load(path)
         assert img.shape == SHAPE, (path, img.shape)
         np.testing.assert_allclose(img.affine, original.affine, atol=1e-4)
+    pmap = nib.load(root / "maps" / "sub-0_pmap.nii.gz").get_fdata()
+    assert pmap[0, 0, 0] == pytest.approx(1.0) and pmap[..., 0].min() == pytest.approx(1.0), "unanalysed: p = 1"
+    assert 0.0 <= pmap.min() < 1e-3
     lesion = nib.load(root / "maps" / "sub-0_lesion.nii.gz").get_fdata() > 0
     label = nib.load(items[0]["label"]).get_fdata() > 0
     dice = 2 * (lesion & label).sum() / (lesion.sum() + label.sum())

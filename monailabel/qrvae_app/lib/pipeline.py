@@ -94,7 +94,7 @@ def _copy_to(network: nn.Module, device: str | torch.device) -> nn.Module:
     return copy.deepcopy(network).to(device).eval()
 
 
-_DEFAULT_POST = {"alpha": 0.05, "fdr_per": "volume", "median_size": 1, "min_size": 0}
+_DEFAULT_POST = {"alpha": 0.05, "fdr_per": "volume", "score_median": 3, "median_size": 1, "min_size": 0}
 
 
 def resolve_model_source(conf: Mapping[str, str], app_dir: str | os.PathLike) -> tuple[str, Path]:
@@ -278,6 +278,7 @@ class PostOptions:
         output: ``"lesion"`` (binary mask), ``"zmap_bands"`` (labels 1..3 for z >= 2, 3, 4) or ``"zmap"`` (float z).
         alpha: Benjamini-Hochberg false discovery rate.
         fdr_per: ``"volume"`` or ``"slice"``.
+        score_median: in-plane median filter of the z-map before p-values (3, as the CLI and bundle; 1 = off).
         median_size: in-plane median filter of the mask (1 = off).
         min_size: smallest connected component kept, in voxels (0 = off).
     """
@@ -285,6 +286,7 @@ class PostOptions:
     output: str = "lesion"
     alpha: float = 0.05
     fdr_per: str = "volume"
+    score_median: int = 3
     median_size: int = 1
     min_size: int = 0
 
@@ -297,6 +299,7 @@ class PostOptions:
                 output=str(request.get("zmap_output") or output) if output != "lesion" else "lesion",
                 alpha=float(merged["alpha"]),
                 fdr_per=str(merged["fdr_per"]),
+                score_median=int(merged["score_median"]),
                 median_size=int(merged["median_size"]),
                 min_size=int(merged["min_size"]),
             )
@@ -308,8 +311,8 @@ class PostOptions:
             raise StudyError(f"fdr_per must be 'volume' or 'slice', got {options.fdr_per!r}.")
         if options.output not in ("lesion", "zmap_bands", "zmap"):
             raise StudyError(f"zmap_output must be 'zmap_bands' or 'zmap', got {options.output!r}.")
-        if options.median_size < 1 or options.min_size < 0:
-            raise StudyError("median_size must be >= 1 and min_size >= 0.")
+        if options.median_size < 1 or options.score_median < 1 or options.min_size < 0:
+            raise StudyError("score_median and median_size must be >= 1 and min_size >= 0.")
         return options
 
 
@@ -322,7 +325,7 @@ def postprocess(
     ``pred`` ``(3C, S, S, N)``. The lesion mask is inverted with nearest-neighbour interpolation; the z-map with
     the forward interpolation, then banded (``zmap_bands``) or kept as float (``zmap``).
     """
-    d = AnomalyMapsd(keys=pred_key, mask_key="brain_mask")(data)
+    d = AnomalyMapsd(keys=pred_key, mask_key="brain_mask", median_size=options.score_median)(data)
     if options.output == "lesion":
         d = FDRMaskd(keys="p", mask_key="brain_mask", alpha=options.alpha, per=options.fdr_per)(d)
         d = LesionFilterd(keys="lesion", median_size=options.median_size, min_size=options.min_size)(d)

@@ -1,0 +1,471 @@
+"""The MONAI bundle in ``bundle/``: configs, metadata, shipped weights, MONAI's bundle tools and real runs.
+
+Fast tests parse and instantiate the configs in-process and call the functions behind
+``python -m monai.bundle verify_metadata / verify_net_in_out / ckpt_export``. Tests marked ``slow`` run the
+commands of ``bundle/docs/README.md`` as subprocesses (train, evaluate, inference, torchrun with gloo) on tiny
+synthetic cohorts and on two of the embedded lesion subjects.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+
+from monai_qrvae.checkpoints import AtomicCheckpointSaver, load_state_dict_file
+from monai_qrvae.networks import QRVAE, AnomalyMapNet
+from monai_qrvae.preprocessing import volume_transforms
+
+REPO = Path(__file__).parents[1]
+BUNDLE = REPO / "bundle"
+CONFIGS = BUNDLE / "configs"
+WEIGHTS = BUNDLE / "models" / "model.pt"
+# CI clones the repository with ../shared beside it
+SCHEMA = Path(__file__).parents[1].parent / "shared" / "reference" / "meta_schema_20240725.json"
+RUN_CONFIGS = ("train.json", "evaluate.json", "inference.json")
+
+
+def _parser(*names: str, **overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / n) for n in names])
+    parser.read_meta(str(CONFIGS / "metadata.json"))
+    for key, value in overrides.items():
+        parser[key.replace("__", "#")] = value
+    return parser
+
+
+def _write_subject(folder: Path, shape=(22, 26, 24), seed: int = 0, affine: np.ndarray | None = None) -> dict:
+    """A small 4D (X, Y, Z, 3) 'brain' (an ellipsoid of noisy tissue), its mask and a lesion label, as NIfTI."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    mask = ((grid**2).sum(0) < 0.8).astype(np.uint8)
+    image = (rng.uniform(0.2, 1.0, (*shape, 3)) * mask[..., None]).astype(np.float32)
+    label = (((grid - 0.3) ** 2).sum(0) < 0.05).astype(np.uint8) * mask
+    affine = np.diag([2.0, 2.0, 2.0, 1.0]) if affine is None else affine
+    item = {}
+    for key, array in (("image", image), ("brain_mask", mask), ("label", label)):
+        path = folder / f"{key}.nii.gz"
+        nib.save(nib.Nifti1Image(array, affine), str(path))
+        item[key] = str(path)
+    return item
+
+
+# ----------------------------------------------------------------------------------------------- layout and configs
+
+
+def test_bundle_layout():
+    for name in ("metadata.json", *RUN_CONFIGS, "multi_gpu_train.json", "logging.conf"):
+        assert (CONFIGS / name).is_file(), name
+    assert (BUNDLE / "docs" / "README.md").is_file()
+    assert "Apache License" in (BUNDLE / "LICENSE").read_text() and "Version 2.0" in (BUNDLE / "LICENSE").read_text()
+    log = configparser.ConfigParser()
+    log.read(CONFIGS / "logging.conf")
+    assert log["logger_root"]["level"] == "INFO" and log["handlers"]["keys"] == "consoleHandler"
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_configs_have_the_usual_keys(name):
+    parser = _parser(name)
+    for key in ("imports", "bundle_root", "device", "dataset_dir", "network_def", "network", "preprocessing"):
+        assert key in parser, f"{name} lacks {key}"
+    assert "$import monai_qrvae" in parser["imports"]
+    if name == "train.json":
+        for key in ("train#dataset", "train#trainer#max_epochs", "train#inferer", "validate#evaluator", "loss"):
+            assert key in parser, key
+        assert parser["train#trainer#_target_"] == "SupervisedTrainer"
+    else:
+        for key in ("dataset", "inferer", "postprocessing", "evaluator", "datalist"):
+            assert key in parser, f"{name} lacks {key}"
+        assert parser["inferer#_target_"] == "SliceInferer"
+
+
+def test_configs_share_network_and_preprocessing():
+    """One network and one preprocessing chain, written out the same way in every config."""
+    train = json.loads((CONFIGS / "train.json").read_text())
+    for name in RUN_CONFIGS[1:]:
+        other = json.loads((CONFIGS / name).read_text())
+        assert other["network_def"] == train["network_def"], name
+        assert other["preprocessing"] == train["preprocessing"], name
+    evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
+    inference = json.loads((CONFIGS / "inference.json").read_text())
+    assert evaluate["postprocessing"] == inference["postprocessing"]
+
+
+def test_configs_mirror_the_command_line_defaults():
+    """The bundle trains and scores like ``qrvae train`` / ``qrvae evaluate`` / ``qrvae infer`` with their defaults."""
+    import inspect
+
+    from monai_qrvae import workflows
+
+    train = inspect.signature(workflows.train).parameters
+    parser = _parser("train.json")
+    assert parser["learning_rate"] == train["lr"].default
+    assert parser["batch_size"] == train["batch_size"].default
+    assert parser["train#trainer#max_epochs"] == train["epochs"].default
+    assert parser["seed"] == train["seed"].default and parser["num_slices"] == train["num_slices"].default
+    for name, job in (("evaluate.json", workflows.evaluate), ("inference.json", workflows.infer)):
+        defaults = inspect.signature(job).parameters
+        parser = _parser(name)
+        for key, arg in (("alpha", "alpha"), ("fdr_per", "per"), ("median_size", "median_size")):
+            assert parser[key] == defaults[arg].default, (name, key)
+        assert parser["min_size"] == defaults["min_size"].default
+        assert parser["score_median"] == defaults["score_median"].default, name
+        assert parser["postprocessing#transforms#0#median_size"] == "@score_median"
+
+
+def test_network_def_instantiates_the_shipped_architecture():
+    net = _parser("inference.json").get_parsed_content("network_def")
+    assert isinstance(net, AnomalyMapNet) and isinstance(net.network, QRVAE)
+    assert net.network.quantiles == (0.15, 0.5)
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(3.7e6, rel=0.05)
+    out = net.eval()(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 9, 64, 64)
+
+
+def test_config_preprocessing_equals_volume_transforms(tmp_path):
+    """The chain written out in the configs gives exactly what ``volume_transforms()`` gives."""
+    item = _write_subject(tmp_path / "sub")
+    pre = _parser("train.json").get_parsed_content("preprocessing")
+    ours, ref = pre(dict(item)), volume_transforms()(dict(item))
+    assert [type(t).__name__ for t in pre.transforms] == [type(t).__name__ for t in volume_transforms().transforms]
+    assert ours["image"].shape == (3, 64, 64, 20) and ours["label"].shape == (1, 64, 64, 20)
+    for key in ("image", "brain_mask", "label"):
+        assert torch.equal(ours[key].as_tensor(), ref[key].as_tensor()), key
+
+
+def test_inference_datalist_from_a_folder_or_the_datalist(tmp_path):
+    for i in range(2):
+        _write_subject(tmp_path / "scans", seed=i)
+        (tmp_path / "scans" / "image.nii.gz").rename(tmp_path / "scans" / f"case{i}.nii.gz")
+    parser = _parser("inference.json", input_dir=str(tmp_path / "scans"), input_pattern="case*.nii.gz")
+    assert parser.get_parsed_content("datalist") == [
+        {"image": str(tmp_path / "scans" / f"case{i}.nii.gz")} for i in range(2)
+    ]
+    item = _write_subject(tmp_path / "a")  # the datalist's test section: labels are dropped for inference
+    datalist = {"test": [{k: str(Path(v).relative_to(tmp_path)) for k, v in item.items()}]}
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    items = _parser("inference.json", dataset_dir=str(tmp_path)).get_parsed_content("datalist")
+    assert items == [{"image": item["image"], "brain_mask": item["brain_mask"]}]
+
+
+def test_multi_gpu_config_wires_ddp():
+    parser = _parser("train.json", "multi_gpu_train.json")
+    assert parser["train#trainer#network"] == "@ddp_network"
+    assert parser["ddp_network#_target_"] == "torch.nn.parallel.DistributedDataParallel"
+    assert parser["train#dataloader#sampler"] == "@train#sampler"
+    assert parser["train#sampler#_target_"] == "DistributedSampler"
+    assert parser["validate#dataloader#sampler"] == "@validate#sampler"
+    assert "gloo" in parser["ddp_backend"] and "write_logs" in parser
+    assert any("init_process_group" in e for e in parser["initialize"])
+    assert any("destroy_process_group" in e for e in parser["finalize"])
+
+
+# ---------------------------------------------------------------------------------------------- metadata and tools
+
+
+@pytest.mark.filterwarnings("ignore:No hash value provided")
+def test_verify_metadata():
+    assert SCHEMA.is_file(), f"schema copy missing: {SCHEMA}"
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["required_packages_version"]["monai-qrvae"]
+    assert meta["version"] in meta["changelog"]
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert image["num_channels"] == 3 and image["spatial_shape"] == [64, 64]
+    assert list(image["channel_def"].values()) == ["T1", "T2", "FLAIR"]
+    (pred,) = meta["network_data_format"]["outputs"].values()
+    assert pred["num_channels"] == 9 and len(pred["channel_def"]) == 9
+
+
+@pytest.mark.filterwarnings("ignore:No hash value provided")
+def test_verify_metadata_rejects_a_bad_file(tmp_path):
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    del meta["network_data_format"]
+    (tmp_path / "bad.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="network_data_format"):
+        verify_metadata(meta_file=str(tmp_path / "bad.json"), filepath=str(SCHEMA))
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_verify_net_in_out(name):
+    verify_net_in_out(
+        net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / name), n=2
+    )
+
+
+def test_shipped_weights():
+    assert WEIGHTS.is_file() and WEIGHTS.stat().st_size < 25 * 2**20
+    state = load_state_dict_file(WEIGHTS)
+    assert all(k.startswith("network.") for k in state)
+    net = _parser("inference.json").get_parsed_content("network_def")
+    net.load_state_dict(state)  # strict: the shipped file fits network_def exactly
+
+
+def test_ckpt_export_torchscript_matches_eager(tmp_path):
+    ts_path = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts_path),
+        ckpt_file=str(WEIGHTS),
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+    )
+    scripted = torch.jit.load(str(ts_path))
+    eager = _parser("inference.json").get_parsed_content("network_def")
+    eager.load_state_dict(load_state_dict_file(WEIGHTS))
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = eager.eval()(x), scripted.eval()(x)
+    assert got.shape == (4, 9, 64, 64)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_atomic_checkpoint_saver_save_final(tmp_path):
+    """``save_final`` (used by train.json for models/model.pt): one plain state dict, written on completion only."""
+    from ignite.engine import Engine, Events
+
+    net = torch.nn.Linear(2, 1)
+    engine = Engine(lambda e, b: None)
+    AtomicCheckpointSaver(tmp_path, {"model": net}, save_interval=0, save_final=True).attach(engine)
+    seen = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append((tmp_path / "model.pt").exists()))
+    engine.run([0, 1], max_epochs=2)
+    assert seen == [False, False]
+    state = load_state_dict_file(tmp_path / "model.pt")
+    assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], net.weight)
+    assert not list(tmp_path.glob("checkpoint_*"))
+    with pytest.raises(ValueError, match="save_interval"):
+        AtomicCheckpointSaver(tmp_path, {"model": net}, save_interval=-1)
+
+
+# ------------------------------------------------------------------------------------------- real runs (slow tests)
+
+
+def _bundle_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "monai.bundle", *args]
+
+
+def _run(cmd: list[str], timeout: int = 300) -> str:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-6000:]}"
+    return output
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    """Three healthy subjects at 3 mm (two for training, one for validation)."""
+    from monai_qrvae.data import make_cohort
+
+    return make_cohort(tmp_path_factory.mktemp("tiny"), n_healthy=3, n_lesion=0, seed=3, spacing=3.0).parent
+
+
+@pytest.fixture(scope="module")
+def embedded_lesion_subjects(tmp_path_factory):
+    """Subjects sub-041 and sub-042 of the embedded default cohort (``qrvae make-data``: seed 0, 2 mm), with labels.
+
+    The second is stored in LPI orientation (x and z flipped) so that the inversion to the input grid is tested.
+    The images are also copied to ``scans/<subject>.nii.gz``, a folder of scans without labels or brain masks.
+    """
+    from monai_qrvae.data import SyntheticBrainGenerator
+
+    root = tmp_path_factory.mktemp("embedded")
+    gen = SyntheticBrainGenerator(spacing=2.0, seed=0)
+    entries = []
+    for index in (40, 41):
+        subject = gen.generate(index, lesions=True)
+        folder = root / f"sub-{index + 1:03d}"
+        folder.mkdir()
+        entry = {}
+        for key, array in (("image", subject.image), ("brain_mask", subject.brain_mask), ("label", subject.label)):
+            img = nib.Nifti1Image(array, subject.affine)
+            if index == 41:
+                img = img.as_reoriented(np.array([[0, -1], [1, 1], [2, -1]]))
+            nib.save(img, str(folder / f"{key}.nii.gz"))
+            entry[key] = f"{folder.name}/{key}.nii.gz"
+            if key == "image":  # also as a user's folder of scans: no datalist, no brain mask
+                (root / "scans").mkdir(exist_ok=True)
+                nib.save(img, str(root / "scans" / f"{folder.name}.nii.gz"))
+        entries.append(entry)
+    (root / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "test": entries}))
+    return root
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def _check_maps(out_dir: Path, data_dir: Path, names=("sub-041", "sub-042")) -> dict[str, float]:
+    """Every map has the input's shape and affine; return the Dice of each lesion mask against the label."""
+    dices = {}
+    for name in names:
+        image = nib.load(str(data_dir / name / "image.nii.gz"))
+        label = nib.load(str(data_dir / name / "label.nii.gz"))
+        for postfix in ("zmap", "pmap", "lesion"):
+            out = nib.load(str(out_dir / f"{name}_{postfix}.nii.gz"))
+            assert out.shape == image.shape[:3], (name, postfix, out.shape)
+            np.testing.assert_allclose(out.affine, image.affine, atol=1e-4)
+        lesion = np.asarray(nib.load(str(out_dir / f"{name}_lesion.nii.gz")).dataobj) > 0
+        pmap = np.asarray(nib.load(str(out_dir / f"{name}_pmap.nii.gz")).dataobj)
+        assert pmap.min() >= 0 and pmap.max() <= 1
+        dices[name] = _dice(lesion, np.asarray(label.dataobj) > 0)
+    return dices
+
+
+@pytest.mark.slow
+def test_bundle_train_run(tiny_cohort, tmp_path):
+    cmd = _bundle_cmd(
+        "run",
+        "--config_file",
+        str(CONFIGS / "train.json"),
+        "--bundle_root",
+        str(BUNDLE),
+        "--dataset_dir",
+        str(tiny_cohort),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--train#trainer#max_epochs",
+        "1",
+    )
+    out = _run(cmd)
+    assert "Epoch[1] Metrics -- val_loss" in out and "loss_q0.15" in out
+    state = load_state_dict_file(tmp_path / "models" / "model.pt")
+    net = _parser("train.json").get_parsed_content("network_def")
+    net.load_state_dict(state)
+    assert (tmp_path / "models" / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
+    assert list((tmp_path / "eval").glob("events.out.tfevents.*"))
+    # run again for one more epoch: it resumes from the checkpoint (network, optimizer, trainer state)
+    args = cmd[:-1] + ["2"]
+    out = _run(args)
+    assert "resumed from" in out and "checkpoint_epoch=1.pt at epoch 1" in out
+    assert "Epoch[2] Metrics -- loss" in out and "Epoch[1] Metrics -- loss" not in out
+    assert (tmp_path / "models" / "checkpoints" / "checkpoint_epoch=2.pt").is_file()
+
+
+@pytest.mark.slow
+def test_bundle_multi_gpu_train_with_torchrun_on_cpu(tiny_cohort, tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    out = _run(
+        [
+            *launcher,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            configs,
+            "--bundle_root",
+            str(BUNDLE),
+            "--dataset_dir",
+            str(tiny_cohort),
+            "--ckpt_dir",
+            str(tmp_path / "models"),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--train#trainer#max_epochs",
+            "1",
+        ]
+    )
+    # two processes trained, one (rank 0) logged and saved
+    assert out.count("SupervisedTrainer - INFO - Engine run finished") == 2
+    assert out.count("Epoch[1] Metrics -- loss") == 1
+    assert len(list((tmp_path / "eval").glob("events.out.tfevents.*"))) == 2  # trainer + validator of rank 0
+    state = load_state_dict_file(tmp_path / "models" / "model.pt")
+    assert all(k.startswith("network.") for k in state)  # the plain network, not the DDP wrapper
+    assert [p.name for p in (tmp_path / "models" / "checkpoints").iterdir()] == ["checkpoint_epoch=1.pt"]
+
+
+@pytest.mark.slow
+def test_bundle_inference_finds_lesions_with_shipped_weights(embedded_lesion_subjects, tmp_path):
+    """A folder of scans (no labels, no brain masks): maps on each input's grid that overlap the lesions."""
+    _run(
+        _bundle_cmd(
+            "run",
+            "--config_file",
+            str(CONFIGS / "inference.json"),
+            "--bundle_root",
+            str(BUNDLE),
+            "--input_dir",
+            str(embedded_lesion_subjects / "scans"),
+            "--output_dir",
+            str(tmp_path / "infer"),
+        )
+    )
+    assert sorted(p.name for p in (tmp_path / "infer").iterdir()) == [
+        f"{s}_{m}.nii.gz" for s in ("sub-041", "sub-042") for m in ("lesion", "pmap", "zmap")
+    ]
+    dices = _check_maps(tmp_path / "infer", embedded_lesion_subjects)
+    assert all(d > 0 for d in dices.values()), dices
+
+
+@pytest.mark.slow
+def test_bundle_evaluate_run(embedded_lesion_subjects, tmp_path):
+    out_dir = tmp_path / "evaluate"
+    _run(
+        _bundle_cmd(
+            "run",
+            "--config_file",
+            str(CONFIGS / "evaluate.json"),
+            "--bundle_root",
+            str(BUNDLE),
+            "--dataset_dir",
+            str(embedded_lesion_subjects),
+            "--output_dir",
+            str(out_dir),
+        )
+    )
+    metrics = dict(line.split(",") for line in (out_dir / "metrics.csv").read_text().split())
+    assert set(metrics) == {"best_dice", "dice_fdr", "auroc", "auprc"}
+    assert float(metrics["auroc"]) > 0.8 and float(metrics["best_dice"]) > 0.1 and float(metrics["dice_fdr"]) > 0
+    assert (out_dir / "best_dice_raw.csv").is_file() and (out_dir / "dice_fdr_summary.csv").is_file()
+    assert len(list((out_dir / "overlays").glob("*_overlay.png"))) == 2
+    dices = _check_maps(out_dir / "maps", embedded_lesion_subjects)
+    assert all(d > 0 for d in dices.values()), dices
+
+
+@pytest.mark.slow
+def test_bundle_tool_commands(tmp_path):
+    """The README's verify_metadata, verify_net_in_out and ckpt_export command lines."""
+    meta, config = str(CONFIGS / "metadata.json"), str(CONFIGS / "inference.json")
+    out = _run(_bundle_cmd("verify_metadata", "--meta_file", meta, "--filepath", str(SCHEMA)))
+    assert "metadata is verified with no error" in out
+    out = _run(_bundle_cmd("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", config))
+    assert "data shape of network is verified with no error" in out
+    ts = tmp_path / "model.ts"
+    _run(
+        _bundle_cmd(
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            str(ts),
+            "--ckpt_file",
+            str(WEIGHTS),
+            "--meta_file",
+            meta,
+            "--config_file",
+            config,
+        )
+    )
+    assert torch.jit.load(str(ts))(torch.rand(1, 3, 64, 64)).shape == (1, 9, 64, 64)
+
+
+def test_bundle_folder_has_no_run_outputs():
+    """Runs inside the bundle write eval/ and models/checkpoints/; they are ignored, never shipped."""
+    ignored = (BUNDLE / ".gitignore").read_text().split()
+    assert "models/checkpoints/" in ignored and "eval/" in ignored
