@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_parsers = None
     if add_parsers is not None:
         add_parsers(sub)
+    from monai_qrvae.experiments.cli import add_parsers as add_experiment_parsers
+
+    add_experiment_parsers(sub)
     return parser
 
 

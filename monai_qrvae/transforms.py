@@ -124,6 +124,17 @@ def _prepare_mask(img: torch.Tensor, mask: NdarrayOrTensor | None, name: str) ->
     return mask_t
 
 
+def _percentiles(values: torch.Tensor, q: Sequence[float]) -> list[float]:
+    """Percentiles ``q`` (0-100, linear interpolation) of a 1D tensor.
+
+    Same definition as ``monai``'s ``percentile`` (``torch.quantile``), but CPU tensors go through ``np.percentile``,
+    which partitions instead of sorting: about 10x faster on the ~10^5-10^6 brain voxels of a volume.
+    """
+    if values.device.type == "cpu":
+        return [float(v) for v in np.percentile(values.numpy(), list(q))]
+    return [float(v) for v in percentile(values, list(q))]
+
+
 def _channel_mask(mask: torch.Tensor, channel: int) -> torch.Tensor:
     """The mask of ``channel`` (a single-channel mask is shared by all channels)."""
     return mask[channel if mask.shape[0] > 1 else 0]
@@ -552,23 +563,23 @@ class MaskedScaleIntensityPercentiles(Transform):
         img_t = _as_float(img)
         _check_finite(img_t, name)
         mask_t = _prepare_mask(img_t, mask, name)
-        out = torch.full_like(img_t, self.background)
+        out = torch.empty_like(img_t)
         for c in range(img_t.shape[0]):
             m = _channel_mask(mask_t, c)
-            values = img_t[c][m]
-            a, b = (float(v) for v in percentile(values, [self.lower, self.upper]))
+            a, b = _percentiles(img_t[c][m], [self.lower, self.upper])
             if b - a == 0.0:
                 warnings.warn(
                     f"{name}: channel {c} is constant inside the mask (P{self.lower} = P{self.upper} = {a}); "
                     "only shifting it.",
                     stacklevel=2,
                 )
-                scaled = values - a + self.b_min
+                scaled = img_t[c] - a + self.b_min
             else:
-                scaled = (values - a) / (b - a) * (self.b_max - self.b_min) + self.b_min
+                scaled = (img_t[c] - a) / (b - a) * (self.b_max - self.b_min) + self.b_min
             if self.clip:
                 scaled = scaled.clamp(min(self.b_min, self.b_max), max(self.b_min, self.b_max))
-            out[c][m] = scaled
+            # dense arithmetic + where: faster than gathering and scattering the masked voxels
+            out[c] = torch.where(m, scaled, torch.tensor(self.background, dtype=scaled.dtype))
         return convert_to_dst_type(out, dst=img, dtype=self.dtype)[0]
 
 
@@ -719,7 +730,7 @@ class HistogramStandardize(Transform):
 
     def _landmarks(self, img_t: torch.Tensor, mask_t: torch.Tensor) -> torch.Tensor:
         rows = [
-            torch.as_tensor(percentile(img_t[c][_channel_mask(mask_t, c)], list(self.percentiles)), dtype=torch.float64)
+            torch.as_tensor(_percentiles(img_t[c][_channel_mask(mask_t, c)], self.percentiles), dtype=torch.float64)
             for c in range(img_t.shape[0])
         ]
         return torch.stack(rows).cpu()

@@ -1,0 +1,192 @@
+"""Command-line subcommands of the experiments: ``qrvae experiment simulation|calibration|fdr``.
+
+The ``qrvae`` console script registers them with :func:`add_parsers`; each leaf parser sets ``func`` to a ``run_*``
+function that takes the parsed ``argparse.Namespace``, prints the tables and returns 0. :func:`main` runs them on
+their own::
+
+    python -m monai_qrvae.experiments.cli simulation --out outputs/experiments
+    python -m monai_qrvae.experiments.cli calibration --out outputs/experiments --demo-dir outputs/demo
+    python -m monai_qrvae.experiments.cli fdr --out outputs/experiments --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "add_parsers",
+    "add_experiment_parsers",
+    "build_parser",
+    "main",
+    "run_simulation_cmd",
+    "run_calibration_cmd",
+    "run_fdr_cmd",
+]
+
+_DEFAULT_OUT = "outputs/experiments"
+
+
+def _models_from_args(args: argparse.Namespace) -> tuple[str | None, dict[str, str | None]]:
+    """``(datalist, {method: model_dir})`` from ``--datalist``, ``--qrvae-model``, ``--gaussian-model`` and
+    ``--demo-dir``."""
+    datalist = args.datalist
+    models: dict[str, str | None] = {"qrvae": args.qrvae_model, "gaussian": args.gaussian_model}
+    if args.demo_dir:
+        demo = Path(args.demo_dir)
+        if datalist is None:
+            datalist = str(demo / "data" / "datalist.json")
+        for method in models:
+            if models[method] is None and (demo / method / "model" / "model_config.json").is_file():
+                models[method] = str(demo / method / "model")
+    return datalist, models
+
+
+def _quick(args: argparse.Namespace) -> bool:
+    from monai_qrvae.experiments.common import quick_from_env
+
+    return bool(args.quick) or quick_from_env()
+
+
+def run_simulation_cmd(args: argparse.Namespace) -> int:
+    """``qrvae experiment simulation``."""
+    from monai_qrvae.experiments.simulation import run_simulation
+
+    result = run_simulation(
+        out_dir=args.out,
+        quick=_quick(args),
+        epochs=args.epochs,
+        n_train=args.n_train,
+        betas=args.betas,
+        main_beta=args.main_beta,
+        seed=args.seed,
+    )
+    main = result["main"]
+    print(result["table"])
+    print(
+        f"median predicted / true sigma at beta {result['config']['main_beta']:g}: "
+        f"Gaussian VAE {main['ratio_gaussian_over_true']:.3f}, QR-VAE {main['ratio_qrvae_over_true']:.3f}"
+    )
+    print(f"figure: {result['files']['figure']}  ({result['seconds']:.0f} s)")
+    return 0
+
+
+def run_calibration_cmd(args: argparse.Namespace) -> int:
+    """``qrvae experiment calibration``."""
+    from monai_qrvae.experiments.calibration import run_calibration
+
+    datalist, models = _models_from_args(args)
+    result = run_calibration(
+        out_dir=args.out,
+        work_dir=args.work_dir,
+        datalist=datalist,
+        models=models,
+        quick=_quick(args),
+        epochs=args.epochs,
+        section=args.section,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(result["coverage_table"])
+    print(result["z_table"])
+    print(f"figure: {result['files']['figure']}  ({result['seconds']:.0f} s)")
+    return 0
+
+
+def run_fdr_cmd(args: argparse.Namespace) -> int:
+    """``qrvae experiment fdr``."""
+    from monai_qrvae.experiments.fdr import run_fdr
+
+    datalist, models = _models_from_args(args)
+    result = run_fdr(
+        out_dir=args.out,
+        work_dir=args.work_dir,
+        datalist=datalist,
+        models=models,
+        quick=_quick(args),
+        epochs=args.epochs,
+        alphas=args.alphas,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(result["table"])
+    for line in result["verdict"]:
+        print(f"- {line}")
+    print(f"figure: {result['files']['figure']}  ({result['seconds']:.0f} s)")
+    return 0
+
+
+def _add_brain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datalist", default=None, help="datalist JSON (default: make the embedded synthetic cohort)")
+    p.add_argument("--qrvae-model", default=None, help="QR-VAE model folder from 'qrvae train' (default: train one)")
+    p.add_argument("--gaussian-model", default=None, help="Gaussian VAE model folder (default: train one)")
+    p.add_argument("--demo-dir", default=None, help="use the data and models of 'qrvae demo' (e.g. outputs/demo)")
+    p.add_argument("--work-dir", default=None, help="where a cohort and models are made (default: OUT/work)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of models trained here (default 20, quick 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide training progress bars")
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``experiment`` (with ``simulation``, ``calibration`` and ``fdr``) on an argparse subparsers object
+    (from ``parser.add_subparsers()``); each leaf parser sets ``func``."""
+    p = subparsers.add_parser(
+        "experiment",
+        help="reproduce the paper's evidence: variance-shrinkage simulation, calibration, FDR",
+        description="Experiments that measure the method's claims; each writes PNG figures, a Markdown table and JSON.",
+    )
+    add_experiment_parsers(p.add_subparsers(dest="experiment", required=True, metavar="{simulation,calibration,fdr}"))
+
+
+def add_experiment_parsers(sub: Any) -> None:
+    """Register the three experiments (``simulation``, ``calibration``, ``fdr``) directly on ``sub``."""
+    q = sub.add_parser(
+        "simulation",
+        help="variance shrinkage on a 2-D manifold in 4-D with known noise: Gaussian VAE vs QR-VAE",
+    )
+    q.add_argument("--out", default=_DEFAULT_OUT, help=f"output folder (default {_DEFAULT_OUT})")
+    q.add_argument("--quick", action="store_true", help="small settings (seconds); also QRVAE_NOTEBOOK_QUICK=1")
+    q.add_argument("--epochs", type=int, default=None, help="training epochs (default 150, quick 40)")
+    q.add_argument("--n-train", type=int, default=None, help="training points (default 4000, quick 1500)")
+    q.add_argument("--betas", type=float, nargs="+", default=None, help="KL weights (default 1 0.1 0.01)")
+    q.add_argument("--main-beta", type=float, default=None, help="beta of the headline ratios (default 0.1)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=run_simulation_cmd)
+
+    q = sub.add_parser("calibration", help="quantile coverage and z-scores on healthy held-out subjects")
+    q.add_argument("--out", default=_DEFAULT_OUT, help=f"output folder (default {_DEFAULT_OUT})")
+    q.add_argument("--quick", action="store_true", help="tiny cohort, one epoch; also QRVAE_NOTEBOOK_QUICK=1")
+    q.add_argument("--section", default="validation", help="healthy datalist section (default validation)")
+    _add_brain_args(q)
+    q.set_defaults(func=run_calibration_cmd)
+
+    q = sub.add_parser("fdr", help="realised FDR and sensitivity of Benjamini-Hochberg on the lesion subjects")
+    q.add_argument("--out", default=_DEFAULT_OUT, help=f"output folder (default {_DEFAULT_OUT})")
+    q.add_argument("--quick", action="store_true", help="tiny cohort, one epoch; also QRVAE_NOTEBOOK_QUICK=1")
+    q.add_argument("--alphas", type=float, nargs="+", default=[0.01, 0.05, 0.1], help="FDR levels")
+    _add_brain_args(q)
+    q.set_defaults(func=run_fdr_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser with the ``experiment`` subcommands at top level."""
+    parser = argparse.ArgumentParser(prog="python -m monai_qrvae.experiments.cli", description=__doc__.splitlines()[0])
+    add_experiment_parsers(parser.add_subparsers(dest="experiment", required=True))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one experiment; errors in the input are printed as one line (exit status 2)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"qrvae experiment: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
