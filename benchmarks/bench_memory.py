@@ -6,8 +6,8 @@ from a large parent inherits the parent's high-water mark across ``fork``/``exec
 benchmark process would read at least 0.7 GiB.) Jobs:
 
 - ``import`` only (``import monai_qrvae.workflows``: Python, torch, MONAI, Ignite, SciPy): the floor every job pays;
-- ``train``: :func:`monai_qrvae.workflows.train`, one epoch, batch 32, on the benchmark cohort (slice datasets of
-  the training and validation volumes, the trainer, validation, checkpoint, TensorBoard);
+- ``train``: :func:`monai_qrvae.workflows.train`, one epoch with its defaults, on the benchmark cohort (slice
+  datasets of the training and validation volumes, the trainer, validation, checkpoint, TensorBoard);
 - ``infer``: :func:`monai_qrvae.workflows.infer` on one volume (NIfTI maps and the PNG overlay);
 
 for the shipped ``small`` preset and the paper's ``paper`` preset (69.6 M parameters).
@@ -26,6 +26,7 @@ from benchmarks.common import (
     Section,
     md_table,
     median,
+    pipeline_defaults,
     python_exe,
     run_process,
     standalone,
@@ -106,8 +107,8 @@ def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
         f"({20 * n_train} slices), 85 x 103 x 90 x 3 at 2 mm. Models: {'; '.join(sizes)}.\n\n"
         f"{table}\n\n"
         "- Training holds the weights, their gradients and two Adam moments (4x the weights), the activations of a "
-        "batch of 32, and all slices in memory (3 x 64 x 64 float32 + mask = 64 KiB per slice: a 40-subject cohort "
-        "is 50 MiB).\n"
+        f"batch of {pipeline_defaults()['batch_size']}, and all slices in memory (3 x 64 x 64 float32 + mask = 64 KiB "
+        "per slice: a 40-subject cohort is 50 MiB).\n"
         "- Most of an inference job's memory is the libraries; the volume and its maps are a few tens of MiB.\n"
     )
     return body, {"results": results, "floor_mb": floor}

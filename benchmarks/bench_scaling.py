@@ -5,7 +5,8 @@
   squares line ``t = a + b N`` separates the fixed cost per volume (loading, normalising the whole volume, inverting,
   writing) from the cost per slice.
 - **Image size** 64 and 128 (in-plane, the network's input; 4x the pixels): training throughput (one training step
-  of batch 32 on real slices, QR-VAE ``small``), the network forward on 20 slices and the whole inference pipeline.
+  of the default batch size on real slices, QR-VAE ``small``), the network forward on 20 slices and the whole
+  inference pipeline.
 
 All cases of a table are interleaved.
 """
@@ -31,6 +32,7 @@ from benchmarks.common import (
     md_table,
     median,
     paired_ratio,
+    pipeline_defaults,
     standalone,
     timed_section,
 )
@@ -46,10 +48,11 @@ def _slices_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(max(counts), 3, 64, 64, generator=g)
     cases: dict[str, Any] = {}
+    calls = 5  # forwards per timed repetition: a single one is too short to time on a busy machine
     for n in counts:
         cases[f"pipeline {n}"] = lambda n=n: infer(models[n], items, scratch / f"n{n}", save_png=False)
 
-        def forward(n: int = n, calls: int = 5) -> float:  # mean of a few calls: a single one is too noisy
+        def forward(n: int = n) -> float:
             start = time.perf_counter()
             with torch.no_grad():
                 for _ in range(calls):
@@ -57,11 +60,14 @@ def _slices_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
             return (time.perf_counter() - start) / calls
 
         cases[f"forward {n}"] = forward
-    times = interleave(cases, repeats=min(ctx.repeats, 3), warmup=1)
+    cpu: dict[str, list[float]] = {}
+    times = interleave(cases, repeats=min(ctx.repeats, 3), warmup=1, cpu=cpu)
     for n in counts:
         times[f"pipeline {n}"] = [t / len(items) for t in times[f"pipeline {n}"]]
-    pipe = np.array([median(times[f"pipeline {n}"]) for n in counts])
-    fwd = np.array([median(times[f"forward {n}"]) for n in counts])
+        cpu[f"pipeline {n}"] = [t / len(items) for t in cpu[f"pipeline {n}"]]
+        cpu[f"forward {n}"] = [t / calls for t in cpu[f"forward {n}"]]
+    pipe = np.array([median(cpu[f"pipeline {n}"]) for n in counts])
+    fwd = np.array([median(cpu[f"forward {n}"]) for n in counts])
     a, b = np.polyfit(np.array(counts, dtype=float), pipe, 1)[::-1]
     fa, fb = np.polyfit(np.array(counts, dtype=float), fwd, 1)[::-1]
     rows = []
@@ -70,8 +76,9 @@ def _slices_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
             [
                 n,
                 fmt_spread(times[f"pipeline {n}"]),
+                fmt_spread(cpu[f"pipeline {n}"]),
                 fmt_time(pipe[i] / n),
-                fmt_spread(times[f"forward {n}"]),
+                fmt_spread(cpu[f"forward {n}"]),
                 fmt_time(fwd[i] / n),
                 f"{100 * fwd[i] / pipe[i]:.0f} %",
             ]
@@ -79,22 +86,25 @@ def _slices_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
     table = md_table(
         [
             "slices per volume",
-            "whole pipeline per volume",
+            "whole pipeline, wall",
+            "whole pipeline, CPU",
+            "CPU per slice",
+            "network forward, CPU",
             "per slice",
-            "network forward",
-            "per slice",
-            "network share",
+            "network share (CPU)",
         ],
         rows,
     )
+    crossover = f"up to about {a / b:.0f} slices per volume" if b > 0 else "at every slice count measured"
     text = (
         f"Slices per volume ({len(items)} test volumes per `infer` call; time per volume; 64 x 64; "
-        f"{min(ctx.repeats, 3)} interleaved repetitions):\n\n{table}\n\n"
-        f"Least-squares line through the medians: whole pipeline = {fmt_signed(a)} per volume {fmt_signed(b)} per "
+        f"{min(ctx.repeats, 3)} interleaved repetitions; CPU time is the steadier measure on a shared machine):\n\n"
+        f"{table}\n\n"
+        f"Least-squares line through the CPU medians: whole pipeline = {fmt_signed(a)} per volume {fmt_signed(b)} per "
         f"slice; network forward = {fmt_signed(fa)} {fmt_signed(fb)} per slice. The fixed per-volume work "
-        f"dominates up to about {max(a / b, 0):.0f} slices per volume.\n"
+        f"dominates {crossover}.\n"
     )
-    return text, {"times": times, "fit_pipeline": [a, b], "fit_forward": [fa, fb], "counts": counts}
+    return text, {"times": times, "cpu": cpu, "fit_pipeline": [a, b], "fit_forward": [fa, fb], "counts": counts}
 
 
 def _size_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
@@ -102,6 +112,7 @@ def _size_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
     from monai_qrvae.workflows import ModelConfig, build_loss, build_networks, infer
 
     sizes = (64, 128)
+    bs = pipeline_defaults()["batch_size"]
     train_items = ctx.items("training")[:2]
     test_items = [{k: v for k, v in it.items() if k != "label"} for it in ctx.items("test")][:2]
     state: dict[int, dict[str, Any]] = {}
@@ -111,8 +122,8 @@ def _size_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
         torch.manual_seed(0)
         vae, net = build_networks(cfg)
         ds = SliceDataset(train_items, volume_transforms(image_size=size, num_slices=20), progress=False)
-        batch = torch.stack([ds[i]["image"] for i in range(32)])
-        mask = torch.stack([ds[i]["brain_mask"] for i in range(32)])
+        batch = torch.stack([ds[i]["image"] for i in range(bs)])
+        mask = torch.stack([ds[i]["brain_mask"] for i in range(bs)])
         s = {"vae": vae, "net": net.eval(), "opt": torch.optim.Adam(vae.parameters()), "loss": build_loss(cfg)}
         s.update(x=batch, m=mask, model=ctx.model_dir(f"small_s{size}", image_size=size))
         state[size] = s
@@ -134,9 +145,11 @@ def _size_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
         cases[f"pipeline {size}"] = lambda s=s, size=size: infer(
             s["model"], test_items, scratch / f"s{size}", save_png=False
         )
-    times = interleave(cases, repeats=min(ctx.repeats, 3), warmup=1)
+    cpu: dict[str, list[float]] = {}
+    times = interleave(cases, repeats=min(ctx.repeats, 3), warmup=1, cpu=cpu)
     for size in sizes:
         times[f"pipeline {size}"] = [t / len(test_items) for t in times[f"pipeline {size}"]]
+        cpu[f"pipeline {size}"] = [t / len(test_items) for t in cpu[f"pipeline {size}"]]
     rows = []
     for size in sizes:
         params = sum(p.numel() for p in state[size]["vae"].parameters()) / 1e6
@@ -144,25 +157,26 @@ def _size_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
             [
                 f"{size} x {size}",
                 f"{params:.1f} M",
-                f"{32 / median(times[f'train {size}']):.1f}",
+                f"{bs / median(times[f'train {size}']):.1f}",
                 fmt_spread(times[f"forward {size}"]),
                 fmt_spread(times[f"pipeline {size}"]),
             ]
         )
-    rows.append(
-        [
-            "ratio 128 / 64 (time)",
-            "",
-            f"x{paired_ratio(times['train 128'], times['train 64']):.2f}",
-            f"x{paired_ratio(times['forward 128'], times['forward 64']):.2f}",
-            f"x{paired_ratio(times['pipeline 128'], times['pipeline 64']):.2f}",
-        ]
-    )
+    for label, t in (("wall", times), ("CPU", cpu)):
+        rows.append(
+            [
+                f"time ratio 128 / 64 ({label})",
+                "",
+                f"x{paired_ratio(t['train 128'], t['train 64']):.2f}",
+                f"x{paired_ratio(t['forward 128'], t['forward 64']):.2f}",
+                f"x{paired_ratio(t['pipeline 128'], t['pipeline 64']):.2f}",
+            ]
+        )
     table = md_table(
         [
             "image size",
             "parameters",
-            "training slices/s (batch 32)",
+            f"training slices/s (batch {bs})",
             "network forward, 20 slices",
             "whole pipeline per volume",
         ],
@@ -172,7 +186,7 @@ def _size_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
         f"Image size (20 slices per volume; {min(ctx.repeats, 3)} interleaved repetitions; the `small` network's "
         f"FC layer grows with the image: its input is 128 x (size/8)^2):\n\n{table}\n"
     )
-    return text, {"times": times}
+    return text, {"times": times, "cpu": cpu}
 
 
 def _body(ctx: Context) -> tuple[str, dict[str, Any]]:

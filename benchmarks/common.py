@@ -40,13 +40,19 @@ SECTIONS: dict[str, str] = {
 
 
 def interleave(
-    cases: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1, on_round: Callable | None = None
+    cases: Mapping[str, Callable[[], Any]],
+    repeats: int = 5,
+    warmup: int = 1,
+    on_round: Callable | None = None,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Time every case ``repeats`` times, interleaved (A B C, C B A, A B C, ...), after ``warmup`` untimed rounds.
 
     Alternating the order cancels slow drifts of the machine's load between the cases; the per-round values can be
     paired (see :func:`paired_ratio`). A case that returns a float reports its own time (e.g. without its set-up);
-    otherwise the wall time of the call is used.
+    otherwise the wall time of the call is used. With ``cpu`` (a dict), the process CPU time of every timed call
+    (``time.process_time``: all threads, user + system) is recorded there too: with idle threads sleeping, it measures
+    the work done and is much less disturbed than wall time by other processes on the machine.
 
     Returns:
         ``{name: [seconds per repetition]}``.
@@ -58,10 +64,12 @@ def interleave(
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             own = cases[name]()
             elapsed = time.perf_counter() - start
             times[name].append(float(own) if isinstance(own, float) else elapsed)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(time.process_time() - start_cpu)
         if on_round is not None:
             on_round(r, times)
     return times

@@ -323,10 +323,7 @@ class OverlaySaver:
 
     def save_item(self, data: dict, stem: str) -> Path:
         """Render one item to ``<output_dir>/<stem>_overlay.png``."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: leaves the user's backend (e.g. notebooks) alone
 
         image = torch.as_tensor(data[self.image_key])[self.channel].float().cpu().numpy()
         score = torch.as_tensor(data[self.score_key])[0].float().cpu().numpy()
@@ -342,7 +339,8 @@ class OverlaySaver:
         else:
             mid = image.shape[-1] // 2
             chosen = list(range(max(0, mid - n // 2), max(0, mid - n // 2) + n))
-        fig, axes = plt.subplots(3, n, figsize=(2.0 * n, 6.4), squeeze=False)
+        fig = Figure(figsize=(2.0 * n, 6.4))
+        axes = fig.subplots(3, n, squeeze=False)
         for col, s in enumerate(chosen):
             flair = np.rot90(image[..., s])
             axes[0, col].imshow(flair, cmap="gray", vmin=0, vmax=1)
@@ -369,7 +367,6 @@ class OverlaySaver:
         fig.subplots_adjust(left=0.005, right=0.995, bottom=0.005, top=0.9, wspace=0.03, hspace=0.1)
         path = self.output_dir / f"{stem}_overlay.png"
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-        plt.close(fig)
         self.saved.append(path)
         return path
 

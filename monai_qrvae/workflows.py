@@ -163,12 +163,10 @@ def _datalist(datalist: str | os.PathLike, section: str, read_data: bool = False
 
 def plot_history(rows: Sequence[dict[str, float]], path: str | os.PathLike, title: str = "training") -> Path:
     """Save the training and validation loss curves as a PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend (e.g. notebooks) alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
     epochs = [r["epoch"] for r in rows]
     for key, style in (("loss", "-"), ("val_loss", "--")):
         values = [r.get(key) for r in rows]
@@ -179,9 +177,7 @@ def plot_history(rows: Sequence[dict[str, float]], path: str | os.PathLike, titl
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
-    return out
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 
 
 def train(
