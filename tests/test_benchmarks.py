@@ -10,16 +10,36 @@ import torch
 from monai.data import Dataset
 
 from benchmarks.bench_training import measure
-from benchmarks.common import Section, interleave, paired_ratio, quartiles, run_process, update_doc
+from benchmarks.common import (
+    Section,
+    interleave,
+    paired_ratio,
+    pipeline_defaults,
+    quartiles,
+    run_process,
+    update_doc,
+)
 
 
 def test_interleave_alternates_order_and_uses_returned_times():
     calls = []
     cases = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b") or 0.5}
-    times = interleave(cases, repeats=3, warmup=1)
+    cpu: dict = {}
+    times = interleave(cases, repeats=3, warmup=1, cpu=cpu)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then A B, B A, A B
     assert len(times["a"]) == 3 and all(t >= 0 for t in times["a"])
     assert times["b"] == [0.5, 0.5, 0.5]  # a case that returns a float reports its own time
+    assert len(cpu["a"]) == 3 and all(t >= 0 for t in cpu["a"])  # CPU time of the timed calls only
+
+
+def test_pipeline_defaults_follow_the_workflows():
+    import inspect
+
+    from monai_qrvae.workflows import train
+
+    defaults = pipeline_defaults()
+    assert defaults["batch_size"] == inspect.signature(train).parameters["batch_size"].default
+    assert {"alpha", "per", "score_median", "clip"} <= set(defaults)
 
 
 def test_paired_ratio_and_quartiles():
