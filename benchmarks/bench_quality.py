@@ -57,6 +57,7 @@ def _settings(ctx: Context) -> dict[str, Any]:
         "n_lesion": int(o.get("n_lesion") or (4 if quick else 10)),
         "preset": o.get("preset") or "small",
         "code": _code_settings(),
+        "commit": _git_commit(),  # once, at the start: the code this process imported, not the tree's later state
     }
 
 
@@ -107,7 +108,7 @@ def _run_one(datalist: Path, out: Path, method: str, seed: int, s: dict[str, Any
         "method": method,
         "seed": seed,
         "settings": {k: s[k] for k in ("epochs", "preset", "code")},
-        "commit": _git_commit(),
+        "commit": s["commit"],
         "train_seconds": summary["seconds"],
         "eval_seconds": time.perf_counter() - start,
         "final_loss": summary.get("final_loss"),
