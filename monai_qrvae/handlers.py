@@ -371,21 +371,6 @@ class OverlaySaver:
         return path
 
 
-class _MaskedMetricHandler(IgniteMetricHandler):
-    """``IgniteMetricHandler`` whose ``output_transform`` returns ``(y_pred, y, mask)``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._skip_unrolling = True  # the transform returns lists of whole items, not a batch to unroll
-
-    def update(self, output: Sequence[Any]) -> None:
-        if len(output) == 3:
-            y_pred, y, mask = output
-            self.metric_fn(y_pred, y, mask=mask)
-        else:
-            super().update(output)
-
-
 def _from_items(pred_key: str, label_key: str, mask_key: str | None) -> Callable:
     def transform(output: Any) -> tuple:
         items = output if isinstance(output, list) else [output]
@@ -398,8 +383,14 @@ def _from_items(pred_key: str, label_key: str, mask_key: str | None) -> Callable
     return transform
 
 
-class BestDice(_MaskedMetricHandler):
-    """Best Dice over all thresholds of a score map, pooled over the data (an upper bound: it uses the labels)."""
+class _MaskedMetricHandler(IgniteMetricHandler):
+    """``IgniteMetricHandler`` around a masked metric: ``output_transform`` returns ``(y_pred, y, mask)``.
+
+    By default it reads ``score_key``, ``label_key`` and ``mask_key`` from each decollated output item.
+    """
+
+    metric_class: type = BestDiceMetric
+    save_details_default: bool = True
 
     def __init__(
         self,
@@ -407,17 +398,33 @@ class BestDice(_MaskedMetricHandler):
         label_key: str = "label",
         mask_key: str | None = "roi",
         output_transform: Callable | None = None,
-        save_details: bool = True,
+        save_details: bool | None = None,
     ) -> None:
         super().__init__(
-            metric_fn=BestDiceMetric(),
+            metric_fn=self.metric_class(),
             output_transform=output_transform or _from_items(score_key, label_key, mask_key),
-            save_details=save_details,
+            save_details=self.save_details_default if save_details is None else save_details,
         )
+        self._skip_unrolling = True  # the transform returns lists of whole items, not a batch to unroll
+
+    def update(self, output: Sequence[Any]) -> None:
+        if len(output) == 3:
+            y_pred, y, mask = output
+            self.metric_fn(y_pred, y, mask=mask)
+        else:
+            super().update(output)
+
+
+class BestDice(_MaskedMetricHandler):
+    """Best Dice over all thresholds of a score map, pooled over the data (an upper bound: it uses the labels)."""
+
+    metric_class = BestDiceMetric
 
 
 class LesionDice(_MaskedMetricHandler):
     """Dice of the label-free lesion mask (e.g. the FDR mask), pooled over the data."""
+
+    metric_class = DiceScoreMetric
 
     def __init__(
         self,
@@ -425,44 +432,20 @@ class LesionDice(_MaskedMetricHandler):
         label_key: str = "label",
         mask_key: str | None = "roi",
         output_transform: Callable | None = None,
-        save_details: bool = True,
+        save_details: bool | None = None,
     ) -> None:
-        super().__init__(
-            metric_fn=DiceScoreMetric(),
-            output_transform=output_transform or _from_items(lesion_key, label_key, mask_key),
-            save_details=save_details,
-        )
+        super().__init__(lesion_key, label_key, mask_key, output_transform, save_details)
 
 
 class MaskedROCAUC(_MaskedMetricHandler):
     """Voxel-wise AUROC of a score map inside the brain mask, pooled over the data."""
 
-    def __init__(
-        self,
-        score_key: str = "z",
-        label_key: str = "label",
-        mask_key: str | None = "roi",
-        output_transform: Callable | None = None,
-    ) -> None:
-        super().__init__(
-            metric_fn=MaskedROCAUCMetric(),
-            output_transform=output_transform or _from_items(score_key, label_key, mask_key),
-            save_details=False,
-        )
+    metric_class = MaskedROCAUCMetric
+    save_details_default = False
 
 
 class MaskedAveragePrecision(_MaskedMetricHandler):
     """Voxel-wise AUPRC (average precision) of a score map inside the brain mask, pooled over the data."""
 
-    def __init__(
-        self,
-        score_key: str = "z",
-        label_key: str = "label",
-        mask_key: str | None = "roi",
-        output_transform: Callable | None = None,
-    ) -> None:
-        super().__init__(
-            metric_fn=MaskedAveragePrecisionMetric(),
-            output_transform=output_transform or _from_items(score_key, label_key, mask_key),
-            save_details=False,
-        )
+    metric_class = MaskedAveragePrecisionMetric
+    save_details_default = False
