@@ -158,7 +158,32 @@ def _stem(meta: dict, fallback: str) -> str:
     return stem
 
 
-class AnomalyMapSaver:
+class _ItemSaver:
+    """Ignite glue shared by the savers: at ``ITERATION_COMPLETED``, hand each decollated item to ``_save``."""
+
+    output_transform: Callable
+    batch_transform: Callable
+
+    def attach(self, engine: Any) -> None:
+        """Save at the end of every iteration."""
+        from ignite.engine import Events
+
+        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        outputs = self.output_transform(engine.state.output)
+        batches = self.batch_transform(engine.state.batch)
+        if isinstance(outputs, dict):
+            outputs, batches = [outputs], [batches]
+        for index, (out, batch) in enumerate(zip(outputs, batches)):
+            self._save(out, batch, fallback=f"volume_{engine.state.iteration:04d}_{index}")
+
+    def _save(self, out: dict, batch: dict, fallback: str) -> None:
+        raise NotImplementedError
+
+
+class AnomalyMapSaver(_ItemSaver):
     """Write ``z``, ``p`` and ``lesion`` of each item as NIfTI on the input's grid (shape and affine).
 
     With ``preprocessing`` given, the maps are first inverted through it (``monai.transforms.Invertd``): slice
@@ -202,20 +227,8 @@ class AnomalyMapSaver:
         self.batch_transform = batch_transform
         self.saved: list[Path] = []
 
-    def attach(self, engine: Any) -> None:
-        """Save at the end of every iteration."""
-        from ignite.engine import Events
-
-        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Any) -> None:
-        outputs = self.output_transform(engine.state.output)
-        batches = self.batch_transform(engine.state.batch)
-        if isinstance(outputs, dict):
-            outputs, batches = [outputs], [batches]
-        for index, (out, batch) in enumerate(zip(outputs, batches)):
-            self.save_item(out, batch, fallback=f"volume_{engine.state.iteration:04d}_{index}")
+    def _save(self, out: dict, batch: dict, fallback: str) -> None:
+        self.save_item(out, batch, fallback=fallback)
 
     def save_item(self, out: dict, batch: dict, fallback: str = "volume") -> list[Path]:
         """Invert and write the maps of one item; return the written paths."""
@@ -264,7 +277,7 @@ class AnomalyMapSaver:
         return written
 
 
-class OverlaySaver:
+class OverlaySaver(_ItemSaver):
     """Write a PNG per item: FLAIR slices with the z-map, the detected lesions (red) and the label (green).
 
     Args:
@@ -304,22 +317,10 @@ class OverlaySaver:
         self.batch_transform = batch_transform
         self.saved: list[Path] = []
 
-    def attach(self, engine: Any) -> None:
-        """Save at the end of every iteration."""
-        from ignite.engine import Events
-
-        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Any) -> None:
-        outputs = self.output_transform(engine.state.output)
-        batches = self.batch_transform(engine.state.batch)
-        if isinstance(outputs, dict):
-            outputs, batches = [outputs], [batches]
-        for index, (out, batch) in enumerate(zip(outputs, batches)):
-            merged = {**batch, **out}
-            meta = merged[self.image_key].meta if isinstance(merged[self.image_key], MetaTensor) else {}
-            self.save_item(merged, _stem(meta, f"volume_{engine.state.iteration:04d}_{index}"))
+    def _save(self, out: dict, batch: dict, fallback: str) -> None:
+        merged = {**batch, **out}
+        meta = merged[self.image_key].meta if isinstance(merged[self.image_key], MetaTensor) else {}
+        self.save_item(merged, _stem(meta, fallback))
 
     def save_item(self, data: dict, stem: str) -> Path:
         """Render one item to ``<output_dir>/<stem>_overlay.png``."""
