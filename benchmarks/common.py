@@ -280,16 +280,17 @@ def pipeline_defaults() -> dict[str, Any]:
     import inspect
 
     from monai_qrvae import workflows
+    from monai_qrvae.defaults import method_defaults
     from monai_qrvae.preprocessing import volume_transforms
 
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = method_defaults("qrvae").as_dict()
     for fn, names in (
         (workflows.train, ("epochs", "batch_size", "lr", "num_slices", "image_size", "preset")),
         (workflows.infer, ("alpha", "per", "median_size", "min_size", "score_median", "save_png")),
         (volume_transforms, ("lower", "upper", "clip")),
     ):
         params = inspect.signature(fn).parameters
-        out.update({n: params[n].default for n in names if n in params})
+        out.update({n: params[n].default for n in names if n in params and params[n].default is not None})
     return out
 
 
@@ -298,14 +299,7 @@ def anomaly_transforms() -> list[Any]:
     from monai_qrvae.workflows import _anomaly_handlers
 
     d = pipeline_defaults()
-    post, _ = _anomaly_handlers(
-        d.get("alpha", 0.05),
-        d.get("per", "volume"),
-        d.get("median_size", 1),
-        d.get("min_size", 0),
-        with_label=False,
-        score_median=d.get("score_median", 1),
-    )
+    post = _anomaly_handlers(d["alpha"], d["per"], d["median_size"], d["min_size"], d["score_median"])
     return [h.transform for h in post]
 
 

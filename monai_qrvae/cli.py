@@ -23,21 +23,34 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_post(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate (0.05)")
     p.add_argument("--per", choices=("volume", "slice"), default="volume", help="FDR per volume or per slice")
-    p.add_argument("--score-median", type=int, default=3, help="in-plane median filter of the z-map (3; 1 = off)")
+    p.add_argument(
+        "--score-median",
+        type=int,
+        default=None,
+        help="in-plane median filter of the z-map (1 = off; default: the method's, chosen on the tuning split)",
+    )
     p.add_argument("--median-size", type=int, default=1, help="median filter of the lesion mask (1 = off)")
     p.add_argument("--min-size", type=int, default=0, help="drop lesion components smaller than this (voxels)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from monai_qrvae.workflows import demo
+    from monai_qrvae.workflows import PINNED_DEMO, demo
 
+    settings = {
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "n_healthy": args.healthy,
+        "n_lesion": args.lesion,
+        "spacing": args.spacing,
+    }
+    if args.pinned:
+        settings.update(PINNED_DEMO)
     demo(
         output_dir=args.out,
-        epochs=args.epochs,
         methods=args.methods,
-        seed=args.seed,
-        n_healthy=args.healthy,
-        n_lesion=args.lesion,
+        update_docs=args.update_docs or (),
+        block="pinned" if args.pinned else "demo",
+        **settings,
         progress=not args.no_progress,
         preset=args.preset,
     )
@@ -117,6 +130,43 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from monai_qrvae.study import sweep
+
+    result = sweep(
+        args.datalist,
+        args.out,
+        methods=args.methods,
+        lrs=args.lrs,
+        epochs=args.epochs,
+        score_medians=args.score_medians,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(result["table"])
+    for method, row in result["picked"].items():
+        print(f"picked for {method}: lr {row['lr']}, epochs {row['epochs']}, z-map median {row['score_median']}")
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from monai_qrvae.study import benchmark, update_doc_block
+
+    result = benchmark(
+        args.datalist,
+        args.out,
+        methods=args.methods,
+        seeds=args.seeds,
+        section=args.section,
+        progress=not args.no_progress,
+    )
+    print(result["table"])
+    for doc in args.update_docs or []:
+        update_doc_block(doc, args.block, result["table"])
+        print(f"updated the '{args.block}' block of {doc}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``qrvae``."""
     from monai_qrvae.workflows import METHODS, MODEL_PRESETS
@@ -127,12 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="make the embedded data, train all methods, evaluate and compare")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    p.add_argument("--epochs", type=int, default=15, help="epochs per model (default 15)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: each method's, defaults.py)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--preset", choices=tuple(MODEL_PRESETS), default="small")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--healthy", type=int, default=40, help="healthy subjects to generate (default 40)")
-    p.add_argument("--lesion", type=int, default=10, help="lesion subjects to generate (default 10)")
+    p.add_argument("--healthy", type=int, default=None, help="healthy subjects to generate (default: make-data's)")
+    p.add_argument("--lesion", type=int, default=None, help="lesion subjects to generate (default: make-data's)")
+    p.add_argument("--spacing", type=float, default=2.0, help="voxel size of the generated cohort in mm (2)")
+    p.add_argument(
+        "--pinned",
+        action="store_true",
+        help="the small fixed setting documented in docs/benchmarks.md and pinned by a test (overrides the sizes)",
+    )
+    p.add_argument(
+        "--update-docs", nargs="*", help="Markdown files whose marked 'demo' (or 'pinned') block gets the table"
+    )
     _add_common(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -141,9 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder (weights, config, curves, checkpoints)")
     p.add_argument("--method", choices=METHODS, default="qrvae")
     p.add_argument("--preset", choices=tuple(MODEL_PRESETS), default="small")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=16, help="slices per batch (16; the paper used 8)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3; the paper used 3e-4)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the method's, see defaults.py)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="slices per batch (default: the method's; the paper used 8)"
+    )
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the method's; paper: 3e-4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-slices", type=int, default=20)
     p.add_argument("--image-size", type=int, default=64)
@@ -174,6 +235,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_post(p)
     _add_common(p)
     p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("sweep", help="choose each method's lr, epochs and z-map filter on the tuning split")
+    p.add_argument("--datalist", required=True, help="datalist with training, validation and tuning sections")
+    p.add_argument("--out", required=True, help="output folder (models, sweep.csv/md/json)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3], help="learning rates tried")
+    p.add_argument("--epochs", type=int, nargs="+", default=[10, 20], help="epoch counts tried")
+    p.add_argument("--score-medians", type=int, nargs="+", default=[1, 3], help="z-map median filters tried")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("benchmark", help="the headline table: every method, its defaults, several seeds, on test")
+    p.add_argument("--datalist", required=True)
+    p.add_argument("--out", required=True, help="output folder (models, headline.csv/md/json)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--section", default="test", help="split scored (default: test)")
+    p.add_argument("--update-docs", nargs="*", help="Markdown files whose marked block gets the table")
+    p.add_argument("--block", default="headline", help="name of the marked block (default: headline)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_benchmark)
 
     try:
         from monai_qrvae.data.cli import add_parsers

@@ -46,6 +46,7 @@ __all__ = [
     "MaskedROCAUC",
     "MaskedAveragePrecision",
     "atomic_write",
+    "invert_to_input",
 ]
 
 
@@ -158,6 +159,56 @@ def _stem(meta: dict, fallback: str) -> str:
     return stem
 
 
+def invert_to_input(
+    maps: dict[str, Any],
+    orig: Any,
+    preprocessing: Callable | None,
+    orig_key: str = "image",
+    nearest_interp: dict[str, bool] | None = None,
+    one_outside: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Put maps computed on the preprocessed grid back onto the input's grid (shape, affine, orientation).
+
+    The maps are inverted through ``preprocessing`` with ``monai.transforms.Invertd`` (slice selection, resizing,
+    cropping and reorientation are undone). Voxels the preprocessing dropped (outside the analysed slices or the
+    crop) come back as 0, or as 1 for the keys in ``one_outside`` (p-maps: nothing was tested there).
+
+    Args:
+        maps: ``{key: (C, spatial...)}`` maps on the preprocessed grid.
+        orig: the preprocessed input (a ``MetaTensor`` carrying the transform history).
+        preprocessing: the invertible chain applied to the input; ``None`` (or a plain tensor) returns the maps.
+        orig_key: the key the chain was applied to.
+        nearest_interp: per key, whether to invert with nearest-neighbour interpolation (default: masks only,
+            i.e. keys named ``lesion``, ``roi`` or ``analysed``).
+        one_outside: keys whose value outside the analysed region is 1.
+
+    Returns:
+        ``{key: MetaTensor}`` on the input's grid (or the maps unchanged when nothing can be inverted).
+    """
+    if preprocessing is None or not isinstance(orig, MetaTensor):
+        return dict(maps)
+    keys = list(maps)
+    nearest = nearest_interp or {}
+    data: dict[str, Any] = {orig_key: orig}
+    for key in keys:
+        value = torch.as_tensor(maps[key]).float()
+        if key in one_outside:  # inversion pads with 0: invert 1 - p so unanalysed voxels get p = 1
+            value = 1.0 - value
+        data[key] = MetaTensor(value, meta=dict(orig.meta))
+    inverter = Invertd(
+        keys=keys,
+        transform=preprocessing,
+        orig_keys=orig_key,
+        nearest_interp=[nearest.get(k, k in ("lesion", "roi", "analysed")) for k in keys],
+        to_tensor=True,
+    )
+    data = inverter(data)
+    for key in keys:
+        if key in one_outside:
+            data[key] = 1.0 - data[key]
+    return {k: data[k] for k in keys}
+
+
 class _ItemSaver:
     """Ignite glue shared by the savers: at ``ITERATION_COMPLETED``, hand each decollated item to ``_save``."""
 
@@ -233,29 +284,18 @@ class AnomalyMapSaver(_ItemSaver):
     def save_item(self, out: dict, batch: dict, fallback: str = "volume") -> list[Path]:
         """Invert and write the maps of one item; return the written paths."""
         orig = batch.get(self.orig_key, out.get(self.orig_key))
-        data = {k: out[k] for k in self.keys if k in out}
         missing = [k for k in self.keys if k not in out]
         if missing:
             raise KeyError(f"AnomalyMapSaver: output is missing {missing}; attach the anomaly handlers first.")
         meta = dict(orig.meta) if isinstance(orig, MetaTensor) else {}
-        if self.preprocessing is not None and isinstance(orig, MetaTensor):
-            data[self.orig_key] = orig
-            for key in self.keys:
-                value = torch.as_tensor(data[key]).float()
-                if key in self.one_outside:  # inversion pads with 0: invert 1 - p so unanalysed voxels get p = 1
-                    value = 1.0 - value
-                data[key] = MetaTensor(value, meta=dict(orig.meta))
-            inverter = Invertd(
-                keys=self.keys,
-                transform=self.preprocessing,
-                orig_keys=self.orig_key,
-                nearest_interp=self.nearest_interp,
-                to_tensor=True,
-            )
-            data = inverter(data)
-            for key in self.keys:
-                if key in self.one_outside:
-                    data[key] = 1.0 - data[key]
+        data = invert_to_input(
+            {k: out[k] for k in self.keys},
+            orig,
+            self.preprocessing,
+            orig_key=self.orig_key,
+            nearest_interp=dict(zip(self.keys, self.nearest_interp)),
+            one_outside=self.one_outside,
+        )
         stem = _stem(meta, fallback)
         written = []
         for key, postfix in zip(self.keys, self.postfixes):

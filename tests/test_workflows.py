@@ -11,6 +11,7 @@ import torch
 
 from monai_qrvae.cli import main
 from monai_qrvae.data import make_cohort
+from monai_qrvae.study import METHOD_NAMES
 from monai_qrvae.workflows import METHODS, ModelConfig, build_networks, load_model, train, write_table
 
 
@@ -36,10 +37,12 @@ def test_every_method_gives_one_anomaly_tensor(method):
 
 
 def test_write_table(tmp_path):
-    rows = [{"method": "qrvae", "dice_fdr": 0.5, "best_dice": 0.6, "auroc": 0.9, "auprc": 0.4, "train_seconds": 1.0}]
+    rows = [{"method": "qrvae", "dice_fdr": 0.5, "best_dice": 0.6, "auroc": 0.9, "auprc": 0.4, "train_seconds": 12.0}]
     csv_path, md_path, text = write_table(rows, tmp_path)
-    assert csv_path.read_text().splitlines()[1].startswith("qrvae,0.5,0.6")
-    assert "| qrvae | 0.500 | 0.600 | 0.900 | 0.400 | 1.000 |" in text
+    assert csv_path.read_text().splitlines()[0].startswith("method,auprc,auroc,best_dice,dice_fdr")
+    assert csv_path.read_text().splitlines()[1].startswith("qrvae,0.4,0.9,0.6,0.5")
+    assert "| QR-VAE (ours) | 0.400 | 0.900 | 0.600 | 0.500 | n/a |" in text
+    assert "Training time: qrvae 12 s." in text
     assert md_path.read_text() == text
 
 
@@ -64,9 +67,26 @@ def test_train_evaluate_infer_on_embedded_data(small_cohort, tmp_path, capsys):
     rc = main(["evaluate", "--model", str(model), "--datalist", str(small_cohort), "--out", str(tmp_path / "eval")])
     assert rc == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert {"dice_fdr", "best_dice", "auroc", "auprc"} <= set(metrics)
-    assert 0.0 <= metrics["best_dice"] <= 1.0 and 0.0 <= metrics["auroc"] <= 1.0
-    assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 2
+    test_items = json.loads(small_cohort.read_text())["test"]
+    assert metrics["volumes"] == len(test_items) == len(metrics["per_volume"])
+    assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == len(test_items)
+    # the figures are whole-brain figures on the input grid: recompute the label-free Dice and the lesion counts
+    # from the saved lesion maps and the label files, independently of the evaluator
+    inter = total = lesions = 0
+    for item, volume in zip(test_items, metrics["per_volume"]):
+        subject = (small_cohort.parent / item["image"]).parent.name
+        assert volume["name"] == subject
+        pred = nib.load(tmp_path / "eval" / "maps" / f"{subject}_lesion.nii.gz").get_fdata() > 0
+        label = nib.load(small_cohort.parent / item["label"]).get_fdata() > 0
+        brain = nib.load(small_cohort.parent / item["brain_mask"]).get_fdata() > 0
+        pred, label = pred & brain, label & brain
+        assert volume["lesion_voxels"] == label.sum() and volume["detected_voxels"] == pred.sum()
+        inter, total = inter + (pred & label).sum(), total + pred.sum() + label.sum()
+        lesions += volume["lesions"]
+    assert metrics["dice_fdr"] == pytest.approx(2 * inter / total)
+    assert metrics["lesions"] == lesions > 0
+    # 8 central slices of a 3 mm cohort cannot see every lesion voxel: coverage is reported and below 1
+    assert 0.0 < metrics["coverage"] < 1.0
 
     test_item = json.loads(small_cohort.read_text())["test"][0]
     image = small_cohort.parent / test_item["image"]
@@ -112,11 +132,12 @@ def test_same_seed_same_weights_and_metrics(small_cohort, tmp_path):
 @pytest.mark.slow
 def test_demo_command_runs_all_methods(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = main(["demo", "--out", str(out), "--epochs", "1", "--healthy", "4", "--lesion", "2", "--no-progress"])
+    argv = ["demo", "--out", str(out), "--epochs", "1", "--healthy", "4", "--lesion", "2", "--spacing", "3"]
+    rc = main([*argv, "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     table = (out / "metrics.md").read_text()
     for method in METHODS:
-        assert f"| {method} |" in table
+        assert f"| {METHOD_NAMES[method]} |" in table
     assert (out / "qrvae" / "eval" / "maps").is_dir()
     assert any((out / "qrvae" / "eval" / "overlays").glob("*.png"))
     printed = capsys.readouterr().out

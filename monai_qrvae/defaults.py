@@ -1,0 +1,53 @@
+"""The defaults every entry point reads (CLI, workflows, bundle tests, benchmarks): one place, chosen on ``tuning``.
+
+Each method has its own training budget and post-processing, chosen on the ``tuning`` split (lesion subjects that
+are never reported) by ``qrvae sweep``; the sweep, what was tried and what was picked are in
+docs/benchmarks.md. The ``test`` split was never used to choose any of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["MethodDefaults", "DEFAULTS", "method_defaults"]
+
+
+@dataclass(frozen=True)
+class MethodDefaults:
+    """Training and post-processing defaults of one method.
+
+    Attributes:
+        epochs: training epochs (0 for FLAIR thresholding, which only fits healthy intensity statistics).
+        batch_size: slices per training step.
+        lr: Adam learning rate.
+        score_median: in-plane median filter of the z-map before p-values (1 = off).
+        alpha: Benjamini-Hochberg false discovery rate of the label-free lesion mask.
+    """
+
+    epochs: int = 15
+    batch_size: int = 16
+    lr: float = 1e-3
+    score_median: int = 3
+    alpha: float = 0.05
+
+    def as_dict(self) -> dict[str, Any]:
+        """The defaults as a plain dictionary."""
+        return asdict(self)
+
+
+_VAE = MethodDefaults()
+#: per method; see the module docstring for how they were chosen.
+DEFAULTS: dict[str, MethodDefaults] = {
+    "qrvae": _VAE,
+    "gaussian": _VAE,
+    "mse": _VAE,
+    "flair": replace(_VAE, epochs=0, score_median=3),
+}
+
+
+def method_defaults(method: str) -> MethodDefaults:
+    """The defaults of ``method``; raises ``ValueError`` for an unknown one."""
+    if method not in DEFAULTS:
+        raise ValueError(f"unknown method {method!r}; expected one of {tuple(DEFAULTS)}.")
+    return DEFAULTS[method]

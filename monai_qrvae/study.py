@@ -1,0 +1,269 @@
+"""The two studies behind the published figures: the ``tuning`` sweep and the ``test`` benchmark.
+
+- :func:`sweep` trains every method with each candidate learning rate, evaluates it on the ``tuning`` split after
+  each candidate number of epochs (one run per learning rate, continued from its checkpoint) and with each
+  candidate z-map filter, and picks, per method, the setting with the best tuning AUPRC. FLAIR thresholding gets
+  the same post-processing candidates. Nothing here looks at ``test``.
+- :func:`benchmark` trains every method with its defaults (:mod:`monai_qrvae.defaults`) for several seeds and
+  scores each on ``test``: the headline table (mean +- s.d. over seeds), whole brain, input grid, with coverage
+  and lesion-wise figures.
+
+Both write CSV and Markdown, and :func:`update_doc_block` rewrites the marked block of a Markdown file
+(``<!-- name:start -->`` ... ``<!-- name:end -->``) so README and docs show exactly what the command printed.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monai_qrvae.handlers import atomic_write
+
+__all__ = [
+    "HEADLINE_COLUMNS",
+    "sweep",
+    "benchmark",
+    "format_headline",
+    "update_doc_block",
+    "read_doc_block",
+]
+
+#: columns of the headline table: (result key, header).
+HEADLINE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("auprc", "AUPRC"),
+    ("auroc", "AUROC"),
+    ("best_dice", "best Dice [upper bound]"),
+    ("dice_fdr", "Dice (FDR, label-free)"),
+    ("lesion_recall", "lesion recall (FDR)"),
+    ("fp_per_volume", "FP comp./vol. (FDR)"),
+    ("healthy_any_detection", "healthy vols. flagged"),
+    ("coverage", "coverage"),
+)
+METHOD_NAMES = {
+    "qrvae": "QR-VAE (ours)",
+    "gaussian": "Gaussian VAE (learned variance)",
+    "mse": "MSE VAE (residual)",
+    "flair": "FLAIR thresholding",
+}
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(path, _write)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def sweep(
+    datalist: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    methods: Sequence[str] = ("qrvae", "gaussian", "mse", "flair"),
+    lrs: Sequence[float] = (3e-4, 1e-3),
+    epochs: Sequence[int] = (10, 20),
+    score_medians: Sequence[int] = (1, 3),
+    seed: int = 0,
+    progress: bool = False,
+    **train_kwargs: Any,
+) -> dict[str, Any]:
+    """Choose each method's learning rate, epochs and z-map filter on the ``tuning`` split.
+
+    Every combination is trained on ``training`` (validated on ``validation``) and scored on ``tuning`` (whole
+    brain, input grid); the pick per method is the best tuning AUPRC (ties: fewer epochs, then the first). FLAIR
+    thresholding has no training, so only its filter is swept.
+
+    Returns:
+        ``{"rows": [...], "picked": {method: row}, "table": markdown}``; also written to ``output_dir`` as
+        ``sweep.csv``, ``sweep.md`` and ``sweep.json``.
+    """
+    from monai_qrvae.workflows import evaluate, train
+
+    out = Path(output_dir)
+    rows: list[dict[str, Any]] = []
+    for method in methods:
+        run_lrs: Sequence[float | None] = lrs if method != "flair" else [None]
+        run_epochs: Sequence[int] = sorted(epochs) if method != "flair" else [0]
+        for lr in run_lrs:
+            model = out / method / ("fit" if lr is None else f"lr{lr:g}")
+            for n_epochs in run_epochs:
+                train(
+                    datalist,
+                    model,
+                    method=method,
+                    epochs=n_epochs if method != "flair" else None,
+                    lr=lr,
+                    seed=seed,
+                    progress=progress,
+                    **train_kwargs,
+                )
+                for score_median in score_medians:
+                    result = evaluate(
+                        model,
+                        datalist,
+                        out / method / f"eval_lr{lr}_e{n_epochs}_m{score_median}",
+                        section="tuning",
+                        score_median=score_median,
+                        save_maps=False,
+                        save_png=False,
+                    )
+                    rows.append(
+                        {
+                            "method": method,
+                            "lr": lr,
+                            "epochs": n_epochs,
+                            "score_median": score_median,
+                            **{k: result[k] for k, _ in HEADLINE_COLUMNS},
+                        }
+                    )
+    picked: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        candidates = [r for r in rows if r["method"] == method]
+        ranked = sorted(
+            candidates, key=lambda r: (-np.nan_to_num(r["auprc"], nan=-1.0), r["epochs"])
+        )  # stable: first of equals
+        picked[method] = ranked[0]
+    lines = [
+        "| method | lr | epochs | z-map median | tuning AUPRC | tuning AUROC | tuning best Dice | picked |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mark = "**yes**" if r is picked[r["method"]] else ""
+        lines.append(
+            f"| {r['method']} | {_fmt(r['lr'], 4) if r['lr'] else '-'} | {r['epochs']} | {r['score_median']} | "
+            f"{_fmt(r['auprc'])} | {_fmt(r['auroc'])} | {_fmt(r['best_dice'])} | {mark} |"
+        )
+    table = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "sweep.csv", rows)
+    _write_text(out / "sweep.md", table)
+    _write_text(out / "sweep.json", json.dumps({"rows": rows, "picked": picked}, indent=2))
+    return {"rows": rows, "picked": picked, "table": table}
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def format_headline(results: dict[str, list[dict[str, Any]]], strata: bool = True) -> str:
+    """Markdown table ``method x figure`` as ``mean +- s.d.`` over the runs of each method (one run: the value).
+
+    Args:
+        results: ``{method: [evaluate() result per seed]}``.
+        strata: add one row per stratum (``typical``, ``subtle``) under each method.
+    """
+    header = "| method | " + " | ".join(h for _, h in HEADLINE_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(HEADLINE_COLUMNS) + 1)]
+
+    def cells(runs: list[dict[str, Any]]) -> str:
+        out = []
+        for key, _ in HEADLINE_COLUMNS:
+            mean, sd = _mean_sd([r.get(key, math.nan) for r in runs])
+            if len(runs) > 1:
+                out.append("n/a" if math.isnan(mean) else f"{mean:.3f} ± {sd:.3f}")
+            else:
+                out.append(_fmt(mean))
+        return " | ".join(out)
+
+    for method, runs in results.items():
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | {cells(runs)} |")
+        if strata:
+            names = sorted({s for r in runs for s in r.get("strata", {})})
+            for name in names:
+                sub = [r["strata"][name] for r in runs if name in r.get("strata", {})]
+                lines.append(f"| &nbsp;&nbsp;{name} lesions only | {cells(sub)} |")
+    return "\n".join(lines) + "\n"
+
+
+def benchmark(
+    datalist: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    methods: Sequence[str] = ("qrvae", "gaussian", "mse", "flair"),
+    seeds: Sequence[int] = (0, 1, 2),
+    section: str = "test",
+    progress: bool = False,
+    **train_kwargs: Any,
+) -> dict[str, Any]:
+    """Train every method with its defaults for each seed, score it on ``section``; write the headline table.
+
+    FLAIR thresholding is deterministic and trained once. Writes ``headline.md``, ``headline.csv`` (one row per
+    method and seed) and ``headline.json`` into ``output_dir``.
+
+    Returns:
+        ``{"results": {method: [result per seed]}, "table": markdown}``.
+    """
+    from monai_qrvae.workflows import evaluate, train
+
+    out = Path(output_dir)
+    results: dict[str, list[dict[str, Any]]] = {}
+    rows = []
+    for method, seed in itertools.product(methods, seeds):
+        if method == "flair" and seed != seeds[0]:
+            continue
+        model = out / method / f"seed{seed}" / "model"
+        summary = train(datalist, model, method=method, seed=seed, progress=progress, **train_kwargs)
+        result = evaluate(model, datalist, out / method / f"seed{seed}" / "eval", section=section, save_maps=False)
+        result["train_seconds"] = summary["seconds"]
+        results.setdefault(method, []).append(result)
+        rows.append({"method": method, "seed": seed, **{k: result.get(k) for k, _ in HEADLINE_COLUMNS}})
+        rows[-1]["train_seconds"] = round(summary["seconds"], 1)
+    table = format_headline(results)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "headline.csv", rows)
+    _write_text(out / "headline.md", table)
+    slim = {m: [{k: v for k, v in r.items() if k != "per_volume"} for r in runs] for m, runs in results.items()}
+    _write_text(out / "headline.json", json.dumps(slim, indent=2))
+    return {"results": results, "table": table}
+
+
+def update_doc_block(path: str | os.PathLike, name: str, text: str) -> Path:
+    """Replace the block between ``<!-- name:start -->`` and ``<!-- name:end -->`` of a Markdown file.
+
+    Raises:
+        ValueError: when the file has no such block.
+    """
+    path = Path(path)
+    source = path.read_text()
+    pattern = re.compile(rf"(<!-- {re.escape(name)}:start -->\n)(.*?)(<!-- {re.escape(name)}:end -->)", re.S)
+    if not pattern.search(source):
+        raise ValueError(f"{path} has no block '<!-- {name}:start -->' ... '<!-- {name}:end -->' to update.")
+    new = pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(3), source, count=1)
+    return _write_text(path, new)
+
+
+def read_doc_block(path: str | os.PathLike, name: str) -> str:
+    """The text of a marked block (see :func:`update_doc_block`)."""
+    source = Path(path).read_text()
+    match = re.search(rf"<!-- {re.escape(name)}:start -->\n(.*?)<!-- {re.escape(name)}:end -->", source, re.S)
+    if match is None:
+        raise ValueError(f"{path} has no block '<!-- {name}:start -->' ... '<!-- {name}:end -->'.")
+    return match.group(1)
