@@ -33,12 +33,11 @@ def test_interleave_alternates_order_and_uses_returned_times():
 
 
 def test_pipeline_defaults_follow_the_workflows():
-    import inspect
-
-    from monai_qrvae.workflows import train
+    from monai_qrvae.defaults import method_defaults
 
     defaults = pipeline_defaults()
-    assert defaults["batch_size"] == inspect.signature(train).parameters["batch_size"].default
+    assert defaults["batch_size"] == method_defaults("qrvae").batch_size
+    assert defaults["score_median"] == method_defaults("qrvae").score_median
     assert {"alpha", "per", "score_median", "clip"} <= set(defaults)
 
 
