@@ -30,7 +30,7 @@ SECTIONS: dict[str, str] = {
     "threads": "Speed-up 1: OpenMP thread settings on a shared machine",
     "speedups": "Speed-up 2: preprocessing, PNG overlay, channels-last, inference mode",
     "compile": "Speed-up 3: torch.compile on CPU",
-    "quality": "Detection quality on the embedded lesion subjects",
+    "quality": "Detection quality: tuning sweep, headline table on test, pinned setting",
 }
 
 
@@ -357,10 +357,11 @@ _HEADER = """# Benchmarks
 
 Speed, memory, scaling and detection quality of monai-qrvae, each measured **side by side in one process**
 (interleaved repetitions A, B, B, A, ...; medians with the interquartile range in brackets; ratios are medians of
-the per-round ratios). Regenerate with `make bench` (`python -m benchmarks.run_all`, about 10 minutes); the
-detection-quality benchmark trains 9 models and is opt-in: `python -m benchmarks.run_all --only quality --epochs 15`
-(best in the background with `nohup`). Each section records when it ran and the machine's load: these are shared
-2-core machines, so absolute times move with the other users' work; the ratios are the figures to read.
+the per-round ratios). Regenerate with `make bench` (`python -m benchmarks.run_all`, about 10 minutes). The
+detection-quality section is written by `qrvae sweep` (tuning split), `qrvae benchmark` (test split, 3 seeds) and
+`qrvae demo --pinned` (a small fixed setting a test recomputes); its commands are in the section. Each section
+records when it ran and the machine's load: these are shared 2-core machines, so absolute times move with the other
+users' work; the ratios are the figures to read.
 
 Changes made because of these figures (before/after in the speed-up sections):
 

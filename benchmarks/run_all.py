@@ -1,16 +1,15 @@
 """Run the benchmarks and write ``docs/benchmarks.md``: ``make bench`` / ``python -m benchmarks.run_all``.
 
 The default set (training, inference, memory, scaling, thread settings, speed-ups) takes about 10 minutes on 2 busy
-cores. ``--compile`` adds the ``torch.compile`` comparison (minutes of compiling), ``--quality`` the detection-quality
-benchmark (trains 9 models: run it in the background, see :mod:`benchmarks.bench_quality`). ``--only`` picks
-benchmarks by name. Each benchmark replaces its own section of the report and keeps the others.
+cores. ``--compile`` adds the ``torch.compile`` comparison (minutes of compiling). Detection quality is not a speed
+benchmark: ``qrvae sweep`` (tuning split) and ``qrvae benchmark`` (test split) produce it, see docs/benchmarks.md.
+``--only`` picks benchmarks by name. Each benchmark replaces its own section of the report and keeps the others.
 
 Examples::
 
     python -m benchmarks.run_all                       # default set
     python -m benchmarks.run_all --quick --no-doc      # smoke test, report untouched
     python -m benchmarks.run_all --only training inference
-    nohup python -m benchmarks.run_all --only quality --epochs 15 > outputs/bench/quality.log 2>&1 &
     python -m benchmarks.run_all --assemble            # rebuild the report from outputs/bench/results/*.json
 """
 
@@ -26,7 +25,6 @@ from benchmarks import (
     bench_compile,
     bench_inference,
     bench_memory,
-    bench_quality,
     bench_scaling,
     bench_speedups,
     bench_threads,
@@ -42,7 +40,6 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "threads": bench_threads.run,
     "speedups": bench_speedups.run,
     "compile": bench_compile.run,
-    "quality": bench_quality.run,
 }
 DEFAULT = ("training", "inference", "memory", "scaling", "threads", "speedups")
 
@@ -52,9 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(parser)
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument("--compile", action="store_true", help="also run the torch.compile benchmark (slow)")
-    parser.add_argument("--quality", action="store_true", help="also run the detection-quality benchmark (slow)")
     parser.add_argument("--assemble", action="store_true", help="only rebuild the report from the saved results")
-    bench_quality.add_quality_args(parser)
     return parser
 
 
@@ -72,13 +67,12 @@ def assemble(ctx: Context) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ctx = context_from_args(args)
-    ctx.options.update(bench_quality.quality_options(args))
     if args.assemble:
         assemble(ctx)
         return 0
     names = list(args.only or DEFAULT)
     if not args.only:
-        names += ["compile"] * args.compile + ["quality"] * args.quality
+        names += ["compile"] * args.compile
     start = time.perf_counter()
     failed = []
     for name in names:

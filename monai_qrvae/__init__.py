@@ -39,6 +39,7 @@ from monai_qrvae.engines import (
     create_loss_evaluator,
     create_trainer,
 )
+from monai_qrvae.evaluation import InputGridCollector, lesion_wise_counts, summarise
 from monai_qrvae.handlers import (
     AnomalyMapHandler,
     AnomalyMapSaver,
@@ -81,6 +82,9 @@ from monai_qrvae.transforms import (
 )
 
 __all__ = [
+    "InputGridCollector",
+    "lesion_wise_counts",
+    "summarise",
     "ANOMALY_MAP_LAYOUT",
     "AnomalyMapHandler",
     "AnomalyMapNet",

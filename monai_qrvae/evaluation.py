@@ -16,8 +16,10 @@ should compare methods (``../shared/DESIGN.md``, evaluation protocol), and what 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -136,6 +138,8 @@ class InputGridCollector:
         mask_key: the brain mask (its file is read, if it came from one).
         stratum_key: datalist field naming the volume's stratum.
         min_overlap: lesion-wise detection rule, see :func:`lesion_wise_counts`.
+        summary_file: if given, :func:`summarise` of the records is written there as JSON (atomically) when the
+            run completes, and kept in ``summary`` (what the bundle's ``evaluate.json`` reports).
         output_transform: picks the list of output items from ``engine.state.output``.
         batch_transform: picks the list of batch items from ``engine.state.batch``.
     """
@@ -150,6 +154,7 @@ class InputGridCollector:
         mask_key: str = "brain_mask",
         stratum_key: str = "stratum",
         min_overlap: float = LESION_OVERLAP,
+        summary_file: str | os.PathLike | None = None,
         output_transform: Callable = _identity,
         batch_transform: Callable = _identity,
     ) -> None:
@@ -163,6 +168,8 @@ class InputGridCollector:
         self.min_overlap = min_overlap
         self.output_transform = output_transform
         self.batch_transform = batch_transform
+        self.summary_file = summary_file
+        self.summary: dict[str, Any] | None = None
         self.records: list[VolumeRecord] = []
         self._loader = LoadImage(image_only=True, ensure_channel_first=True)
 
@@ -174,6 +181,20 @@ class InputGridCollector:
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         if not engine.has_event_handler(self.reset, Events.EPOCH_STARTED):
             engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        if self.summary_file is not None and not engine.has_event_handler(self.write_summary, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.write_summary)
+
+    def write_summary(self, engine: Any = None) -> dict[str, Any]:
+        """Summarise the collected volumes; write them to ``summary_file`` when one was given."""
+        import json
+
+        from monai_qrvae.handlers import atomic_write
+
+        self.summary = summarise(self.records)
+        if self.summary_file is not None:
+            text = json.dumps(self.summary, indent=2)
+            atomic_write(self.summary_file, lambda tmp: Path(tmp).write_text(text))
+        return self.summary
 
     def reset(self, engine: Any = None) -> None:
         """Forget the collected volumes (at the start of every evaluation run)."""
@@ -245,8 +266,6 @@ def _invert(maps: dict[str, torch.Tensor], orig: Any, preprocessing: Callable) -
 
 
 def _short_name(path: str) -> str:
-    from pathlib import Path
-
     p = Path(path)
     stem = p.name.split(".")[0]
     return p.parent.name if stem in ("image", "flair", "t1", "t2") and p.parent.name else stem

@@ -158,6 +158,32 @@ def _datalist(datalist: str | os.PathLike, section: str, read_data: bool = False
     return items
 
 
+_SLICE_CACHE: dict[tuple[str, int, int], SliceDataset] = {}
+_SLICE_CACHE_SIZE = 4
+
+
+def _slice_dataset(items: list[dict], image_size: int, num_slices: int, progress: bool) -> SliceDataset:
+    """The slices of ``items``, prepared once per process: the demo, the sweep and the benchmark train several
+    methods and seeds on the same volumes (a small in-memory cache of the last few datasets, keyed by the entries,
+    their files' modification times and the slice settings)."""
+
+    def stamp(value: Any) -> Any:
+        paths = value if isinstance(value, list) else [value]
+        return [(str(p), os.stat(p).st_mtime_ns) if isinstance(p, str) and os.path.exists(p) else str(p) for p in paths]
+
+    key = (
+        json.dumps([{k: stamp(v) for k, v in sorted(item.items())} for item in items], default=str),
+        int(image_size),
+        int(num_slices),
+    )
+    if key not in _SLICE_CACHE:
+        if len(_SLICE_CACHE) >= _SLICE_CACHE_SIZE:
+            _SLICE_CACHE.pop(next(iter(_SLICE_CACHE)))
+        vt = volume_transforms(image_size=image_size, num_slices=num_slices)
+        _SLICE_CACHE[key] = SliceDataset(items, vt, progress=progress)
+    return _SLICE_CACHE[key]
+
+
 def plot_history(rows: Sequence[dict[str, float]], path: str | os.PathLike, title: str = "training") -> Path:
     """Save the training and validation loss curves as a PNG."""
     from matplotlib.figure import Figure  # no pyplot: leaves the user's backend (e.g. notebooks) alone
@@ -226,9 +252,8 @@ def train(
     )
     train_items = _datalist(datalist, "training")
     val_items = _datalist(datalist, "validation")
-    vt = volume_transforms(image_size=image_size, num_slices=num_slices)
-    train_ds = SliceDataset(train_items, vt, progress=progress)
-    val_ds = SliceDataset(val_items, vt, progress=progress)
+    train_ds = _slice_dataset(train_items, image_size, num_slices, progress)
+    val_ds = _slice_dataset(val_items, image_size, num_slices, progress)
     vae, net = build_networks(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     if vae is None:  # FLAIR thresholding: fit the healthy intensity statistics, no training
