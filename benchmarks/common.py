@@ -290,7 +290,7 @@ def pipeline_defaults() -> dict[str, Any]:
         (volume_transforms, ("lower", "upper", "clip")),
     ):
         params = inspect.signature(fn).parameters
-        out.update({n: params[n].default for n in names if n in params and params[n].default is not None})
+        out.update({n: params[n].default for n in names if n in params and params[n].default not in (None, "default")})
     return out
 
 

@@ -71,8 +71,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         device=args.device,
-        num_slices=args.num_slices,
-        image_size=args.image_size,
+        num_slices="default" if args.num_slices is None else args.num_slices,
+        image_size="default" if args.image_size is None else args.image_size,
         quantiles=args.quantiles,
         beta=args.beta,
         resume=not args.no_resume,
@@ -210,8 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the method's; paper: 3e-4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-slices", type=int, default=20)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument(
+        "--num-slices", type=int, default=None, help="central axial slices analysed (default: the method's; VAEs 20)"
+    )
+    p.add_argument("--image-size", type=int, default=None, help="in-plane size (default: the method's; VAEs 64)")
     p.add_argument("--quantiles", type=float, nargs="+", default=[0.15, 0.5])
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")

@@ -23,6 +23,8 @@ class MethodDefaults:
         lr: Adam learning rate.
         score_median: in-plane median filter of the z-map before p-values (1 = off).
         alpha: Benjamini-Hochberg false discovery rate of the label-free lesion mask.
+        image_size: in-plane size the volumes are resized to (``None``: the input's own grid).
+        num_slices: central axial slices analysed (``None``: every slice of the brain).
     """
 
     epochs: int = 15
@@ -30,6 +32,8 @@ class MethodDefaults:
     lr: float = 1e-3
     score_median: int = 3
     alpha: float = 0.05
+    image_size: int | None = 64
+    num_slices: int | None = 20
 
     def as_dict(self) -> dict[str, Any]:
         """The defaults as a plain dictionary."""
@@ -42,7 +46,8 @@ DEFAULTS: dict[str, MethodDefaults] = {
     "qrvae": _VAE,
     "gaussian": _VAE,
     "mse": _VAE,
-    "flair": replace(_VAE, epochs=0, score_median=3),
+    # thresholding is pointwise: it looks at every brain voxel on the input's own grid (no resizing, every slice)
+    "flair": replace(_VAE, epochs=0, score_median=3, image_size=None, num_slices=None),
 }
 
 

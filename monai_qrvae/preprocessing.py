@@ -31,8 +31,8 @@ def volume_transforms(
     image_key: str = "image",
     mask_key: str = "brain_mask",
     label_key: str = "label",
-    image_size: int = 64,
-    num_slices: int = 20,
+    image_size: int | None = 64,
+    num_slices: int | None = 20,
     slice_mode: str = "mask_centre",
     lower: float = 1.0,
     upper: float = 99.0,
@@ -49,8 +49,9 @@ def volume_transforms(
         image_key: key of the multi-contrast image (one 4D file or a list of per-contrast files).
         mask_key: key of the brain mask.
         label_key: key of the lesion label (optional in the data).
-        image_size: in-plane size after resizing (the network's input size).
-        num_slices: number of central axial slices kept.
+        image_size: in-plane size after resizing (the network's input size); ``None`` keeps the input's in-plane
+            grid (for pointwise methods such as FLAIR thresholding).
+        num_slices: number of central axial slices kept; ``None`` keeps every slice of the brain's bounding box.
         slice_mode: how slices are chosen, see :class:`~monai_qrvae.transforms.SelectSlices`.
         lower: lower intensity percentile inside the brain (maps to 0).
         upper: upper intensity percentile inside the brain (maps to 1).
@@ -71,13 +72,24 @@ def volume_transforms(
         BrainMaskd(keys=image_key, mask_key=mask_key, overwrite=False),
         MaskedScaleIntensityPercentilesd(keys=image_key, mask_key=mask_key, lower=lower, upper=upper, clip=clip),
         CropForegroundd(keys=keys, source_key=mask_key, margin=1, allow_missing_keys=True),
-        Resized(
+    ]
+    if image_size is not None:
+        steps.append(
+            Resized(
+                keys=keys,
+                spatial_size=(image_size, image_size, -1),
+                mode=("area", "nearest", "nearest"),
+                allow_missing_keys=True,
+            )
+        )
+    steps += [
+        SelectSlicesd(
             keys=keys,
-            spatial_size=(image_size, image_size, -1),
-            mode=("area", "nearest", "nearest"),
+            num_slices=num_slices,
+            mode=slice_mode if num_slices is not None else "range",
+            mask_key=mask_key,
             allow_missing_keys=True,
         ),
-        SelectSlicesd(keys=keys, num_slices=num_slices, mode=slice_mode, mask_key=mask_key, allow_missing_keys=True),
         EnsureTyped(keys=[mask_key, label_key], dtype=torch.float32, allow_missing_keys=True),
     ]
     return Compose(steps)

@@ -79,8 +79,8 @@ class ModelConfig:
     method: str = "qrvae"
     preset: str = "small"
     in_channels: int = 3
-    image_size: int = 64
-    num_slices: int = 20
+    image_size: int | None = 64
+    num_slices: int | None = 20
     quantiles: tuple[float, ...] = (0.15, 0.5)
     beta: float = 1.0
     kernel_size: int = 5
@@ -110,9 +110,11 @@ class ModelConfig:
 
 def build_networks(config: ModelConfig) -> tuple[nn.Module | None, nn.Module]:
     """Build ``(trainable VAE or None, anomaly network with one output)`` for a configuration."""
-    in_shape = (config.in_channels, config.image_size, config.image_size)
     if config.method == "flair":
         return None, IntensityBaseline(config.in_channels)
+    if config.image_size is None:
+        raise ValueError(f"method {config.method!r} needs an image_size (the network's input size), got None.")
+    in_shape = (config.in_channels, config.image_size, config.image_size)
     arch = dict(MODEL_PRESETS[config.preset])
     arch.update(config.extra.get("arch", {}))
     common = dict(spatial_dims=2, in_shape=in_shape, kernel_size=config.kernel_size, up_kernel_size=config.kernel_size)
@@ -158,11 +160,11 @@ def _datalist(datalist: str | os.PathLike, section: str, read_data: bool = False
     return items
 
 
-_SLICE_CACHE: dict[tuple[str, int, int], SliceDataset] = {}
+_SLICE_CACHE: dict[tuple[str, int | None, int | None], SliceDataset] = {}
 _SLICE_CACHE_SIZE = 4
 
 
-def _slice_dataset(items: list[dict], image_size: int, num_slices: int, progress: bool) -> SliceDataset:
+def _slice_dataset(items: list[dict], image_size: int | None, num_slices: int | None, progress: bool) -> SliceDataset:
     """The slices of ``items``, prepared once per process: the demo, the sweep and the benchmark train several
     methods and seeds on the same volumes (a small in-memory cache of the last few datasets, keyed by the entries,
     their files' modification times and the slice settings)."""
@@ -173,8 +175,8 @@ def _slice_dataset(items: list[dict], image_size: int, num_slices: int, progress
 
     key = (
         json.dumps([{k: stamp(v) for k, v in sorted(item.items())} for item in items], default=str),
-        int(image_size),
-        int(num_slices),
+        image_size,
+        num_slices,
     )
     if key not in _SLICE_CACHE:
         if len(_SLICE_CACHE) >= _SLICE_CACHE_SIZE:
@@ -213,8 +215,8 @@ def train(
     lr: float | None = None,
     seed: int = 0,
     device: str = "cpu",
-    num_slices: int = 20,
-    image_size: int = 64,
+    num_slices: int | None | str = "default",
+    image_size: int | None | str = "default",
     quantiles: Sequence[float] = (0.15, 0.5),
     beta: float = 1.0,
     val_interval: int = 1,
@@ -224,7 +226,8 @@ def train(
 ) -> dict[str, Any]:
     """Train one method on the healthy ``training`` section, validating on ``validation``.
 
-    ``epochs``, ``batch_size`` and ``lr`` left as ``None`` take the method's defaults from
+    ``epochs``, ``batch_size`` and ``lr`` left as ``None`` (``num_slices`` and ``image_size`` left as
+    ``"default"``; ``None`` means every slice / the input's own grid) take the method's defaults from
     :mod:`monai_qrvae.defaults`, chosen on the ``tuning`` split (the paper used lr 3e-4 and batch 8: pass them to
     reproduce its setting).
 
@@ -242,6 +245,8 @@ def train(
     epochs = defaults.epochs if epochs is None else epochs
     batch_size = defaults.batch_size if batch_size is None else batch_size
     lr = defaults.lr if lr is None else lr
+    num_slices = defaults.num_slices if num_slices == "default" else num_slices
+    image_size = defaults.image_size if image_size == "default" else image_size
     config = ModelConfig(
         method=method,
         preset=preset,
@@ -252,15 +257,17 @@ def train(
     )
     train_items = _datalist(datalist, "training")
     val_items = _datalist(datalist, "validation")
-    train_ds = _slice_dataset(train_items, image_size, num_slices, progress)
-    val_ds = _slice_dataset(val_items, image_size, num_slices, progress)
     vae, net = build_networks(config)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if vae is None:  # FLAIR thresholding: fit the healthy intensity statistics, no training
-        net.fit(DataLoader(train_ds, batch_size=256))
+    if vae is None:  # FLAIR thresholding: fit the healthy intensity statistics on whole volumes, no training
+        vt = volume_transforms(image_size=image_size, num_slices=num_slices)
+        net.fit(DataLoader(Dataset(train_items, vt), batch_size=1))
         config.save(output_dir / CONFIG_FILE)
         atomic_write(output_dir / WEIGHTS_FILE, lambda tmp: torch.save(net.state_dict(), tmp))
         return {"method": method, "model_dir": str(output_dir), "epochs": 0, "seconds": time.perf_counter() - start}
+
+    train_ds = _slice_dataset(train_items, image_size, num_slices, progress)
+    val_ds = _slice_dataset(val_items, image_size, num_slices, progress)
 
     sampler = DistributedSampler(train_ds, num_replicas=1, rank=0, shuffle=True, seed=seed)
     train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
@@ -346,6 +353,12 @@ def _anomaly_handlers(alpha: float, per: str, median_size: int, min_size: int, s
     ]
 
 
+def _roi_size(config: ModelConfig) -> tuple[int, int]:
+    """The in-plane window of the slice inferer: the network's input size (pointwise methods: any, padded)."""
+    size = config.image_size or 256
+    return (size, size)
+
+
 def evaluate(
     model_dir: str | os.PathLike,
     datalist: str | os.PathLike,
@@ -391,9 +404,7 @@ def evaluate(
         handlers.append(AnomalyMapSaver(output_dir / "maps", preprocessing=pre))
     if save_png:
         handlers.append(OverlaySaver(output_dir / "overlays"))
-    evaluator = create_anomaly_evaluator(
-        net, loader, device=device, roi_size=(config.image_size, config.image_size), val_handlers=handlers
-    )
+    evaluator = create_anomaly_evaluator(net, loader, device=device, roi_size=_roi_size(config), val_handlers=handlers)
     start = time.perf_counter()
     evaluator.run()
     seconds = time.perf_counter() - start
@@ -446,9 +457,7 @@ def infer(
     handlers: list[Any] = [*post, saver]
     if save_png:
         handlers.append(OverlaySaver(output_dir, label_key="__none__"))
-    evaluator = create_anomaly_evaluator(
-        net, loader, device=device, roi_size=(config.image_size, config.image_size), val_handlers=handlers
-    )
+    evaluator = create_anomaly_evaluator(net, loader, device=device, roi_size=_roi_size(config), val_handlers=handlers)
     evaluator.run()
     return list(saver.saved)
 
