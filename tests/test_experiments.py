@@ -48,10 +48,16 @@ def test_mlp_vae_quantiles_never_cross_and_shapes():
     assert out.shape == (64, 16, 1) and mu.shape == (64, 2) and z.shape == (64, 2)
     q = out.view(64, 4, 4)
     assert bool((q[:, 1:] >= q[:, :-1]).all())
-    gaussian = simulation.MLPVAE(4, 2, 16).eval()
+    gaussian = simulation.MLPVAE(4, 2, 16)
     x = torch.randn(8, 4)
-    torch.testing.assert_close(gaussian(x)[0], gaussian(x)[0])  # posterior mean in eval mode
-    assert gaussian(x)[0].shape == (8, 8, 1)
+    # training: z is a draw from the posterior, not its mean
+    out, mu, logvar, z = gaussian.train()(x)
+    assert not torch.allclose(z, mu) and out.shape == (8, 8, 1)
+    torch.testing.assert_close(out, gaussian.decode(z))
+    # eval: z is the posterior mean itself and the output its decoding
+    out, mu, logvar, z = gaussian.eval()(x)
+    assert torch.equal(z, mu)
+    torch.testing.assert_close(out, gaussian.decode(mu), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"\(B, 4\)"):
         gaussian(torch.randn(8, 3))
 
