@@ -371,9 +371,7 @@ def test_calibration_and_fdr_end_to_end(tiny_models, tmp_path, monkeypatch):
         fdr_ref, detections, _ = _reference_bh(planted[row["model"], "test"], row["alpha"], row["per"])
         null_any = _reference_bh(planted[row["model"], "validation"], row["alpha"], row["per"])[2]
         assert row["families"] == (3 if row["per"] == "volume" else 12), row
-        assert row["detections"] == pytest.approx(detections, abs=2) and row["fdr"] == pytest.approx(
-            fdr_ref, abs=0.01
-        ), row
+        assert row["detections"] == detections and row["fdr"] == pytest.approx(fdr_ref, abs=1e-6), row
         assert row["null_any"] == pytest.approx(null_any, abs=1e-6), row
         assert row["sensitivity"] == 1.0, row  # every z = 10 lesion voxel is found
     print(result["table"])
