@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import math
+import statistics
 import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 from monai.data import Dataset
@@ -68,12 +70,66 @@ def test_run_process_reports_the_child_alone(tmp_path):
     assert status == 3 and "hello" in out and wall > 0 and usage.ru_utime >= 0
 
 
-def test_training_benchmark_tiny():
+class _SlowItems(Dataset):
+    """Slices that take ``delay`` seconds each to load: a known time spent waiting for data."""
+
+    def __init__(self, items, delay: float) -> None:
+        super().__init__(items)
+        self.delay = delay
+
+    def __getitem__(self, index):
+        time.sleep(self.delay)
+        return super().__getitem__(index)
+
+
+class _RecordingLoss(torch.nn.Module):
+    """Wrap a VAE loss: record the batch each call saw, and sleep ``delay`` seconds per call (a known extra cost)."""
+
+    def __init__(self, loss: torch.nn.Module, delay: float) -> None:
+        super().__init__()
+        self.loss, self.delay, self.batches = loss, delay, []
+
+    @property
+    def parts(self) -> dict:
+        return self.loss.parts
+
+    def forward(self, out, target, mu, logvar, mask=None):
+        self.batches.append(float(target.double().sum()))
+        time.sleep(self.delay)
+        return self.loss(out, target, mu, logvar, mask=mask)
+
+
+def test_training_benchmark_tiny(monkeypatch):
+    """Every variant does the same work; a known data wait and a known slow-down of one variant are measured."""
+    import monai_qrvae.workflows
+
+    build_loss, losses = monai_qrvae.workflows.build_loss, []
+    delays = {1: 0.06}  # the second loss built (the "ignite" variant's) costs 60 ms more per iteration
+
+    def recording_loss(config):
+        losses.append(_RecordingLoss(build_loss(config), delays.get(len(losses), 0.0)))
+        return losses[-1]
+
+    monkeypatch.setattr(monai_qrvae.workflows, "build_loss", recording_loss)
     g = torch.Generator().manual_seed(0)
     items = [{"image": torch.rand(3, 16, 16, generator=g), "brain_mask": torch.ones(1, 16, 16)} for _ in range(8)]
-    res = measure(Dataset(items), image_size=16, repeats=1, batch_size=4)
-    assert set(res["variants"]) == {"bare", "ignite", "ignite + handlers"}
-    for v in res["variants"].values():
-        assert v["slices_per_s"] > 0 and 0.0 <= v["data_share"] <= 1.0
-        assert math.isfinite(v["ratio_to_bare"]) and v["ratio_to_bare"] > 0
-    assert res["variants"]["bare"]["ratio_to_bare"] == pytest.approx(1.0)
+    items_sum = [float(item["image"].double().sum()) for item in items]
+    load_delay = 0.01  # 8 slices: 80 ms of every epoch spent waiting for data
+    res = measure(_SlowItems(items, load_delay), image_size=16, repeats=2, batch_size=4)
+    variants = res["variants"]
+    assert list(variants) == ["bare", "ignite", "ignite + handlers"] and res["slices_per_epoch"] == 8
+    # the same slices (the samplers' orders differ) for every variant: (1 warm-up + 2 timed epochs) x 2 iterations
+    assert [len(loss.batches) for loss in losses] == [6, 6, 6]
+    per_epoch = [[sum(loss.batches[i : i + 2]) for i in (0, 2, 4)] for loss in losses]
+    np.testing.assert_allclose(per_epoch, [[sum(items_sum)] * 3] * 3, rtol=1e-9)
+    for name, v in variants.items():
+        times = v["epoch_seconds"]
+        assert len(times) == 2 and len(v["cpu_seconds"]) == 2
+        assert v["slices_per_s"] == pytest.approx(8 / statistics.median(times))
+        assert v["ratio_to_bare"] == pytest.approx(
+            statistics.median(b / t for b, t in zip(variants["bare"]["epoch_seconds"], times))
+        )
+        # at least 80 ms of each epoch waited for data
+        assert v["data_share"] >= 8 * load_delay / max(times) - 1e-6 and v["data_share"] <= 1.0, (name, v)
+    # the slowed variant's epochs hold its 2 x 60 ms: the times are those of the epochs it ran
+    assert min(variants["ignite"]["epoch_seconds"]) >= 2 * 0.06 + 8 * load_delay

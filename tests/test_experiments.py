@@ -48,10 +48,16 @@ def test_mlp_vae_quantiles_never_cross_and_shapes():
     assert out.shape == (64, 16, 1) and mu.shape == (64, 2) and z.shape == (64, 2)
     q = out.view(64, 4, 4)
     assert bool((q[:, 1:] >= q[:, :-1]).all())
-    gaussian = simulation.MLPVAE(4, 2, 16).eval()
+    gaussian = simulation.MLPVAE(4, 2, 16)
     x = torch.randn(8, 4)
-    torch.testing.assert_close(gaussian(x)[0], gaussian(x)[0])  # posterior mean in eval mode
-    assert gaussian(x)[0].shape == (8, 8, 1)
+    # training: z is a draw from the posterior, not its mean
+    out, mu, logvar, z = gaussian.train()(x)
+    assert not torch.allclose(z, mu) and out.shape == (8, 8, 1)
+    torch.testing.assert_close(out, gaussian.decode(z))
+    # eval: z is the posterior mean itself and the output its decoding
+    out, mu, logvar, z = gaussian.eval()(x)
+    assert torch.equal(z, mu)
+    torch.testing.assert_close(out, gaussian.decode(mu), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"\(B, 4\)"):
         gaussian(torch.randn(8, 3))
 
@@ -299,7 +305,34 @@ def test_prepare_models_reuses_what_it_trained(tiny_models):
         common.prepare_models(work, datalist=datalist, models={"qrvae": work / "nowhere"}, methods=("qrvae",))
 
 
-def test_calibration_and_fdr_end_to_end(tiny_models, tmp_path):
+def _reference_bh(preds: list[VolumePrediction], alpha: float, per: str) -> tuple[float, int, float]:
+    """BH written out with scipy: p = 1 - Phi((x - mu) / sigma) of FLAIR in the brain of each family (slice or volume).
+
+    Returns:
+        the mean false discovery proportion over families, the number of detections, the fraction of families with
+        any detection.
+    """
+    from scipy.stats import false_discovery_control
+
+    fdp, detections, any_detection = [], 0, []
+    for pred in preds:
+        x, mu, sigma = pred.image[:, 2], pred.mu[:, 2], pred.sigma[:, 2].clamp_min(1e-3)
+        p = norm.sf(((x - mu) / sigma).double().numpy())
+        brain = pred.brain_mask[:, 0].numpy().astype(bool)
+        label = np.zeros_like(brain) if pred.label is None else pred.label[:, 0].numpy().astype(bool)
+        slices = np.arange(len(brain))[:, None, None]
+        for family in [np.ones_like(brain)] if per == "volume" else [slices == s for s in range(len(brain))]:
+            inside = brain & family
+            if inside.any():
+                found = np.zeros_like(inside)
+                found[inside] = false_discovery_control(p[inside]) <= alpha
+                fdp.append((found & ~label).sum() / max(found.sum(), 1))
+                detections += int(found.sum())
+                any_detection.append(found.any())
+    return float(np.mean(fdp)), detections, float(np.mean(any_detection))
+
+
+def test_calibration_and_fdr_end_to_end(tiny_models, tmp_path, monkeypatch):
     work, datalist, models = tiny_models
     result = calibration.run_calibration(tmp_path, datalist=datalist, models=models)
     for method in ("qrvae", "gaussian"):
@@ -314,7 +347,6 @@ def test_calibration_and_fdr_end_to_end(tiny_models, tmp_path):
     result = fdr.run_fdr(tmp_path, datalist=datalist, models=models, alphas=(0.05, 0.1))
     assert len(result["rows"]) == 2 * 2 * 2
     for row in result["rows"]:
-        assert 0.0 <= row["fdr"] <= 1.0 and 0.0 <= row["null_any"] <= 1.0
         assert row["families"] == (1 if row["per"] == "volume" else 20)
     # BH at a larger alpha detects a superset
     for method in ("qrvae", "gaussian"):
@@ -323,3 +355,23 @@ def test_calibration_and_fdr_end_to_end(tiny_models, tmp_path):
             assert d[0.1] >= d[0.05]
     assert Path(result["files"]["figure"]).read_bytes()[:8] == PNG
     assert "pooled FDP" in Path(result["files"]["table"]).read_text()
+
+    # every figure of every row, on predictions where BH finds something (planted z = 10 lesions; the Gaussian
+    # VAE's sigma too small, so it also detects healthy voxels), is what BH written out gives
+    rng = np.random.default_rng(5)
+    planted = {}
+    for method, scale in (("qrvae", 1.0), ("gaussian", 0.6)):
+        planted[method, "test"] = [_prediction(rng, scale, lesion=True, name=f"l{i}") for i in range(3)]
+        planted[method, "validation"] = [_prediction(rng, scale, name=f"h{i}") for i in range(3)]
+    method_of = {str(path): method for method, path in models.items()}
+    monkeypatch.setattr(fdr, "predict_volumes", lambda path, _, section: planted[method_of[str(path)], section])
+    result = fdr.run_fdr(None, datalist=datalist, models=models, alphas=(0.05, 0.2))
+    assert len(result["rows"]) == 2 * 2 * 2
+    for row in result["rows"]:
+        fdr_ref, detections, _ = _reference_bh(planted[row["model"], "test"], row["alpha"], row["per"])
+        null_any = _reference_bh(planted[row["model"], "validation"], row["alpha"], row["per"])[2]
+        assert row["families"] == (3 if row["per"] == "volume" else 12), row
+        assert row["detections"] == detections and row["fdr"] == pytest.approx(fdr_ref, abs=1e-6), row
+        assert row["null_any"] == pytest.approx(null_any, abs=1e-6), row
+        assert row["sensitivity"] == 1.0, row  # every z = 10 lesion voxel is found
+    print(result["table"])

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,25 +88,66 @@ def test_killed_mid_epoch_resumes(datalist, tmp_path, sig):
     load_state_dict_file(out / "model.pt")
 
 
+# `qrvae train` with torch.save instrumented: the second checkpoint save (epoch 2) writes half of its bytes, flushes
+# them, records in MARKER where it writes and how much, then waits to be killed before writing the rest.
+_SLOW_SAVE = """
+import io, json, os, sys, time
+import torch
+from monai_qrvae.cli import main
+
+marker, real_save, calls = sys.argv.pop(1), torch.save, []
+
+
+def slow_save(obj, f, *args, **kwargs):
+    calls.append(1)
+    if len(calls) != 2:
+        return real_save(obj, f, *args, **kwargs)
+    data = io.BytesIO()
+    real_save(obj, data, *args, **kwargs)
+    data = data.getvalue()
+    handle = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
+    handle.write(data[: len(data) // 2])
+    handle.flush()
+    os.fsync(handle.fileno())
+    target = str(f) if isinstance(f, (str, os.PathLike)) else handle.name
+    with open(marker + ".tmp", "w") as out:
+        json.dump({"file": target, "written": len(data) // 2, "size": len(data)}, out)
+    os.replace(marker + ".tmp", marker)
+    time.sleep(600)
+    handle.write(data[len(data) // 2 :])
+
+
+torch.save = slow_save
+sys.argv[0] = "qrvae"
+sys.exit(main())
+"""
+
+
 def test_killed_during_a_checkpoint_save_resumes(datalist, tmp_path):
+    """SIGKILL while the epoch-2 checkpoint is half written: epoch 1's stays the newest, and the rerun resumes there."""
     out = tmp_path / "model"
     ckpt = out / "checkpoints"
-    proc = subprocess.Popen(_command(datalist, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def saving() -> bool:  # the atomic saver's temporary file is there: the save is under way
-        return ckpt.is_dir() and any(p.suffix != ".pt" or not p.name.startswith("checkpoint_") for p in ckpt.iterdir())
-
-    try:
-        _kill_when(proc, saving, signal.SIGKILL, timeout=120)
-        caught_in_save = True
-    except pytest.fail.Exception:
-        caught_in_save = False  # the save was too quick to catch: the test still checks resume below
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    marker = tmp_path / "in_save.json"
+    cmd = [sys.executable, "-c", _SLOW_SAVE, str(marker), *_command(datalist, out)[3:]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(proc, marker.exists, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    # the kill landed inside the write: the half-written file is there, with exactly the bytes written so far
+    in_save = json.loads(marker.read_text())
+    partial = Path(in_save["file"])
+    assert partial.parent == ckpt and partial.stat().st_size == in_save["written"] < in_save["size"]
+    with pytest.raises(ValueError, match="cannot load checkpoint"):
+        load_state_dict_file(partial)
+    # ... and it never took a checkpoint's name: epoch 1 is the newest checkpoint, intact
+    assert [p.name for p in list_checkpoints(ckpt)] == ["checkpoint_epoch=1.pt"]
     _assert_checkpoints_good(ckpt)
+    trainer = load_state_dict_file(ckpt / "checkpoint_epoch=1.pt")["trainer"]
+    assert trainer["iteration"] == trainer["epoch_length"], trainer  # saved at the end of epoch 1
+    assert not (out / "model.pt").exists()
     done = subprocess.run(_command(datalist, out), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout[done.stdout.index("{") :])["epochs"] == EPOCHS
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(2, EPOCHS + 1)), "the rerun must continue after epoch 1"
     _assert_checkpoints_good(ckpt)
-    print(f"killed during a save: {caught_in_save}")
+    load_state_dict_file(out / "model.pt")
