@@ -12,12 +12,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from monai_qrvae.logging_utils import progress_enabled
+
 __all__ = ["main", "build_parser"]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--no-progress", action="store_true", help="hide progress bars (shown only when stderr is a terminal)"
+    )
 
 
 def _add_post(p: argparse.ArgumentParser) -> None:
@@ -38,7 +42,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         n_healthy=args.healthy,
         n_lesion=args.lesion,
-        progress=not args.no_progress,
+        progress=progress_enabled(not args.no_progress),
         preset=args.preset,
     )
     return 0
@@ -62,7 +66,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         quantiles=args.quantiles,
         beta=args.beta,
         resume=not args.no_resume,
-        progress=not args.no_progress,
+        progress=progress_enabled(not args.no_progress),
     )
     print(json.dumps(summary, indent=2))
     return 0
