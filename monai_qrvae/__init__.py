@@ -8,13 +8,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-import os as _os
 import sys as _sys
 
-if "torch" not in _sys.modules:
-    # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other processes, spinning made torch ops
-    # 3-20x slower (docs/benchmarks.md, "thread settings"). Read once when torch loads; a user's setting wins.
-    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from monai_qrvae.threads import apply_thread_defaults as _apply_thread_defaults
+
+if "torch" not in _sys.modules:  # OMP_WAIT_POLICY=PASSIVE unless the user set it, before torch loads (threads.py)
+    _apply_thread_defaults()
 
 from monai_qrvae.anomaly import (
     FLAIR_CHANNEL,

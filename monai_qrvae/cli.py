@@ -13,12 +13,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from monai_qrvae.logging_utils import progress_enabled
+
 __all__ = ["main", "build_parser"]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--no-progress", action="store_true", help="hide progress bars (shown only when stderr is a terminal)"
+    )
 
 
 def _add_post(p: argparse.ArgumentParser) -> None:
@@ -52,7 +56,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         update_docs=args.update_docs or (),
         block="pinned" if args.pinned else "demo",
         **settings,
-        progress=not args.no_progress,
+        progress=progress_enabled(not args.no_progress),
         preset=args.preset,
     )
     return 0
@@ -76,7 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         quantiles=args.quantiles,
         beta=args.beta,
         resume=not args.no_resume,
-        progress=not args.no_progress,
+        progress=progress_enabled(not args.no_progress),
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -142,7 +146,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         score_medians=args.score_medians,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=progress_enabled(not args.no_progress),
     )
     print(result["table"])
     for method, row in result["picked"].items():
@@ -159,7 +163,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         methods=args.methods,
         seeds=args.seeds,
         section=args.section,
-        progress=not args.no_progress,
+        progress=progress_enabled(not args.no_progress),
     )
     print(result["table"])
     for doc in args.update_docs or []:

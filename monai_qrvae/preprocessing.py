@@ -22,9 +22,14 @@ from monai.transforms import (
 )
 from tqdm.auto import tqdm
 
+from monai_qrvae.logging_utils import progress_enabled
 from monai_qrvae.transforms import BrainMaskd, MaskedScaleIntensityPercentilesd, SelectSlicesd, slices_to_items
 
-__all__ = ["volume_transforms", "SliceDataset"]
+__all__ = ["RAS_LABELS", "volume_transforms", "SliceDataset"]
+
+#: Orientation labels of the (beginning, end) of each axis, given explicitly to ``Orientationd``: the NIfTI (RAS)
+#: convention, MONAI's former default, so MONAI's deprecation warning about the default is not printed on every run.
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 def volume_transforms(
@@ -68,7 +73,7 @@ def volume_transforms(
         ]
     steps += [
         EnsureTyped(keys=image_key, dtype=torch.float32, track_meta=True),
-        Orientationd(keys=keys, axcodes="RAS", allow_missing_keys=True),
+        Orientationd(keys=keys, axcodes="RAS", labels=RAS_LABELS, allow_missing_keys=True),
         BrainMaskd(keys=image_key, mask_key=mask_key, overwrite=False),
         MaskedScaleIntensityPercentilesd(keys=image_key, mask_key=mask_key, lower=lower, upper=upper, clip=clip),
         CropForegroundd(keys=keys, source_key=mask_key, margin=1, allow_missing_keys=True),
@@ -115,7 +120,7 @@ class SliceDataset(Dataset):
         progress: bool = True,
     ) -> None:
         items: list[dict[str, Any]] = []
-        for volume in tqdm(data, desc="preparing slices", disable=not progress, leave=False):
+        for volume in tqdm(data, desc="preparing slices", disable=not progress_enabled(progress), leave=False):
             prepared = transform(dict(volume))
             for item in slices_to_items(prepared, keys=[k for k in keys if k in prepared]):
                 items.append(

@@ -41,6 +41,7 @@ from monai_qrvae.handlers import (
     OverlaySaver,
     atomic_write,
 )
+from monai_qrvae.logging_utils import progress_enabled
 from monai_qrvae.losses import GaussianVAELoss, QRVAELoss
 from monai_qrvae.networks import QRVAE, AnomalyMapNet, GaussianVAE
 from monai_qrvae.preprocessing import SliceDataset, volume_transforms
@@ -294,7 +295,7 @@ def train(
     if resume:
         ResumeFromCheckpoint(ckpt_dir, save_dict).attach(trainer)
     AtomicCheckpointSaver(ckpt_dir, save_dict, save_interval=1, n_saved=2).attach(trainer)
-    if progress:
+    if progress_enabled(progress):  # a bar only on a terminal; logs get one line per epoch (StatsHandler)
         from ignite.handlers import ProgressBar
 
         ProgressBar(desc=f"train {method}", persist=False).attach(

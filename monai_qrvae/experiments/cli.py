@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_qrvae.logging_utils import progress_enabled
+
 __all__ = [
     "add_parsers",
     "add_experiment_parsers",
@@ -88,7 +90,7 @@ def run_calibration_cmd(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         section=args.section,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=progress_enabled(not args.no_progress),
     )
     print(result["coverage_table"])
     print(result["z_table"])
@@ -110,7 +112,7 @@ def run_fdr_cmd(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         alphas=args.alphas,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=progress_enabled(not args.no_progress),
     )
     print(result["table"])
     for line in result["verdict"]:

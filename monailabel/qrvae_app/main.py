@@ -9,6 +9,9 @@ Start it with ``monailabel start_server --app monailabel/qrvae_app --studies STU
 - ``bundle PATH``: a monai-qrvae MONAI bundle (``configs/inference.json`` + ``models/model.pt``).
 - ``zmap true|false``: also serve the banded z-map model ``qrvae_zmap`` (default ``true``).
 
+MONAI Label imports torch before this app, so start the server with ``OMP_WAIT_POLICY=PASSIVE`` in its environment
+(idle OpenMP threads then sleep instead of spinning; see README.md); without it the app logs a one-line hint.
+
 Without ``model_dir``/``bundle`` the app takes ``<app>/model/`` (a ``qrvae train`` folder's files) or else the
 repository's ``bundle/``.
 """
@@ -16,14 +19,18 @@ repository's ``bundle/``.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
+from fastapi import HTTPException
 from lib.infers.qrvae import QRVAEInfer
 from lib.pipeline import load_model_source, resolve_model_source
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 import monai_qrvae
+from monai_qrvae.threads import log_thread_settings
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,9 @@ class QRVAEApp(MONAILabelApp):
         self.model = load_model_source(kind, path)
         self.with_zmap = str(conf.get("zmap", "true")).lower() in ("1", "true", "yes")
         logger.info(f"+++ QR-VAE weights: {self.model.source}")
+        logger.info(f"+++ monai_qrvae {monai_qrvae.__version__} from {Path(monai_qrvae.__file__).parent}")
+        # torch is loaded by MONAI Label before this app: OMP_WAIT_POLICY must come from the server's environment
+        log_thread_settings(logger)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -57,3 +67,19 @@ class QRVAEApp(MONAILabelApp):
         if self.with_zmap:
             infers[ZMAP_MODEL] = QRVAEInfer(self.model, output="zmap_bands")
         return infers
+
+    def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
+        """MONAI Label's infer, with an unknown model or study refused as HTTP 404 with one line (not a 500)."""
+        model = request.get("model")
+        if model not in self._infers:
+            message = f"no model {model!r} on this server; it serves {sorted(self._infers)}."
+            logger.warning(f"refused request: {message}")
+            raise HTTPException(status_code=404, detail=message)
+        image = request.get("image")
+        if isinstance(image, str) and not os.path.exists(image):
+            store = datastore if datastore else self.datastore()
+            if not store.get_image_uri(image):
+                message = f"no study {image!r} in the server's studies folder; see /datastore/ for the study ids."
+                logger.warning(f"refused request: {message}")
+                raise HTTPException(status_code=404, detail=message)
+        return super().infer(request, datastore)

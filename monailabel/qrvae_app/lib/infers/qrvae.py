@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,6 +111,10 @@ class QRVAEInfer(BasicInferTask):
         else:
             summary["z_max"] = float(array.max())
         data["result"] = summary
+        # one readable line per study (MONAI Label logs the request and its timings; this is the answer)
+        study = os.path.basename(str(data.get("image_path", "?")))
+        found = {k: summary[k] for k in ("lesion_voxels", "lesion_volume_ml", "band_voxels", "z_max") if k in summary}
+        logger.info(f"{study}: {options.output} {found}")
         return data
 
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict[str, Any]]:
