@@ -63,7 +63,7 @@ studies_tool = _load("qrvae_app_make_studies", APP_DIR / "make_studies.py")
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small embedded cohort (2 mm, seed 3): 6 healthy subjects and 2 with lesions; returns the datalist."""
-    return make_cohort(tmp_path_factory.mktemp("cohort"), n_healthy=6, n_lesion=2, seed=3)
+    return make_cohort(tmp_path_factory.mktemp("cohort"), n_healthy=6, n_lesion=2, seed=3, n_tuning=0)
 
 
 def _lesion_subject(datalist: Path) -> tuple[Path, Path]:

@@ -49,7 +49,7 @@ def test_write_table(tmp_path):
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("wf")
-    return make_cohort(root / "data", n_healthy=5, n_lesion=2, seed=1, spacing=3.0)
+    return make_cohort(root / "data", n_healthy=5, n_lesion=2, seed=1, spacing=3.0, n_tuning=0)
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@
 - :func:`make_datalist`, :func:`load_datalist`, :func:`check_datalist`: the same datalist format for real scans
   (NIfTI, NRRD, MetaImage), with errors that name the offending file.
 - :func:`save_montage` / :func:`subject_montage`: a PNG of one subject's contrasts with the lesion outline.
+- :mod:`monai_qrvae.data.realism`: :func:`~monai_qrvae.data.realism.flair_threshold_check`, how well FLAIR
+  thresholding does on a datalist section (the generator's acceptance figures, see docs/data.md).
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from __future__ import annotations
 from .datalist import (
     DATALIST_SECTIONS,
     ITK_SUFFIXES,
+    JOB_SECTIONS,
     NIFTI_SUFFIXES,
+    SECTION_PURPOSES,
     SUPPORTED_SUFFIXES,
     ImageInfo,
+    allocate_splits,
     check_datalist,
     check_item,
     find_subjects,
@@ -23,12 +28,16 @@ from .datalist import (
     make_datalist,
     read_image,
     read_image_info,
+    require_sections,
+    section_counts,
 )
 from .montage import choose_levels, plot_montage, save_montage, subject_montage
 from .synthetic import (
     BASE_INTENSITIES,
     CONTRASTS,
     GENERATOR_VERSION,
+    SECTIONS,
+    STRATA,
     TISSUES,
     Lesion,
     SyntheticBrainGenerator,
@@ -41,6 +50,8 @@ __all__ = [
     "BASE_INTENSITIES",
     "CONTRASTS",
     "GENERATOR_VERSION",
+    "SECTIONS",
+    "STRATA",
     "TISSUES",
     "Lesion",
     "SyntheticBrainGenerator",
@@ -48,6 +59,11 @@ __all__ = [
     "make_cohort",
     "subject_name",
     "DATALIST_SECTIONS",
+    "JOB_SECTIONS",
+    "SECTION_PURPOSES",
+    "allocate_splits",
+    "require_sections",
+    "section_counts",
     "ITK_SUFFIXES",
     "NIFTI_SUFFIXES",
     "SUPPORTED_SUFFIXES",

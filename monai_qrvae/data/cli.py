@@ -4,12 +4,13 @@ The ``qrvae`` console script registers them with :func:`add_parsers`; each parse
 function taking the parsed ``argparse.Namespace`` and returning 0; it raises ``FileNotFoundError``/``ValueError``
 with a message naming the file, for the caller to print). :func:`main` runs them on their own::
 
-    python -m monai_qrvae.data.cli make-data --out data/synthetic --healthy 40 --lesion 10 --seed 0 --spacing 2
+    python -m monai_qrvae.data.cli make-data --out data/synthetic --healthy 51 --lesion 20 --seed 0 --spacing 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +31,10 @@ __all__ = [
 ]
 
 
+def _format_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {n}" for k, n in counts.items())
+
+
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -38,12 +43,24 @@ def run_make_data(args: argparse.Namespace) -> int:
     from .synthetic import make_cohort
 
     start = time.perf_counter()
-    path = make_cohort(args.out, n_healthy=args.healthy, n_lesion=args.lesion, seed=args.seed, spacing=args.spacing)
+    path = make_cohort(
+        args.out,
+        n_healthy=args.healthy,
+        n_lesion=args.lesion,
+        seed=args.seed,
+        spacing=args.spacing,
+        subtle_fraction=args.subtle_fraction,
+        n_validation=args.validation,
+        n_calibration=args.calibration,
+        n_test_healthy=args.test_healthy,
+        n_tuning=args.tuning,
+    )
     seconds = time.perf_counter() - start
     size = _dir_size(Path(args.out)) / 2**20
+    counts = json.loads(path.read_text())["metadata"]["counts"]
     print(
         f"wrote {args.healthy} healthy + {args.lesion} lesion subjects to {args.out} "
-        f"({size:.1f} MiB, {seconds:.1f} s); datalist: {path}"
+        f"({size:.1f} MiB, {seconds:.1f} s); datalist: {path} ({_format_counts(counts)})"
     )
     if args.montage:
         from .montage import subject_montage
@@ -57,7 +74,7 @@ def run_make_data(args: argparse.Namespace) -> int:
 
 
 def run_make_datalist(args: argparse.Namespace) -> int:
-    from .datalist import make_datalist
+    from .datalist import DATALIST_SECTIONS, make_datalist
 
     datalist = make_datalist(
         args.root,
@@ -72,29 +89,38 @@ def run_make_datalist(args: argparse.Namespace) -> int:
         check=not args.no_check,
         skip_incomplete=args.skip_incomplete,
         update=args.update,
+        calibration_fraction=args.calibration_fraction,
+        test_healthy_fraction=args.test_healthy_fraction,
     )
-    counts = ", ".join(f"{k}: {len(datalist[k])}" for k in ("training", "validation", "test") if k in datalist)
-    print(f"wrote {args.out} ({counts})")
+    counts = {k: len(datalist[k]) for k in DATALIST_SECTIONS if k in datalist}
+    print(f"wrote {args.out} ({_format_counts(counts)})")
     return 0
 
 
 def run_check_datalist(args: argparse.Namespace) -> int:
-    import json
+    from .datalist import DATALIST_SECTIONS, JOB_SECTIONS, load_datalist, require_sections, section_counts
 
-    from .datalist import DATALIST_SECTIONS, load_datalist
-
-    sections = args.section
-    if not sections:
-        try:
-            content = json.loads(Path(args.datalist).read_text())
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"datalist file not found: {args.datalist}") from err
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read datalist {args.datalist}: {err}") from err
-        sections = [s for s in DATALIST_SECTIONS if isinstance(content, dict) and s in content]
+    counts = section_counts(args.datalist)
+    print(f"{args.datalist}: " + _format_counts(counts))
+    required: list[str] = []
+    for job in args.job or []:
+        require_sections(args.datalist, job=job)
+        required += [s for s in JOB_SECTIONS[job] if s not in required]
+    if args.section:
+        require_sections(args.datalist, args.section)
+        sections = list(args.section)
+    else:
+        sections = [s for s in DATALIST_SECTIONS if s in counts]
+        missing = [s for s in DATALIST_SECTIONS if s not in counts]
+        if missing:
+            print(f"note: no {', '.join(repr(s) for s in missing)} section(s); expected {list(DATALIST_SECTIONS)}")
     for section in sections:
         items = load_datalist(args.datalist, section, num_channels=args.channels, read_data=args.read_data)
-        print(f"{section}: {len(items)} entries OK")
+        strata: dict[str, int] = {}
+        for item in items:
+            strata[str(item.get("stratum", "-"))] = strata.get(str(item.get("stratum", "-")), 0) + 1
+        detail = "" if list(strata) == ["-"] else " (" + _format_counts(strata) + ")"
+        print(f"{section}: {len(items)} entries OK{detail}")
     return 0
 
 
@@ -130,8 +156,20 @@ def add_parsers(subparsers: Any) -> None:
         "(no download) and write NIfTI files plus OUT/datalist.json.",
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--healthy", type=int, default=40, help="healthy subjects (training + validation; default 40)")
-    p.add_argument("--lesion", type=int, default=10, help="subjects with lesions (test; default 10)")
+    p.add_argument(
+        "--healthy",
+        type=int,
+        default=51,
+        help="healthy subjects in total (training/validation/calibration/healthy test; default 51 = 30/6/10/5)",
+    )
+    p.add_argument("--lesion", type=int, default=20, help="lesion subjects in total (test first, then tuning; 20)")
+    p.add_argument("--validation", type=int, default=None, help="healthy subjects in validation (default 12 %%)")
+    p.add_argument("--calibration", type=int, default=None, help="healthy subjects in calibration (default 20 %%)")
+    p.add_argument("--test-healthy", type=int, default=None, help="healthy subjects in test (default 10 %%)")
+    p.add_argument("--tuning", type=int, default=None, help="lesion subjects in tuning (default half, rounded down)")
+    p.add_argument(
+        "--subtle-fraction", type=float, default=0.3, help="share of each lesion split with faint lesions only (0.3)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (default 2)")
     p.add_argument("--montage", action="store_true", help="also write OUT/montage.png of the first lesion subject")
@@ -147,13 +185,25 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--root", required=True, help="folder holding the scans")
     p.add_argument("--image", required=True, nargs="+", help="image pattern(s): one 4D file, or T1 T2 FLAIR files")
     p.add_argument("--brain-mask", default=None, help="brain-mask pattern")
-    p.add_argument("--label", default=None, help="lesion-label pattern (subjects with a label go to 'test' in auto)")
+    p.add_argument(
+        "--label", default=None, help="lesion-label pattern (in auto, labelled subjects go to 'test'/'tuning')"
+    )
     p.add_argument("--out", required=True, help="the JSON file to write (paths relative to its folder)")
     p.add_argument(
-        "--section", default="auto", choices=("auto", "training", "validation", "test"), help="where subjects go"
+        "--section",
+        default="auto",
+        choices=("auto", "training", "validation", "calibration", "tuning", "test"),
+        help="where subjects go; auto (default): unlabelled -> training/validation/calibration/test, labelled -> "
+        "test (half, rounded up)/tuning, shuffled with --seed",
     )
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of unlabelled subjects in validation")
-    p.add_argument("--seed", type=int, default=0, help="seed of the training/validation shuffle")
+    p.add_argument("--val-fraction", type=float, default=0.12, help="share of unlabelled subjects in validation")
+    p.add_argument(
+        "--calibration-fraction", type=float, default=0.2, help="share of unlabelled subjects in calibration (auto)"
+    )
+    p.add_argument(
+        "--test-healthy-fraction", type=float, default=0.1, help="share of unlabelled subjects in test (auto)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split shuffles")
     p.add_argument("--channels", type=int, default=3, help="channels each image must have (default 3)")
     p.add_argument("--no-check", action="store_true", help="do not read the files' headers")
     p.add_argument("--skip-incomplete", action="store_true", help="leave out subjects with a missing file")
@@ -165,7 +215,15 @@ def add_parsers(subparsers: Any) -> None:
         help="check that every file of a datalist exists, is readable and has the right channels and grid",
     )
     p.add_argument("datalist", help="the JSON file")
-    p.add_argument("--section", nargs="*", default=None, help="sections to check (default: all present)")
+    p.add_argument("--section", nargs="*", default=None, help="sections to check, required (default: all present)")
+    p.add_argument(
+        "--job",
+        nargs="*",
+        default=None,
+        choices=("train", "calibrate", "tune", "evaluate"),
+        help="require the sections these jobs need (train: training+validation, calibrate: calibration, tune: "
+        "tuning, evaluate: test)",
+    )
     p.add_argument("--channels", type=int, default=3, help="channels each image must have (default 3)")
     p.add_argument("--read-data", action="store_true", help="read every voxel (finds truncated files; slower)")
     p.set_defaults(func=run_check_datalist)

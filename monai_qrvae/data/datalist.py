@@ -34,6 +34,12 @@ __all__ = [
     "ITK_SUFFIXES",
     "SUPPORTED_SUFFIXES",
     "DATALIST_SECTIONS",
+    "SECTION_PURPOSES",
+    "JOB_SECTIONS",
+    "allocate_splits",
+    "missing_section_message",
+    "require_sections",
+    "section_counts",
     "ImageInfo",
     "read_image_info",
     "read_image",
@@ -47,7 +53,22 @@ __all__ = [
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 ITK_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr", ".mha", ".mhd")
 SUPPORTED_SUFFIXES: tuple[str, ...] = NIFTI_SUFFIXES + ITK_SUFFIXES
-DATALIST_SECTIONS: tuple[str, ...] = ("training", "validation", "test")
+DATALIST_SECTIONS: tuple[str, ...] = ("training", "validation", "calibration", "tuning", "test")
+#: What each section holds and what it is for (used in messages).
+SECTION_PURPOSES: dict[str, str] = {
+    "training": "healthy subjects that fit the weights",
+    "validation": "healthy subjects for early stopping and checkpoint choice",
+    "calibration": "healthy subjects for label-free thresholds only (never trained on, never used to choose a model)",
+    "tuning": "lesion subjects with labels, the only split where hyper-parameters and post-processing are chosen",
+    "test": "lesion and healthy subjects, every entry with a label (all-zero for healthy ones), reported only",
+}
+#: Sections each job needs.
+JOB_SECTIONS: dict[str, tuple[str, ...]] = {
+    "train": ("training", "validation"),
+    "calibrate": ("calibration",),
+    "tune": ("tuning",),
+    "evaluate": ("test",),
+}
 _CONTRASTS = ("T1", "T2", "FLAIR")
 
 PathLike = str | os.PathLike
@@ -294,7 +315,8 @@ def load_datalist(
 
     Args:
         path: the JSON file.
-        section: ``"training"``, ``"validation"``, ``"test"`` or any other list in the file.
+        section: one of :data:`DATALIST_SECTIONS` (``"training"``, ``"validation"``, ``"calibration"``,
+            ``"tuning"``, ``"test"``) or any other list in the file.
         check: run :func:`check_datalist` on the entries.
         num_channels: channels every image must have (``None``: any).
         read_data: read every voxel while checking.
@@ -314,8 +336,7 @@ def load_datalist(
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"cannot read datalist {path}: {err}") from err
     if not isinstance(content, dict) or not isinstance(content.get(section), list):
-        found = [k for k, v in content.items() if isinstance(v, list)] if isinstance(content, dict) else []
-        raise ValueError(f"datalist {path} has no list {section!r}; lists found: {found}.")
+        raise ValueError(missing_section_message(path, content, section))
     if not content[section]:
         return []
     items = load_decathlon_datalist(path, is_segmentation=True, data_list_key=section, base_dir=base_dir)
@@ -327,6 +348,136 @@ def load_datalist(
         except ValueError as err:
             raise ValueError(f"datalist {path}, section {section!r}, {err}") from err
     return items
+
+
+def _lists(content: Any) -> list[str]:
+    return [k for k, v in content.items() if isinstance(v, list)] if isinstance(content, dict) else []
+
+
+def missing_section_message(path: PathLike, content: Any, section: str, job: str | None = None) -> str:
+    """The message for a datalist without ``section``: what the section is for and how to make one."""
+    purpose = SECTION_PURPOSES.get(section, "a list of entries")
+    needed = f" (needed by {job!r})" if job else ""
+    return (
+        f"datalist {path} has no {section!r} section{needed}: no list {section!r} of {purpose}; lists found: "
+        f"{_lists(content)}; expected the sections {list(DATALIST_SECTIONS)}. Write them with `qrvae make-data` "
+        "(synthetic) or `qrvae make-datalist --section auto` (healthy scans -> training/validation/calibration/"
+        "test, labelled scans -> tuning/test, fixed seed), or add the list by hand."
+    )
+
+
+def section_counts(path: PathLike) -> dict[str, int]:
+    """Entries per list of a datalist file (every top-level list, known sections first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist file not found: {path}")
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read datalist {path}: {err}") from err
+    found = _lists(content)
+    order = [k for k in DATALIST_SECTIONS if k in found] + [k for k in found if k not in DATALIST_SECTIONS]
+    return {k: len(content[k]) for k in order}
+
+
+def require_sections(path: PathLike, sections: Sequence[str] | None = None, job: str | None = None) -> dict[str, int]:
+    """Check that a datalist has the (non-empty) sections a job needs; return :func:`section_counts`.
+
+    Args:
+        path: the JSON file.
+        sections: sections required; default: those of ``job`` (:data:`JOB_SECTIONS`).
+        job: ``"train"``, ``"calibrate"``, ``"tune"`` or ``"evaluate"`` (named in the message).
+
+    Raises:
+        ValueError: a required section is absent or empty; the message names it, its purpose and the remedy.
+    """
+    if sections is None:
+        if job not in JOB_SECTIONS:
+            raise ValueError(f"job must be one of {list(JOB_SECTIONS)} when sections is None, got {job!r}.")
+        sections = JOB_SECTIONS[job]
+    counts = section_counts(path)
+    content = {k: [None] * n for k, n in counts.items()}
+    for section in sections:
+        if section not in counts:
+            raise ValueError(missing_section_message(path, content, section, job))
+        if counts[section] == 0:
+            raise ValueError(
+                f"datalist {path} has an empty {section!r} section{f' (needed by {job!r})' if job else ''}; "
+                f"expected {SECTION_PURPOSES.get(section, 'entries')}."
+            )
+    return counts
+
+
+def allocate_splits(
+    n_healthy: int,
+    n_lesion: int,
+    val_fraction: float = 0.12,
+    calibration_fraction: float = 0.2,
+    test_healthy_fraction: float = 0.1,
+    n_validation: int | None = None,
+    n_calibration: int | None = None,
+    n_test_healthy: int | None = None,
+    n_tuning: int | None = None,
+) -> dict[str, int]:
+    """Split sizes of a cohort of ``n_healthy`` healthy and ``n_lesion`` lesion subjects.
+
+    Rule (``H = n_healthy``, ``L = n_lesion``; explicit ``n_*`` values replace the fractions):
+
+    - ``calibration = floor(calibration_fraction * H)``, ``test_healthy = floor(test_healthy_fraction * H)``,
+      ``validation = floor(val_fraction * H)`` but at least 1 when ``H >= 2`` and ``val_fraction > 0``;
+    - ``training`` gets the rest and at least 1 when ``H >= 1``: if the others leave nothing, they shrink in the
+      order test_healthy, calibration, validation;
+    - ``test_lesion = ceil(L / 2)`` (the test split is served first), ``tuning = L - test_lesion``.
+
+    The default cohort (``H = 51``, ``L = 20``) gives 30 / 6 / 10 / 5 healthy and 10 / 10 lesion subjects;
+    ``H = 5, L = 2`` gives training 3, validation 1, calibration 1, test_healthy 0, test_lesion 1, tuning 1.
+
+    Returns:
+        ``{"training", "validation", "calibration", "test_healthy", "test_lesion", "tuning"}`` sizes.
+    """
+    for name, value in (("val_fraction", val_fraction), ("calibration_fraction", calibration_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}.")
+    if not 0.0 <= test_healthy_fraction < 1.0:
+        raise ValueError(f"test_healthy_fraction must be in [0, 1), got {test_healthy_fraction}.")
+    for name, value in (
+        ("n_validation", n_validation),
+        ("n_calibration", n_calibration),
+        ("n_test_healthy", n_test_healthy),
+        ("n_tuning", n_tuning),
+    ):
+        if value is not None and (int(value) != value or value < 0):
+            raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}.")
+    h = int(n_healthy)
+    cal = int(np.floor(calibration_fraction * h + 1e-9)) if n_calibration is None else int(n_calibration)
+    th = int(np.floor(test_healthy_fraction * h + 1e-9)) if n_test_healthy is None else int(n_test_healthy)
+    if n_validation is None:
+        val = int(np.floor(val_fraction * h + 1e-9))
+        if val_fraction > 0 and h >= 2:
+            val = max(val, 1)
+    else:
+        val = int(n_validation)
+    explicit = {"validation": n_validation, "calibration": n_calibration, "test_healthy": n_test_healthy}
+    sizes = {"validation": val, "calibration": cal, "test_healthy": th}
+    for key in ("test_healthy", "calibration", "validation"):  # shrink until training keeps one subject
+        while h >= 1 and h - sum(sizes.values()) < 1 and sizes[key] > 0:
+            if explicit[key] is not None:
+                break
+            sizes[key] -= 1
+    training = h - sum(sizes.values())
+    if training < (1 if h >= 1 else 0):
+        raise ValueError(
+            f"{h} healthy subjects cannot hold validation={sizes['validation']}, calibration="
+            f"{sizes['calibration']}, test_healthy={sizes['test_healthy']} and at least 1 training subject."
+        )
+    lesion = int(n_lesion)
+    if n_tuning is None:
+        tuning = lesion // 2
+    elif n_tuning > lesion:
+        raise ValueError(f"n_tuning={n_tuning} exceeds the {lesion} lesion subjects.")
+    else:
+        tuning = int(n_tuning)
+    return {"training": training, **sizes, "test_lesion": lesion - tuning, "tuning": tuning}
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -473,12 +624,15 @@ def make_datalist(
     brain_mask: str | None = None,
     label: str | None = None,
     section: str = "auto",
-    val_fraction: float = 0.2,
+    val_fraction: float = 0.12,
     seed: int = 0,
     num_channels: int | None = 3,
     check: bool = True,
     skip_incomplete: bool = False,
     update: bool = False,
+    calibration_fraction: float = 0.2,
+    test_healthy_fraction: float = 0.1,
+    empty_labels: bool = True,
 ) -> dict[str, Any]:
     """Build a Decathlon-style datalist from a folder of scans, by file-name patterns (see :func:`find_subjects`).
 
@@ -489,14 +643,22 @@ def make_datalist(
             returns absolute paths.
         brain_mask: pattern of brain masks (``"brain_mask"`` key).
         label: pattern of lesion labels (``"label"`` key).
-        section: ``"auto"`` (subjects with a label go to ``test``, the others are split into ``training`` and
-            ``validation``), ``"training"`` (split by ``val_fraction``), ``"validation"`` or ``"test"``.
-        val_fraction: fraction of the unlabelled subjects put in ``validation`` (shuffled with ``seed``).
-        seed: seed of the training/validation shuffle.
+        section: ``"auto"``: the five sections by :func:`allocate_splits` with a fixed-seed shuffle: subjects
+            without a label are healthy (``training``, ``validation``, ``calibration`` and a few in ``test``),
+            labelled subjects go to ``test`` (first half, rounded up) and ``tuning``; ``"training"``: only
+            ``training`` and ``validation`` (split by ``val_fraction``); any other of :data:`DATALIST_SECTIONS`:
+            every subject in that section.
+        val_fraction: share of the unlabelled subjects put in ``validation``.
+        seed: seed of the shuffles (healthy and labelled subjects are shuffled separately).
         num_channels: channels each image must have when ``check`` (``None``: any).
         check: read every file's header and check channels, shapes and affines (:func:`check_item`).
         skip_incomplete: leave out subjects with a missing file instead of raising.
         update: merge into an existing ``out`` (sections written here replace those of the same name).
+        calibration_fraction: share of the unlabelled subjects put in ``calibration`` (``"auto"``).
+        test_healthy_fraction: share of the unlabelled subjects put in ``test`` (``"auto"``).
+        empty_labels: in ``"auto"`` with ``out`` given, write an all-zero label (uint8 NIfTI on the subject's
+            grid) for each healthy ``test`` subject under ``<out folder>/empty_labels/``, so every ``test`` entry
+            has a ``label``; otherwise healthy ``test`` entries have no ``label`` key.
 
     Returns:
         the datalist dictionary (as written).
@@ -520,20 +682,44 @@ def make_datalist(
                 raise ValueError(f"subject {entry['subject']!r}: {err}") from err
 
     sections: dict[str, list[dict[str, Any]]] = {}
-    if section in ("validation", "test"):
+    if section == "training":
+        order = np.random.default_rng(seed).permutation(len(subjects))
+        n_val = int(round(len(subjects) * val_fraction))
+        if val_fraction > 0 and len(subjects) >= 2:
+            n_val = min(max(n_val, 1), len(subjects) - 1)
+        val_idx = set(order[len(subjects) - n_val :].tolist())
+        sections["training"] = [s for i, s in enumerate(subjects) if i not in val_idx]
+        sections["validation"] = [s for i, s in enumerate(subjects) if i in val_idx]
+    elif section != "auto":
         sections[section] = subjects
     else:
-        labelled = [s for s in subjects if "label" in s] if section == "auto" else []
-        healthy = [s for s in subjects if "label" not in s] if section == "auto" else subjects
-        order = np.random.default_rng(seed).permutation(len(healthy))
-        n_val = int(round(len(healthy) * val_fraction))
-        if val_fraction > 0 and len(healthy) >= 2:
-            n_val = min(max(n_val, 1), len(healthy) - 1)
-        val_idx = set(order[len(healthy) - n_val :].tolist())
-        sections["training"] = [s for i, s in enumerate(healthy) if i not in val_idx]
-        sections["validation"] = [s for i, s in enumerate(healthy) if i in val_idx]
-        if section == "auto":
-            sections["test"] = labelled
+        healthy = [s for s in subjects if "label" not in s]
+        labelled = [s for s in subjects if "label" in s]
+        sizes = allocate_splits(
+            len(healthy),
+            len(labelled),
+            val_fraction=val_fraction,
+            calibration_fraction=calibration_fraction,
+            test_healthy_fraction=test_healthy_fraction,
+        )
+        rng = np.random.default_rng(seed)
+        h_order = rng.permutation(len(healthy)).tolist()
+        l_order = rng.permutation(len(labelled)).tolist()
+        start = 0
+        for key in ("training", "validation", "calibration", "test_healthy"):
+            picked = sorted(h_order[start : start + sizes[key]])
+            start += sizes[key]
+            sections[key] = [dict(healthy[i], stratum="healthy") for i in picked]
+        n_test = sizes["test_lesion"]
+        sections["test"] = [labelled[i] for i in sorted(l_order[:n_test])]
+        sections["tuning"] = [labelled[i] for i in sorted(l_order[n_test:])]
+        test_healthy = sections.pop("test_healthy")
+        if empty_labels and out is not None:
+            folder = Path(out).resolve().parent / "empty_labels"
+            for entry in test_healthy:
+                entry["label"] = _write_empty_label(entry, folder / f"{entry['subject']}_label.nii.gz")
+        sections["test"] += test_healthy
+        sections = {k: sections[k] for k in DATALIST_SECTIONS}
 
     base = Path(out).resolve().parent if out is not None else None
     for key, entries in sections.items():
@@ -541,7 +727,7 @@ def make_datalist(
         for entry in entries:
             item = {k: v for k, v in entry.items() if k != "subject"}
             if base is not None:
-                item = {k: _relative(v, base) for k, v in item.items()}
+                item = {k: (v if k == "stratum" else _relative(v, base)) for k, v in item.items()}
             cleaned.append(item)
         sections[key] = cleaned
 
@@ -559,11 +745,42 @@ def make_datalist(
     datalist.setdefault("modality", {str(i): (_CONTRASTS[i] if n_ch == 3 else f"contrast{i}") for i in range(n_ch)})
     datalist.setdefault("labels", {"0": "background", "1": "lesion"})
     datalist.update(sections)
-    for key, count in (("training", "numTraining"), ("validation", "numValidation"), ("test", "numTest")):
+    for key, count in (
+        ("training", "numTraining"),
+        ("validation", "numValidation"),
+        ("calibration", "numCalibration"),
+        ("tuning", "numTuning"),
+        ("test", "numTest"),
+    ):
         if key in datalist:
             datalist[count] = len(datalist[key])
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(datalist, indent=2) + "\n")
+        _atomic_write_text(out, json.dumps(datalist, indent=2) + "\n")
     return datalist
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file in the same folder and an atomic rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_empty_label(entry: dict[str, Any], path: Path) -> str:
+    """Write an all-zero uint8 label on the grid of ``entry``'s brain mask (or first image file); return its path."""
+    import nibabel as nib
+
+    ref = entry.get("brain_mask") or (entry["image"] if isinstance(entry["image"], str) else entry["image"][0])
+    info = read_image_info(ref)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.zeros(tuple(info.spatial_shape), dtype=np.uint8), info.affine)
+    img.set_qform(info.affine, code=1)
+    img.set_sform(info.affine, code=1)
+    img.to_filename(str(path))
+    return str(path)
