@@ -55,8 +55,8 @@ QUICK_EPOCHS = 1
 class CohortSettings:
     """Size of the synthetic cohort an experiment makes when no datalist is given."""
 
-    n_healthy: int = 40
-    n_lesion: int = 10
+    n_healthy: int = 51  # make_cohort's default cohort: the same data as `qrvae make-data` and the demo
+    n_lesion: int = 20
     seed: int = 0
     spacing: float = 2.0
 
@@ -77,6 +77,7 @@ def ensure_cohort(data_dir: str | os.PathLike, settings: CohortSettings = DEFAUL
     """The datalist of a synthetic cohort in ``data_dir``, made with :func:`monai_qrvae.data.make_cohort` unless a
     cohort with the same settings is already there."""
     from monai_qrvae.data import make_cohort
+    from monai_qrvae.data.synthetic import GENERATOR_VERSION
 
     data_dir = Path(data_dir)
     datalist = data_dir / "datalist.json"
@@ -90,6 +91,7 @@ def ensure_cohort(data_dir: str | os.PathLike, settings: CohortSettings = DEFAUL
             and meta.get("n_lesion") == settings.n_lesion
             and meta.get("seed") == settings.seed
             and meta.get("spacing_mm") == float(settings.spacing)
+            and meta.get("generator_version") == GENERATOR_VERSION
         )
         if same:
             return datalist
