@@ -304,3 +304,56 @@ def test_collector_on_an_engine():
     assert cal.volume_maxima.tolist() == [0.0, 1.0, 2.0]
     assert cal.n_voxels == 12
     assert collector.names == ["s0/image.nii.gz", "s1/image.nii.gz", "s2/image.nii.gz"]
+
+
+@pytest.fixture(scope="module")
+def calibration_cohort(tmp_path_factory):
+    """A tiny cohort with a 3-subject healthy ``calibration`` section and a FLAIR-threshold model (no training)."""
+    import json
+
+    from monai_qrvae.data import make_cohort
+    from monai_qrvae.workflows import train
+
+    root = tmp_path_factory.mktemp("calib")
+    datalist = make_cohort(root / "data", n_healthy=6, n_lesion=1, seed=3, spacing=3.0)
+    content = json.loads(datalist.read_text())
+    content["calibration"] = content["training"][-3:]
+    content["training"] = content["training"][:-3]
+    datalist.write_text(json.dumps(content))
+    train(datalist, root / "model", method="flair", num_slices=8, progress=False)
+    return datalist, root / "model"
+
+
+@pytest.mark.slow
+def test_calibrate_command_writes_calibration_beside_the_weights(calibration_cohort, capsys):
+    from monai_qrvae.cli import main
+
+    datalist, model = calibration_cohort
+    code = main(["calibrate", "--model", str(model), "--datalist", str(datalist), "--alpha", "0.25"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "n = 3 healthy volumes" in out
+    cal = load_calibration(model, required=True)
+    assert cal.n_volumes == 3 and cal.score["method"] == "flair" and cal.score["score_median"] == 3
+    assert cal.score["score_name"] == "z[FLAIR]"
+    # 3 volumes of 8 analysed slices each: every brain voxel of the analysed grid is in the calibration
+    assert 3 * 8 * 100 < cal.n_voxels < 3 * 8 * 64 * 64
+    assert cal.volume_threshold(0.25) == float(cal.volume_maxima.max())  # k = ceil(4 * 0.75) = 3 = n
+    assert float(cal.volume_maxima.max()) == float(cal.voxel_scores.max())  # the maxima are of the same voxels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--section", "nothing"], "has no list 'nothing'"),
+        ([], "at least 19 healthy calibration volumes for alpha 0.05"),
+        (["--section", "test", "--alpha", "0.5"], "must hold healthy subjects only"),
+    ],
+)
+def test_calibrate_command_errors(calibration_cohort, capsys, extra, message):
+    from monai_qrvae.cli import main
+
+    datalist, model = calibration_cohort
+    assert main(["calibrate", "--model", str(model), "--datalist", str(datalist), *extra]) == 2
+    assert message in capsys.readouterr().err
