@@ -52,6 +52,7 @@ __all__ = [
     "volume_threshold",
     "max_cluster_size",
     "subsample_sorted",
+    "run_shipped_score",
     "fit_calibration",
     "load_calibration",
 ]
@@ -560,15 +561,24 @@ class CalibrationCollector:
     Args:
         score_key: the score map key.
         mask_key: the analysis mask key.
+        label_key: also keep this label (bool; all ``False`` when an item has none) in ``labels``; ``None``: don't.
         output_transform: picks the list of output items from ``engine.state.output``.
     """
 
-    def __init__(self, score_key: str = "z", mask_key: str = "roi", output_transform: Callable = _identity) -> None:
+    def __init__(
+        self,
+        score_key: str = "z",
+        mask_key: str = "roi",
+        label_key: str | None = None,
+        output_transform: Callable = _identity,
+    ) -> None:
         self.score_key = score_key
         self.mask_key = mask_key
+        self.label_key = label_key
         self.output_transform = output_transform
         self.scores: list[torch.Tensor] = []
         self.masks: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
         self.names: list[str] = []
 
     def attach(self, engine: Any) -> None:
@@ -582,7 +592,7 @@ class CalibrationCollector:
 
     def reset(self, engine: Any = None) -> None:
         """Forget the collected volumes."""
-        self.scores, self.masks, self.names = [], [], []
+        self.scores, self.masks, self.labels, self.names = [], [], [], []
 
     def __call__(self, engine: Any) -> None:
         outputs = self.output_transform(engine.state.output)
@@ -595,6 +605,11 @@ class CalibrationCollector:
             score = out[self.score_key]
             self.scores.append(_flat(score).detach().cpu()[0])
             self.masks.append(_flat(out[self.mask_key]).detach().cpu()[0] > 0)
+            if self.label_key is not None:
+                label = out.get(self.label_key)
+                self.labels.append(
+                    _flat(label).detach().cpu()[0] > 0 if label is not None else torch.zeros_like(self.masks[-1])
+                )
             meta = getattr(score, "meta", {}) or {}
             name = meta.get("filename_or_obj", f"volume_{len(self.names):04d}")
             self.names.append(str(name[0] if isinstance(name, (list, tuple)) and name else name))
@@ -619,6 +634,56 @@ def _check_healthy(items: Sequence[dict], section: str, label_key: str = "label"
             f"section {section!r} must hold healthy subjects only (all-zero or no labels), but {len(lesional)} "
             f"have lesions: {lesional[:5]}{' ...' if len(lesional) > 5 else ''}."
         )
+
+
+def run_shipped_score(
+    model_dir: str | os.PathLike,
+    items: Sequence[dict],
+    handlers: Sequence[Any],
+    score_median: int | None = None,
+    device: str = "cpu",
+    model: tuple[Any, Any] | None = None,
+) -> Any:
+    """Run the shipped scoring of a model over datalist entries, with ``handlers`` attached after the z-map.
+
+    The preprocessing (:func:`~monai_qrvae.preprocessing.volume_transforms`), the slice-wise network
+    (:func:`~monai_qrvae.engines.create_anomaly_evaluator`) and :class:`~monai_qrvae.handlers.AnomalyMapHandler`
+    with ``score_median`` (``None``: the method's default) are those of ``qrvae evaluate``/``infer``; each output
+    item then holds ``z`` (the score), ``p`` (its N(0, 1) p-value) and ``roi`` (the brain on the analysed grid).
+
+    Args:
+        model_dir: model folder written by ``qrvae train``.
+        items: datalist entries (``image``, ``brain_mask``, optionally ``label``).
+        handlers: Ignite handlers with ``attach(engine)``, run after the z-map (e.g. a :class:`CalibrationCollector`).
+        score_median: in-plane median filter of the z-map.
+        device: torch device.
+        model: an already loaded ``(config, network)`` of ``model_dir``.
+
+    Returns:
+        The model's :class:`~monai_qrvae.workflows.ModelConfig`.
+    """
+    from monai.data import DataLoader, Dataset
+
+    from monai_qrvae.anomaly import FLAIR_CHANNEL
+    from monai_qrvae.defaults import method_defaults
+    from monai_qrvae.engines import create_anomaly_evaluator
+    from monai_qrvae.handlers import AnomalyMapHandler
+    from monai_qrvae.preprocessing import volume_transforms
+    from monai_qrvae.workflows import load_model
+
+    config, net = model if model is not None else load_model(model_dir, device)
+    score_median = method_defaults(config.method).score_median if score_median is None else score_median
+    pre = volume_transforms(image_size=config.image_size, num_slices=config.num_slices)
+    loader = DataLoader(Dataset(list(items), pre), batch_size=1, num_workers=0)
+    evaluator = create_anomaly_evaluator(
+        net,
+        loader,
+        device=device,
+        roi_size=(config.image_size, config.image_size),
+        val_handlers=[AnomalyMapHandler(median_size=score_median, channel=FLAIR_CHANNEL), *handlers],
+    )
+    evaluator.run()
+    return config
 
 
 def fit_calibration(
@@ -659,13 +724,8 @@ def fit_calibration(
     Raises:
         ValueError: no such or an empty section, entries with lesion labels, too few volumes for ``alpha``.
     """
-    from monai.data import DataLoader, Dataset
-
     from monai_qrvae.anomaly import FLAIR_CHANNEL
     from monai_qrvae.defaults import method_defaults
-    from monai_qrvae.engines import create_anomaly_evaluator
-    from monai_qrvae.handlers import AnomalyMapHandler
-    from monai_qrvae.preprocessing import volume_transforms
     from monai_qrvae.workflows import _datalist, load_model
 
     config, net = load_model(model_dir, device)
@@ -683,17 +743,8 @@ def fit_calibration(
         )
     _check_healthy(items, section)
     items = [{k: v for k, v in item.items() if k != "label"} for item in items]
-    pre = volume_transforms(image_size=config.image_size, num_slices=config.num_slices)
-    loader = DataLoader(Dataset(items, pre), batch_size=1, num_workers=0)
     collector = CalibrationCollector(score_key="z", mask_key="roi")
-    evaluator = create_anomaly_evaluator(
-        net,
-        loader,
-        device=device,
-        roi_size=(config.image_size, config.image_size),
-        val_handlers=[AnomalyMapHandler(median_size=score_median, channel=FLAIR_CHANNEL), collector],
-    )
-    evaluator.run()
+    run_shipped_score(model_dir, items, [collector], score_median=score_median, device=device, model=(config, net))
     channel_names = ("T1", "T2", "FLAIR")
     score = {
         "method": config.method,

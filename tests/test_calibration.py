@@ -357,3 +357,35 @@ def test_calibrate_command_errors(calibration_cohort, capsys, extra, message):
     datalist, model = calibration_cohort
     assert main(["calibrate", "--model", str(model), "--datalist", str(datalist), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_threshold_stats_counts_false_discoveries_and_healthy_detections():
+    from monai_qrvae.experiments.thresholds import healthy_loo, threshold_stats
+
+    cal = _cal(torch.zeros(100), torch.tensor([1.0] * 19))  # healthy maxima all 1: volume threshold 1 at 0.05
+    brain = torch.ones(4, 4, 2, dtype=torch.bool)
+    lesion_score = torch.zeros(4, 4, 2)
+    lesion_score[0, 0:2, 0] = 5.0  # two true detections
+    lesion_score[3, 3, 1] = 5.0  # one false detection
+    label = torch.zeros(4, 4, 2, dtype=torch.bool)
+    label[0, 0:3, 0] = True  # 3 lesion voxels, 2 detected
+    healthy_score = torch.zeros(4, 4, 2)
+    healthy_score[2, 2, 0] = 1.5  # a false alarm in a healthy volume
+    row = threshold_stats(
+        [lesion_score, healthy_score, torch.zeros(4, 4, 2)],
+        [brain] * 3,
+        [label, torch.zeros_like(label), torch.zeros_like(label)],
+        "volume",
+        cal,
+        0.05,
+    )
+    assert row["fdr_lesion"] == pytest.approx(1 / 3)
+    assert row["fdr"] == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert row["sensitivity"] == pytest.approx(2 / 3)
+    assert row["healthy_any"] == pytest.approx(0.5) and row["healthy_volumes"] == 2
+    assert row["detections"] == 4
+    # leave-one-out: 20 healthy volumes with maxima 1..20; each is tested against the other 19 at alpha 0.05
+    vols = [torch.full((2, 2, 1), float(i)) for i in range(1, 21)]
+    loo = healthy_loo(vols, [torch.ones(2, 2, 1, dtype=torch.bool)] * 20, ["volume"], [0.05], cluster_p=None)
+    rate, _, n = loo[("volume", 0.05)]
+    assert n == 20 and rate == pytest.approx(1 / 20)  # only the largest exceeds the others' maximum
