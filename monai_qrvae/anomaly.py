@@ -29,6 +29,7 @@ __all__ = [
     "quantiles_to_mu_sigma",
     "z_score",
     "quantile_function_score",
+    "interpolate_normal_score",
     "p_value",
     "benjamini_hochberg",
     "median_filter",
@@ -238,15 +239,33 @@ def quantile_function_score(
             f"x of shape {tuple(xt.shape)} does not match the {len(q)} predicted quantiles "
             f"{tuple(groups[:, 0].shape)}."
         )
-    xt = xt.to(groups.dtype).unsqueeze(1)
-    groups = torch.sort(groups, dim=1).values
     nscore = torch.as_tensor(norm.ppf(q), dtype=groups.dtype, device=groups.device)
-    nscore = nscore.view(1, len(q), *([1] * (groups.ndim - 2))).expand_as(groups)
+    return interpolate_normal_score(xt.to(groups.dtype), groups, nscore, sigma_floor)
+
+
+def interpolate_normal_score(
+    x: torch.Tensor, groups: torch.Tensor, normal_scores: torch.Tensor, sigma_floor: float
+) -> torch.Tensor:
+    """The core of :func:`quantile_function_score` (plain torch, TorchScript-compatible, no checks).
+
+    Args:
+        x: ``(B, C, spatial...)`` intensities.
+        groups: ``(B, Q, C, spatial...)`` predicted quantiles (sorted here).
+        normal_scores: ``(Q,)`` ``Phi^-1(tau_k)``, increasing.
+        sigma_floor: smallest quantile spacing per unit of normal score.
+    """
+    num_q = groups.shape[1]
+    groups = torch.sort(groups, dim=1).values
+    shape = [1, num_q] + [1] * (groups.dim() - 2)
+    nscore = normal_scores.to(groups.dtype).reshape(shape).expand_as(groups)
+    xt = x.unsqueeze(1)
     # segment j joins quantiles j and j + 1: the last quantile <= x, clamped to the outer segments for extrapolation
     below = (groups <= xt).sum(dim=1, keepdim=True)
-    j = (below - 1).clamp(0, len(q) - 2)
-    q_lo, q_hi = groups.gather(1, j), groups.gather(1, j + 1)
-    n_lo, n_hi = nscore.gather(1, j), nscore.gather(1, j + 1)
+    j = (below - 1).clamp(0, num_q - 2)
+    q_lo = groups.gather(1, j)
+    q_hi = groups.gather(1, j + 1)
+    n_lo = nscore.gather(1, j)
+    n_hi = nscore.gather(1, j + 1)
     width = torch.maximum(q_hi - q_lo, sigma_floor * (n_hi - n_lo))
     score = (n_lo + (xt - q_lo) * (n_hi - n_lo) / width).squeeze(1)
     return torch.nan_to_num(score, nan=0.0, posinf=1e6, neginf=-1e6)

@@ -92,3 +92,23 @@ def test_on_a_five_quantile_qrvae():
     # the score is monotone in x: a voxel above its predicted 0.975 quantile scores above Phi^-1(0.975)
     above = x[:, 2:3] > groups[:, 4]
     assert bool((score[above] > norm.ppf(0.975) - 1e-5).all()) and bool((score[~above] <= norm.ppf(0.975) + 1e-5).all())
+
+
+def test_anomaly_map_net_quantile_score_matches_the_function_and_scripts():
+    from monai_qrvae.networks import AnomalyMapNet
+
+    torch.manual_seed(0)
+    qr = QRVAE(in_shape=(3, 16, 16), quantiles=TAILS, channels=(4, 8), strides=(2, 2), latent_size=8).eval()
+    x = torch.rand(2, 3, 16, 16)
+    plain = AnomalyMapNet(qr).eval()
+    wrapper = AnomalyMapNet(qr, quantile_score=True).eval()
+    assert wrapper.state_dict().keys() == plain.state_dict().keys()  # no new weights: old files still load
+    with torch.no_grad():
+        out = wrapper(x)
+        expected = quantile_function_score(x, qr(x)[0], TAILS)
+        gaussian = plain(x)
+    torch.testing.assert_close(out[:, 6:], expected)
+    torch.testing.assert_close(out[:, :6], gaussian[:, :6])  # mu and sigma unchanged
+    assert not torch.allclose(out[:, 6:], gaussian[:, 6:])
+    scripted = torch.jit.script(wrapper)
+    torch.testing.assert_close(scripted(x), out)
