@@ -241,7 +241,7 @@ def _sorted_strata(
     return torch.cat(parts).float(), torch.tensor(offsets, dtype=torch.int64)
 
 
-@dataclass
+@dataclass(eq=False)  # tensors: compare fields explicitly
 class Calibration:
     """Healthy-calibrated null distribution of one score definition, saved beside a model's weights.
 
@@ -698,6 +698,7 @@ def fit_calibration(
     cluster_p: float | None = None,
     device: str = "cpu",
     save: bool = True,
+    model: tuple[Any, Any] | None = None,
 ) -> Calibration:
     """Calibrate a trained model's shipped score on the healthy volumes of a datalist section.
 
@@ -720,6 +721,8 @@ def fit_calibration(
         cluster_p: also calibrate the largest cluster above the voxel-level ``cluster_p`` (``None``: skip).
         device: torch device.
         save: write ``model_dir/calibration.pt``.
+        model: an already loaded ``(config, network)`` of ``model_dir`` (e.g. with
+            ``AnomalyMapNet.quantile_score`` switched on); ``None`` loads it.
 
     Raises:
         ValueError: no such or an empty section, entries with lesion labels, too few volumes for ``alpha``.
@@ -728,7 +731,7 @@ def fit_calibration(
     from monai_qrvae.defaults import method_defaults
     from monai_qrvae.workflows import _datalist, load_model
 
-    config, net = load_model(model_dir, device)
+    config, net = model if model is not None else load_model(model_dir, device)
     defaults = method_defaults(config.method)
     alpha = defaults.alpha if alpha is None else alpha
     score_median = defaults.score_median if score_median is None else score_median
@@ -746,12 +749,15 @@ def fit_calibration(
     collector = CalibrationCollector(score_key="z", mask_key="roi")
     run_shipped_score(model_dir, items, [collector], score_median=score_median, device=device, model=(config, net))
     channel_names = ("T1", "T2", "FLAIR")
+    quantile_score = bool(getattr(net, "quantile_score", False))
+    contrast = channel_names[FLAIR_CHANNEL] if config.in_channels == 3 else str(FLAIR_CHANNEL)
     score = {
         "method": config.method,
         "score_median": int(score_median),
         "channel": FLAIR_CHANNEL,
         "score_key": "z",
-        "score_name": f"z[{channel_names[FLAIR_CHANNEL] if config.in_channels == 3 else FLAIR_CHANNEL}]",
+        "quantile_score": quantile_score,
+        "score_name": f"{'qf' if quantile_score else 'z'}[{contrast}]",
     }
     cal = collector.calibration(
         score=score, stratify=stratify, num_strata=num_strata, max_voxels=max_voxels, cluster_p=cluster_p

@@ -389,3 +389,39 @@ def test_threshold_stats_counts_false_discoveries_and_healthy_detections():
     loo = healthy_loo(vols, [torch.ones(2, 2, 1, dtype=torch.bool)] * 20, ["volume"], [0.05], cluster_p=None)
     rate, _, n = loo[("volume", 0.05)]
     assert n == 20 and rate == pytest.approx(1 / 20)  # only the largest exceeds the others' maximum
+
+
+@pytest.mark.slow
+def test_threshold_handler_in_the_shipped_pipeline(calibration_cohort):
+    from monai_qrvae.calibration import fit_calibration, run_shipped_score
+    from monai_qrvae.handlers import ThresholdHandler
+    from monai_qrvae.workflows import _datalist
+
+    datalist, model = calibration_cohort
+    cal = fit_calibration(model, datalist, alpha=0.25, save=False)
+
+    class Keep:
+        def __init__(self):
+            self.items = []
+
+        def attach(self, engine):
+            from ignite.engine import Events
+
+            engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.items.extend(e.state.output))
+
+    items = _datalist(datalist, "calibration")
+    volume, conformal = Keep(), Keep()
+    score = {"method": "flair", "score_median": 3}
+    run_shipped_score(model, items, [ThresholdHandler("volume", cal, alpha=0.25, score=score), volume])
+    run_shipped_score(model, items, [ThresholdHandler("conformal", cal, alpha=0.25, score=score), conformal])
+    # the threshold at n = 3, alpha 0.25 is the largest calibration maximum: no calibration volume exceeds it
+    assert all(float(item["lesion"].sum()) == 0 for item in volume.items) and len(volume.items) == 3
+    # the conformal p-map of a calibration volume: p = 1 outside the brain, >= 1 / (n + 1) inside, exact counts
+    item = conformal.items[0]
+    brain = item["roi"] > 0  # the brain mask on the analysed grid
+    assert bool((~brain).any()) and torch.all(item["p"][~brain] == 1.0)
+    expected = conformal_p_values(item["z"][brain], cal.voxel_scores)
+    assert torch.allclose(item["p"][brain], expected)
+    assert float(item["p"][brain].min()) >= 1 / (cal.voxel_scores.numel() + 1) - 1e-9
+    with pytest.raises(ValueError, match="score_median: calibrated 3, used 1"):
+        ThresholdHandler("conformal", cal, score={"score_median": 1})

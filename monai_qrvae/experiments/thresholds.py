@@ -49,12 +49,14 @@ def collect_scores(
     section: str,
     score_median: int | None = None,
     device: str = "cpu",
+    model: tuple[Any, Any] | None = None,
 ) -> CalibrationCollector:
     """The shipped score, brain mask and label of every volume of a section (analysed grid), in a collector."""
     from monai_qrvae.workflows import _datalist
 
     collector = CalibrationCollector(score_key="z", mask_key="roi", label_key="label")
-    run_shipped_score(model_dir, _datalist(datalist, section), [collector], score_median=score_median, device=device)
+    items = _datalist(datalist, section)
+    run_shipped_score(model_dir, items, [collector], score_median=score_median, device=device, model=model)
     return collector
 
 
@@ -141,6 +143,8 @@ def healthy_loo(
     score: dict[str, Any] | None = None,
     cluster_p: float | None = 0.001,
     per: str = "volume",
+    stratify: str = "none",
+    num_strata: int = 4,
 ) -> dict[tuple[str, float], tuple[float, float, int]]:
     """Leave-one-out over healthy volumes: ``{(threshold, alpha): (any-detection rate, s.e., volumes)}``.
 
@@ -151,7 +155,12 @@ def healthy_loo(
     for j in range(len(scores)):
         others = [i for i in range(len(scores)) if i != j]
         cal = Calibration.from_scores(
-            [scores[i] for i in others], [brains[i] for i in others], score=score, cluster_p=cluster_p
+            [scores[i] for i in others],
+            [brains[i] for i in others],
+            score=score,
+            cluster_p=cluster_p,
+            stratify=stratify,
+            num_strata=num_strata,
         )
         for threshold in thresholds:
             if threshold == "cluster" and cluster_p is None:
@@ -190,15 +199,27 @@ def run_thresholds(
     loo: bool = True,
     out_dir: str | os.PathLike | None = None,
     device: str = "cpu",
+    stratify: str = "none",
+    num_strata: int = 4,
+    quantile_score: bool = False,
 ) -> dict[str, Any]:
     """Measure every label-free threshold of a trained model on a labelled section (see the module docstring).
 
-    The calibration is fitted here on ``calibration_section`` (not saved) with the same score definition.
+    The calibration is fitted here on ``calibration_section`` (not saved) with the same score definition
+    (``stratify``/``num_strata`` for the conformal p-values; the leave-one-out check pools them).
+    ``quantile_score`` scores a QR-VAE with its quantile function (``AnomalyMapNet.quantile_score``).
 
     Returns:
         ``{"rows", "table", "calibration", "seconds"}``; with ``out_dir``, also ``thresholds.md``/``.json`` there.
     """
+    from monai_qrvae.workflows import load_model
+
     start = time.perf_counter()
+    model = load_model(model_dir, device)
+    if quantile_score:
+        if not hasattr(model[1], "quantile_score") or model[1].mode != 0:
+            raise ValueError(f"quantile_score needs a QR-VAE model, got method {model[0].method!r}.")
+        model[1].quantile_score = True
     cal = fit_calibration(
         model_dir,
         datalist,
@@ -208,18 +229,29 @@ def run_thresholds(
         cluster_p=cluster_p,
         device=device,
         save=False,
+        stratify=stratify,
+        num_strata=num_strata,
+        model=model,
     )
-    scored = collect_scores(model_dir, datalist, section, score_median=cal.score["score_median"], device=device)
+    median = cal.score["score_median"]
+    scored = collect_scores(model_dir, datalist, section, score_median=median, device=device, model=model)
     healthy_flags = _healthy_flags(datalist, section)
     healthy = None
     if loo:
         cal_scores = collect_scores(
-            model_dir, datalist, calibration_section, score_median=cal.score["score_median"], device=device
+            model_dir, datalist, calibration_section, score_median=median, device=device, model=model
         )
         pool = [(s, b) for s, b in zip(cal_scores.scores, cal_scores.masks)]
         pool += [(s, b) for s, b, h in zip(scored.scores, scored.masks, healthy_flags) if h]
         healthy = healthy_loo(
-            [s for s, _ in pool], [b for _, b in pool], thresholds, alphas, score=cal.score, cluster_p=cluster_p
+            [s for s, _ in pool],
+            [b for _, b in pool],
+            thresholds,
+            alphas,
+            score=cal.score,
+            cluster_p=cluster_p,
+            stratify=stratify,
+            num_strata=num_strata,
         )
     rows = []
     for threshold in thresholds:
