@@ -425,3 +425,17 @@ def test_threshold_handler_in_the_shipped_pipeline(calibration_cohort):
     assert float(item["p"][brain].min()) >= 1 / (cal.voxel_scores.numel() + 1) - 1e-9
     with pytest.raises(ValueError, match="score_median: calibrated 3, used 1"):
         ThresholdHandler("conformal", cal, score={"score_median": 1})
+
+
+def test_cli_parsers_for_calibrate_and_the_threshold_experiment():
+    from monai_qrvae.cli import build_parser
+    from monai_qrvae.experiments import cli as experiment_cli
+
+    parser = build_parser()
+    args = parser.parse_args(["calibrate", "--model", "m", "--datalist", "d.json", "--stratify", "slice"])
+    assert args.section == "calibration" and args.alpha is None and args.stratify == "slice" and args.num_strata == 4
+    args = parser.parse_args(
+        ["experiment", "thresholds", "--model", "m", "--datalist", "d", "--alphas", "0.1", "--quantile-score"]
+    )
+    assert args.func is experiment_cli.run_thresholds_cmd and args.alphas == [0.1] and args.quantile_score
+    assert args.section == "test" and args.calibration_section == "calibration" and args.cluster_p == 0.001

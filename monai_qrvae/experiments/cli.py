@@ -135,6 +135,7 @@ def run_thresholds_cmd(args: argparse.Namespace) -> int:
         stratify=args.stratify,
         num_strata=args.num_strata,
         quantile_score=args.quantile_score,
+        score_median=args.score_median,
         device=args.device,
     )
     print(result["table"])
@@ -210,6 +211,7 @@ def add_experiment_parsers(sub: Any) -> None:
     q.add_argument("--num-strata", type=int, default=4, help="slice-position bins for --stratify slice")
     q.add_argument("--quantile-score", action="store_true", help="QR-VAE: score from the quantile function")
     q.add_argument("--no-loo", action="store_true", help="skip the leave-one-out check on healthy volumes")
+    q.add_argument("--score-median", type=int, default=None, help="z-map median filter (default: the method's)")
     q.add_argument("--device", default="cpu")
     q.set_defaults(func=run_thresholds_cmd)
 
