@@ -27,6 +27,7 @@ from monai_qrvae.anomaly import (
     z_score,
 )
 from monai_qrvae.baselines import IntensityBaseline
+from monai_qrvae.calibration import Calibration, conformal_bh, conformal_p_values, volume_threshold
 from monai_qrvae.checkpoints import AtomicCheckpointSaver, ResumeFromCheckpoint, load_state_dict_file
 from monai_qrvae.engines import (
     EpochSeedHandler,
@@ -64,7 +65,14 @@ from monai_qrvae.metrics import (
     compute_quantile_coverage,
 )
 from monai_qrvae.networks import ANOMALY_MAP_LAYOUT, QRVAE, AnomalyMapNet, GaussianVAE
-from monai_qrvae.postprocessing import AnomalyMapsd, FDRMaskd, LesionFilterd
+from monai_qrvae.postprocessing import (
+    AnomalyMapsd,
+    ClusterThresholdd,
+    ConformalPValued,
+    FDRMaskd,
+    LesionFilterd,
+    VolumeThresholdd,
+)
 from monai_qrvae.preprocessing import SliceDataset, volume_transforms
 from monai_qrvae.transforms import (
     BrainMask,
@@ -94,6 +102,9 @@ __all__ = [
     "BestDiceMetric",
     "BrainMask",
     "BrainMaskd",
+    "Calibration",
+    "ClusterThresholdd",
+    "ConformalPValued",
     "DiceScoreMetric",
     "EpochSeedHandler",
     "FDRHandler",
@@ -129,6 +140,7 @@ __all__ = [
     "SliceDataset",
     "VAELossAdapter",
     "VAEPrepareBatch",
+    "VolumeThresholdd",
     "anomaly_maps",
     "benjamini_hochberg",
     "compute_best_dice",
@@ -136,6 +148,8 @@ __all__ = [
     "compute_masked_average_precision",
     "compute_masked_roc_auc",
     "compute_quantile_coverage",
+    "conformal_bh",
+    "conformal_p_values",
     "create_anomaly_evaluator",
     "create_loss_evaluator",
     "create_trainer",
@@ -147,6 +161,7 @@ __all__ = [
     "quantiles_to_mu_sigma",
     "remove_small_components",
     "slices_to_items",
+    "volume_threshold",
     "volume_transforms",
     "z_score",
 ]

@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     from monai_qrvae.experiments.cli import add_parsers as add_experiment_parsers
 
     add_experiment_parsers(sub)
+    from monai_qrvae.calibration_cli import add_parser as add_calibrate_parser
+
+    add_calibrate_parser(sub)
     return parser
 
 

@@ -33,12 +33,13 @@ from monai_qrvae.metrics import (
     MaskedAveragePrecisionMetric,
     MaskedROCAUCMetric,
 )
-from monai_qrvae.postprocessing import AnomalyMapsd, FDRMaskd, LesionFilterd
+from monai_qrvae.postprocessing import AnomalyMapsd, FDRMaskd, LesionFilterd, label_free_transforms
 
 __all__ = [
     "AnomalyMapHandler",
     "FDRHandler",
     "LesionFilterHandler",
+    "ThresholdHandler",
     "AnomalyMapSaver",
     "OverlaySaver",
     "BestDice",
@@ -98,6 +99,42 @@ class FDRHandler(PostProcessing):
         event: str = "MODEL_COMPLETED",
     ) -> None:
         super().__init__(FDRMaskd(p_key, mask_key, alpha, per, output_key), event=event)
+
+
+class ThresholdHandler(PostProcessing):
+    """Add the label-free lesion mask (``lesion``) with one of the thresholds of
+    :func:`~monai_qrvae.postprocessing.label_free_transforms`: ``"gaussian"`` (BH on N(0, 1) p-values, as
+    :class:`FDRHandler`), ``"conformal"`` (conformal BH; also replaces ``p`` by the conformal p-map), ``"volume"``
+    (volume-level threshold) or ``"cluster"`` (volume-level cluster size).
+
+    Args:
+        threshold: the threshold kind.
+        calibration: a :class:`~monai_qrvae.calibration.Calibration` or the path of ``calibration.pt`` (or of its
+            model folder); needed by every kind but ``"gaussian"``.
+        alpha: the FDR (BH kinds) or the tolerated fraction of healthy volumes with any detection (volume kinds).
+        per: BH family, ``"volume"`` or ``"slice"``.
+        score: the score definition in use, checked against the calibration's (e.g. ``{"score_median": 3}``).
+    """
+
+    def __init__(
+        self,
+        threshold: str = "gaussian",
+        calibration: Any = None,
+        alpha: float = 0.05,
+        per: str = "volume",
+        score: dict[str, Any] | None = None,
+        score_key: str = "z",
+        p_key: str = "p",
+        mask_key: str | None = "brain_mask",
+        output_key: str = "lesion",
+        event: str = "MODEL_COMPLETED",
+    ) -> None:
+        from monai.transforms import Compose
+
+        transforms = label_free_transforms(
+            threshold, calibration, alpha, per, score_key, p_key, mask_key, output_key, score=score
+        )
+        super().__init__(Compose(transforms), event=event)
 
 
 class LesionFilterHandler(PostProcessing):

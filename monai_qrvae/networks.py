@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets import VarAutoEncoder
 
-from monai_qrvae.anomaly import check_quantiles, quantiles_to_mu_sigma
+from monai_qrvae.anomaly import check_quantiles, interpolate_normal_score, quantiles_to_mu_sigma
 
 __all__ = ["QRVAE", "GaussianVAE", "AnomalyMapNet", "ANOMALY_MAP_LAYOUT"]
 
@@ -296,16 +296,23 @@ class AnomalyMapNet(nn.Module):
         network: a :py:class:`QRVAE` or :py:class:`GaussianVAE`.
         sigma_floor: smallest sigma returned (no division by zero).
         residual_sigma: sigma used for the MSE-VAE.
+        quantile_score: for a :py:class:`QRVAE`, the ``z`` block is the score read from the predicted quantile
+            function (:py:func:`monai_qrvae.anomaly.quantile_function_score`) instead of ``(x - mu) / sigma``;
+            the two agree for two quantiles. Off by default.
     """
 
-    def __init__(self, network: nn.Module, sigma_floor: float = 1e-3, residual_sigma: float = 1.0) -> None:
+    def __init__(
+        self, network: nn.Module, sigma_floor: float = 1e-3, residual_sigma: float = 1.0, quantile_score: bool = False
+    ) -> None:
         super().__init__()
         if sigma_floor <= 0:
             raise ValueError(f"sigma_floor must be positive, got {sigma_floor}.")
         if residual_sigma <= 0:
             raise ValueError(f"residual_sigma must be positive, got {residual_sigma}.")
         num_q = 1
+        normal_scores = torch.zeros(1)
         if isinstance(network, QRVAE):
+            normal_scores = torch.special.ndtri(torch.tensor(network.quantiles, dtype=torch.float64)).float()
             if network.num_quantiles < 2:
                 raise ValueError(f"at least two quantiles are needed to estimate sigma, got {network.quantiles}.")
             mode, num_q = 0, network.num_quantiles
@@ -322,6 +329,8 @@ class AnomalyMapNet(nn.Module):
         self.residual_sigma = float(residual_sigma)
         self.register_buffer("mu_weights", w_mu, persistent=False)
         self.register_buffer("sigma_weights", w_sigma, persistent=False)
+        self.register_buffer("normal_scores", normal_scores, persistent=False)
+        self.quantile_score = bool(quantile_score) and mode == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
@@ -347,5 +356,9 @@ class AnomalyMapNet(nn.Module):
             mu = out
             sigma = torch.full_like(out, self.residual_sigma)
         sigma = torch.nan_to_num(sigma, nan=self.sigma_floor).clamp_min(self.sigma_floor)
-        z = torch.nan_to_num((x.float() - mu) / sigma, nan=0.0, posinf=1e6, neginf=-1e6)
+        if self.quantile_score:
+            groups = out.reshape([shape[0], self.num_quantiles, shape[1] // self.num_quantiles] + list(shape[2:]))
+            z = interpolate_normal_score(x.float(), groups, self.normal_scores, self.sigma_floor)
+        else:
+            z = torch.nan_to_num((x.float() - mu) / sigma, nan=0.0, posinf=1e6, neginf=-1e6)
         return torch.cat([mu, sigma, z], dim=1)

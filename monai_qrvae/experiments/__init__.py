@@ -6,6 +6,8 @@
   predicted quantile and the z-score distribution against N(0, 1).
 - :func:`run_fdr` (:mod:`.fdr`): on the lesion subjects, the realised false discovery rate and sensitivity of
   Benjamini-Hochberg per slice and per volume.
+- :func:`run_thresholds` (:mod:`.thresholds`): realised FDR and healthy any-detection rate of N(0, 1) + BH against
+  the healthy-calibrated thresholds (conformal BH, volume-level, cluster size) of :mod:`monai_qrvae.calibration`.
 
 Each returns a dict of the measured numbers and, given ``out_dir``, writes a PNG figure, a Markdown table and JSON.
 The brain experiments take trained model folders (``qrvae train``) or train what is missing
@@ -19,6 +21,7 @@ from monai_qrvae.experiments.calibration import CALIBRATION_LEVELS, calibration_
 from monai_qrvae.experiments.common import QUICK_ENV, prepare_models, quick_from_env
 from monai_qrvae.experiments.fdr import ALPHAS, bh_verdict, fdr_stats, run_fdr
 from monai_qrvae.experiments.simulation import MLPVAE, make_manifold_data, run_simulation, sigma_summary
+from monai_qrvae.experiments.thresholds import run_thresholds
 
 __all__ = [
     "ALPHAS",
@@ -34,5 +37,6 @@ __all__ = [
     "run_calibration",
     "run_fdr",
     "run_simulation",
+    "run_thresholds",
     "sigma_summary",
 ]

@@ -121,6 +121,30 @@ def run_fdr_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_thresholds_cmd(args: argparse.Namespace) -> int:
+    """``qrvae experiment thresholds``."""
+    from monai_qrvae.experiments.thresholds import run_thresholds
+
+    result = run_thresholds(
+        args.model,
+        args.datalist,
+        section=args.section,
+        calibration_section=args.calibration_section,
+        alphas=args.alphas,
+        cluster_p=None if args.cluster_p <= 0 else args.cluster_p,
+        loo=not args.no_loo,
+        out_dir=args.out,
+        stratify=args.stratify,
+        num_strata=args.num_strata,
+        quantile_score=args.quantile_score,
+        score_median=args.score_median,
+        device=args.device,
+    )
+    print(result["table"])
+    print(f"table: {result['files']['table']}  ({result['seconds']:.0f} s)")
+    return 0
+
+
 def _add_brain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datalist", default=None, help="datalist JSON (default: make the embedded synthetic cohort)")
     p.add_argument("--qrvae-model", default=None, help="QR-VAE model folder from 'qrvae train' (default: train one)")
@@ -140,7 +164,9 @@ def add_parsers(subparsers: Any) -> None:
         help="reproduce the paper's evidence: variance-shrinkage simulation, calibration, FDR",
         description="Experiments that measure the method's claims; each writes PNG figures, a Markdown table and JSON.",
     )
-    add_experiment_parsers(p.add_subparsers(dest="experiment", required=True, metavar="{simulation,calibration,fdr}"))
+    add_experiment_parsers(
+        p.add_subparsers(dest="experiment", required=True, metavar="{simulation,calibration,fdr,thresholds}")
+    )
 
 
 def add_experiment_parsers(sub: Any) -> None:
@@ -171,6 +197,25 @@ def add_experiment_parsers(sub: Any) -> None:
     q.add_argument("--alphas", type=float, nargs="+", default=[0.01, 0.05, 0.1], help="FDR levels")
     _add_brain_args(q)
     q.set_defaults(func=run_fdr_cmd)
+
+    q = sub.add_parser(
+        "thresholds",
+        help="realised FDR and healthy any-detection of N(0,1)+BH, conformal BH, volume-level and cluster thresholds",
+    )
+    q.add_argument("--model", required=True, help="model folder from 'qrvae train'")
+    q.add_argument("--datalist", required=True, help="datalist with a healthy calibration section and a scored one")
+    q.add_argument("--out", default=_DEFAULT_OUT, help=f"output folder (default {_DEFAULT_OUT})")
+    q.add_argument("--section", default="test", help="labelled section scored (default test)")
+    q.add_argument("--calibration-section", default="calibration", help="healthy section calibrated on")
+    q.add_argument("--alphas", type=float, nargs="+", default=[0.05, 0.1], help="levels (default 0.05 0.1)")
+    q.add_argument("--cluster-p", type=float, default=0.001, help="cluster-forming level (0: no cluster threshold)")
+    q.add_argument("--stratify", choices=("none", "slice"), default="none", help="conformal p-values per stratum")
+    q.add_argument("--num-strata", type=int, default=4, help="slice-position bins for --stratify slice")
+    q.add_argument("--quantile-score", action="store_true", help="QR-VAE: score from the quantile function")
+    q.add_argument("--no-loo", action="store_true", help="skip the leave-one-out check on healthy volumes")
+    q.add_argument("--score-median", type=int, default=None, help="z-map median filter (default: the method's)")
+    q.add_argument("--device", default="cpu")
+    q.set_defaults(func=run_thresholds_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
