@@ -114,8 +114,8 @@ def test_configs_mirror_the_command_line_defaults():
     assert parser["learning_rate"] == shipped.lr
     assert parser["batch_size"] == shipped.batch_size
     assert parser["train#trainer#max_epochs"] == shipped.epochs
-    assert parser["seed"] == train["seed"].default and parser["num_slices"] == train["num_slices"].default
-    for name, job in (("evaluate.json", workflows.evaluate), ("inference.json", workflows.infer)):
+    assert parser["seed"] == train["seed"].default and parser["num_slices"] == shipped.num_slices
+    assert parser["image_size"] == shipped.image_size
         defaults = inspect.signature(job).parameters
         parser = _parser(name)
         for key, arg in (("alpha", "alpha"), ("fdr_per", "per"), ("median_size", "median_size")):
