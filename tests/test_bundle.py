@@ -116,6 +116,7 @@ def test_configs_mirror_the_command_line_defaults():
     assert parser["train#trainer#max_epochs"] == shipped.epochs
     assert parser["seed"] == train["seed"].default and parser["num_slices"] == shipped.num_slices
     assert parser["image_size"] == shipped.image_size
+    for name, job in (("evaluate.json", workflows.evaluate), ("inference.json", workflows.infer)):
         defaults = inspect.signature(job).parameters
         parser = _parser(name)
         for key, arg in (("alpha", "alpha"), ("fdr_per", "per"), ("median_size", "median_size")):
