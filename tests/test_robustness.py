@@ -158,7 +158,9 @@ def test_non_ras_anisotropic_large_image_works(cohort, capsys):
     back = zmap.get_fdata()[::-1, ::-1, ::2]
     both = (reference != 0) & (back != 0)
     assert both.sum() > 0.4 * (reference != 0).sum(), (both.sum(), (reference != 0).sum())
-    np.testing.assert_allclose(back[both], reference[both], atol=1e-3)
+    # equal up to the intensity normalisation's percentiles, which the resampled copy estimates on other voxels
+    # (measured: within 0.5 %); a flipped or shifted map differs by whole z units
+    np.testing.assert_allclose(back[both], reference[both], rtol=0.01, atol=0.01)
     # and that z-map lies on the scan: the FLAIR-threshold model's z follows the scan's FLAIR voxel for voxel
     # (correlation 0.89; 0.76 one slice off, 0.18-0.37 flipped in x or y)
     flair = nib.load(image).get_fdata()[..., 2]
