@@ -346,7 +346,7 @@ def test_calibrate_command_writes_calibration_beside_the_weights(calibration_coh
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--section", "nothing"], "has no list 'nothing'"),
+        (["--section", "nothing"], "has no 'nothing' section"),
         ([], "at least 19 healthy calibration volumes for alpha 0.05"),
         (["--section", "test", "--alpha", "0.5"], "must hold healthy subjects only"),
     ],

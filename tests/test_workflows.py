@@ -56,7 +56,8 @@ def small_cohort(tmp_path_factory):
 def test_train_evaluate_infer_on_embedded_data(small_cohort, tmp_path, capsys):
     model = tmp_path / "model"
     summary = train(small_cohort, model, epochs=2, batch_size=16, num_slices=8, progress=False)
-    assert summary["epochs"] == 2 and summary["train_slices"] == 4 * 8
+    n_training = len(json.loads(small_cohort.read_text())["training"])
+    assert summary["epochs"] == 2 and summary["train_slices"] == n_training * 8
     assert (model / "model.pt").is_file() and (model / "training_curve.png").is_file()
     history = json.loads((model / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2] and all("val_loss" in row for row in history)
