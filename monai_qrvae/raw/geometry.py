@@ -100,6 +100,7 @@ def resample_to_grid(
     dst_to_src_world: np.ndarray | None = None,
     order: int = 1,
     cval: float = 0.0,
+    mode: str = "constant",
 ) -> np.ndarray:
     """Resample a 3D (or 4D, channels last) array onto another grid through an optional world point map.
 
@@ -110,7 +111,8 @@ def resample_to_grid(
         dst_affine: output voxel-to-world (RAS) matrix.
         dst_to_src_world: point map from the output's world to the source's world (identity if ``None``).
         order: 0 nearest (masks), 1 trilinear.
-        cval: value outside the source.
+        cval: value outside the source (``mode="constant"``).
+        mode: :func:`scipy.ndimage.affine_transform` boundary mode (``"nearest"`` extends the edge values).
 
     Returns:
         ``float32`` array of shape ``dst_shape`` (+ channels).
@@ -121,11 +123,14 @@ def resample_to_grid(
     shape = tuple(int(s) for s in dst_shape)
     if arr.ndim == 3:
         return ndimage.affine_transform(
-            arr, vox[:3, :3], vox[:3, 3], output_shape=shape, order=order, mode="constant", cval=cval, prefilter=False
+            arr, vox[:3, :3], vox[:3, 3], output_shape=shape, order=order, mode=mode, cval=cval, prefilter=False
         )
     if arr.ndim == 4:
-        return np.stack([resample_to_grid(arr[..., c], src_affine, shape, dst_affine, world, order, cval)
-                         for c in range(arr.shape[-1])], -1)
+        channels = [
+            resample_to_grid(arr[..., c], src_affine, shape, dst_affine, world, order, cval, mode)
+            for c in range(arr.shape[-1])
+        ]
+        return np.stack(channels, -1)
     raise ValueError(f"expected a 3D or 4D (channels last) array, got shape {arr.shape}.")
 
 
