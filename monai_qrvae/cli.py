@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     from monai_qrvae.experiments.cli import add_parsers as add_experiment_parsers
 
     add_experiment_parsers(sub)
+    from monai_qrvae.raw.cli import add_preprocess_parser  # qrvae preprocess (raw series; needs the raw extra)
+
+    add_preprocess_parser(sub)
     return parser
 
 

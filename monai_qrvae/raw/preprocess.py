@@ -207,7 +207,9 @@ def _head_mask(data: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def normalised_mutual_information(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, bins: int = 32) -> float:
+def normalised_mutual_information(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, bins: int = 32
+) -> float:
     """Studholme's normalised mutual information ``(H(A) + H(B)) / H(A, B)`` (1 = independent, 2 = identical)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -474,9 +476,7 @@ def preprocess(
             "the same maps in LPS (fixed -> moving: T1_to_MNI.mat fixed=MNI, S_to_T1.mat fixed=T1)"
         ),
         "inputs": {n: os.path.abspath(p) for n, p in paths.items()},
-        "series": {
-            n: {"shape": [int(s) for s in data[n].shape], "affine": affines[n].tolist()} for n in SERIES
-        },
+        "series": {n: {"shape": [int(s) for s in data[n].shape], "affine": affines[n].tolist()} for n in SERIES},
         "analysis": {"shape": list(shape), "affine": grid_affine.tolist(), "channels": list(SERIES)},
         "mni_to_t1": mni_to_t1.tolist(),
         "t1_to_series": {"T1": np.eye(4).tolist(), **{n: m.tolist() for n, m in maps.items()}},

@@ -348,7 +348,9 @@ def make_raw_cohort(
     wanted = list(entries) if subjects is None else list(subjects)
     unknown = [s for s in wanted if s not in entries]
     if unknown:
-        raise ValueError(f"{path}: subjects {unknown} are not in the datalist; expected names like {list(entries)[:3]}.")
+        raise ValueError(
+            f"{path}: subjects {unknown} are not in the datalist; expected names like {list(entries)[:3]}."
+        )
     sections: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
     for name in wanted:
         index = int(name.split("-")[-1]) - 1
