@@ -164,7 +164,8 @@ def run(subjects: int, seed: int, work: Path, model: str | None, threads: int) -
 def table(result: dict[str, Any]) -> str:
     rows = result["rows"]
     lines = [
-        "| subject | mask Dice | co-reg error T2 / FLAIR (mm) | wall s | CPU s | N4 | co-reg | brain ext. | MNI | resample |",
+        "| subject | mask Dice | co-reg error T2 / FLAIR (mm) | wall s | CPU s "
+        "| N4 | co-reg | brain ext. | MNI | resample |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -172,14 +173,16 @@ def table(result: dict[str, Any]) -> str:
         total = sum(s.values())
         share = {k: 100.0 * v / total for k, v in s.items()}
         lines.append(
-            f"| {r['subject']} | {r['dice']:.3f} | {r['coreg_error_mm']['T2']:.2f} / {r['coreg_error_mm']['FLAIR']:.2f} "
+            f"| {r['subject']} | {r['dice']:.3f} "
+            f"| {r['coreg_error_mm']['T2']:.2f} / {r['coreg_error_mm']['FLAIR']:.2f} "
             f"| {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {share['n4']:.0f} % | {share['coregistration']:.0f} % "
             f"| {share['brain_extraction']:.0f} % | {share['template_alignment']:.0f} % | {share['resample']:.0f} % |"
         )
     text = "\n".join(lines) + "\n"
     if all("detection" in r for r in rows):
         lines = [
-            "| subject | AUPRC raw | AUPRC analysis-ready | lesion recall raw | recall ready | false voxels outside brain |",
+            "| subject | AUPRC raw | AUPRC analysis-ready | lesion recall raw | recall ready "
+            "| false voxels outside brain |",
             "|---|---|---|---|---|---|",
         ]
         for r in rows:

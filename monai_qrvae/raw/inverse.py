@@ -94,7 +94,8 @@ def maps_to_series(
         data = np.asarray(img.dataobj)
         if not np.allclose(img.affine, analysis_affine, atol=1e-3):
             raise ValueError(
-                f"map {path} is not on the analysis grid of {prep_dir}: affine\n{img.affine}\nexpected\n{analysis_affine}"
+                f"map {path} is not on the analysis grid of {prep_dir}: affine\n{img.affine}\n"
+                f"expected\n{analysis_affine}"
             )
     elif isinstance(map_path_or_array, nib.Nifti1Image):
         data = np.asarray(map_path_or_array.dataobj)
