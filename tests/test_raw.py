@@ -277,6 +277,15 @@ def test_preprocess_end_to_end_against_truth(tmp_path):
         preprocess(series[0], series[1], noise, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
+    # a T2 of another patient: no alignment passes the check
+    other = tmp_path / "other"
+    make_raw_subject(
+        other, 2, seed=5, spacings={"T1": (3.0, 3.0, 3.0), "T2": (1.5, 1.5, 2.5), "FLAIR": (3.0, 3.0, 3.0)}
+    )
+    with pytest.raises(RegistrationError, match=r"T2 series .*other/T2\.nii\.gz does not align"):
+        preprocess(series[0], other / "T2.nii.gz", series[2], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
     out = tmp_path / "prep"
     info = preprocess(*series, out, threads=2)
     image = nib.load(out / "image.nii.gz")
