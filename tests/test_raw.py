@@ -135,6 +135,29 @@ def test_lesion_report_counts_components():
     assert report["total_volume_ml"] == pytest.approx(31 * 2 / 1000)
 
 
+def test_infer_raw_items_checks_every_entry_first(tmp_path, monkeypatch):
+    import monai_qrvae.raw.inverse as inverse
+
+    calls = []
+    monkeypatch.setattr(inverse, "infer_raw", lambda model, t1, t2, flair, out, **kw: calls.append((t1, out)) or {})
+    for sub in ("sub-001", "sub-002"):
+        (tmp_path / sub).mkdir()
+        for s in ("T1", "T2", "FLAIR"):
+            (tmp_path / sub / f"{s}.nii.gz").write_bytes(b"x")
+    items = [
+        {"image": [f"{sub}/{s}.nii.gz" for s in ("T1", "T2", "FLAIR")], "raw": True} for sub in ("sub-001", "sub-002")
+    ]
+    inverse.infer_raw_items("model", items, tmp_path / "out", base_dir=tmp_path, alpha=0.1)
+    assert [c[1] for c in calls] == [tmp_path / "out" / "sub-001", tmp_path / "out" / "sub-002"]
+    calls.clear()
+    bad = [*items, {"image": ["sub-003/T1.nii.gz", "sub-003/T2.nii.gz", "sub-003/FLAIR.nii.gz"], "raw": True}]
+    with pytest.raises(MissingSeriesError, match=r"entry 2: T1 series .*sub-003/T1\.nii\.gz does not exist"):
+        inverse.infer_raw_items("model", bad, tmp_path / "out", base_dir=tmp_path)
+    assert calls == []  # nothing ran before the check failed
+    with pytest.raises(ValueError, match="expected .*three raw series"):
+        inverse.infer_raw_items("model", [{"image": "a.nii.gz"}], tmp_path / "out")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # input errors
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ ANTs and deepbet are imported only when preprocessing runs.
 from __future__ import annotations
 
 from .errors import MissingSeriesError, RawInputError, RegistrationError
-from .inverse import infer_raw, lesion_report, load_transforms, maps_to_series, series_to_analysis
+from .inverse import infer_raw, infer_raw_items, lesion_report, load_transforms, maps_to_series, series_to_analysis
 from .preprocess import DEFAULT_THRESHOLDS, analysis_grid, load_series, normalised_mutual_information, preprocess
 from .synthetic import DEFAULT_AXCODES, DEFAULT_SPACINGS, RAW_SERIES, make_raw_cohort, make_raw_subject
 
@@ -21,6 +21,7 @@ __all__ = [
     "RawInputError",
     "RegistrationError",
     "infer_raw",
+    "infer_raw_items",
     "lesion_report",
     "load_transforms",
     "maps_to_series",

@@ -23,7 +23,7 @@ import numpy as np
 from monai_qrvae.raw.geometry import resample_to_grid
 from monai_qrvae.raw.preprocess import IMAGE_FILE, MASK_FILE, SERIES, TRANSFORMS_FILE
 
-__all__ = ["load_transforms", "series_to_analysis", "maps_to_series", "lesion_report", "infer_raw"]
+__all__ = ["load_transforms", "series_to_analysis", "maps_to_series", "lesion_report", "infer_raw", "infer_raw_items"]
 
 _KINDS = ("auto", "mask", "continuous")
 
@@ -238,3 +238,40 @@ def infer_raw(
         "maps": maps,
         "report": str(report_path),
     }
+
+
+def infer_raw_items(
+    model_dir: str | os.PathLike,
+    items: list[dict[str, Any]],
+    out_dir: str | os.PathLike,
+    base_dir: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """:func:`infer_raw` for datalist entries ``{"image": [T1, T2, FLAIR], "raw": true}`` (e.g. ``raw_datalist.json``).
+
+    Every entry is checked (three existing files) before the first one is processed; each subject's results go to
+    ``out_dir/<folder of its T1 file>/``. Relative paths are resolved against ``base_dir`` (the datalist's folder).
+
+    Raises:
+        ValueError: an entry is not a raw entry of three files.
+        MissingSeriesError: a series file does not exist.
+    """
+    from monai_qrvae.raw.errors import MissingSeriesError
+
+    base = Path(base_dir) if base_dir is not None else Path(".")
+    jobs = []
+    for i, item in enumerate(items):
+        image = item.get("image")
+        if not item.get("raw") or not isinstance(image, (list, tuple)) or len(image) != 3:
+            raise ValueError(
+                f"entry {i} is {item!r}; expected {{'image': [T1, T2, FLAIR], 'raw': true}} (three raw series)."
+            )
+        paths = [Path(p) if Path(p).is_absolute() else base / p for p in image]
+        for series, path in zip(SERIES, paths):
+            if not path.is_file():
+                raise MissingSeriesError(f"entry {i}: {series} series {path} does not exist.")
+        jobs.append(paths)
+    names = [paths[0].parent.name or f"subject-{i}" for i, paths in enumerate(jobs)]
+    if len(set(names)) != len(names):
+        names = [f"{n}-{i}" for i, n in enumerate(names)]
+    return [infer_raw(model_dir, *paths, Path(out_dir) / name, **kwargs) for name, paths in zip(names, jobs)]
