@@ -97,7 +97,10 @@ def test_maps_to_series_linear_map_is_exact(tmp_path):
     out = np.asarray(img.dataobj)
     f_idx = np.stack(np.meshgrid(*[np.arange(n) for n in (28, 20, 10)], indexing="ij"), -1).reshape(-1, 3)
     f_world = np.c_[f_idx, np.ones(len(f_idx))] @ np.asarray(info["series"]["FLAIR"]["affine"]).T
-    mni = f_world @ series_to_analysis(info, "FLAIR").T
+    # forward chain: an MNI point p lies at t1_to_flair @ mni_to_t1 @ p in the FLAIR world
+    forward = np.asarray(info["t1_to_series"]["FLAIR"]) @ np.asarray(info["mni_to_t1"])
+    mni = np.linalg.solve(forward, f_world.T).T
+    assert np.allclose(series_to_analysis(info, "FLAIR"), np.linalg.inv(forward))
     expected = (mni[:, :3] @ coef + 7.0).reshape(28, 20, 10)
     inside = np.isfinite(out)
     assert inside.mean() > 0.5  # most of the FLAIR grid sees the analysis grid
