@@ -74,7 +74,7 @@ TIMING_FILE = "timing.json"
 #: ``head`` inside the fixed image's head after rigid registration, ``brain`` inside the T1 brain mask,
 #: ``template`` of the brain-extracted T1 against the MNI template.
 #: Calibrated on the raw-like data (``benchmarks/bench_raw.py --similarity``, 3 subjects): same patient 1.226-1.302
-#: (head) and 1.163-1.234 (brain); another subject's T2/FLAIR 1.072-1.096 (head) and 1.075-1.127 (brain) after
+#: (head) and 1.163-1.234 (brain); another subject's T2/FLAIR 1.072-1.096 (head) and 1.074-1.127 (brain) after
 #: rigid registration; the T1 brain against the template 1.128-1.144.
 DEFAULT_THRESHOLDS: dict[str, float] = {"head": 1.15, "brain": 1.13, "template": 1.05}
 _MIN_FOV_MM = 80.0
