@@ -35,6 +35,7 @@ Output folder::
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -379,6 +380,8 @@ def preprocess(
     total_start = time.perf_counter()
     images = _timed(timing, "read", lambda: {n: load_series(p, n) for n, p in paths.items()})
     _ants()  # fail early (before any work) when the extra is not installed
+    if importlib.util.find_spec("deepbet") is None:
+        raise ImportError("brain extraction needs deepbet: pip install 'monai-qrvae[raw]' (deepbet==1.0.2).")
     data = {n: np.asarray(img.dataobj, dtype=np.float32) for n, img in images.items()}
     affines = {n: np.asarray(img.affine) for n, img in images.items()}
 
