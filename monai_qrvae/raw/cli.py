@@ -43,7 +43,10 @@ def run_preprocess(args: argparse.Namespace) -> int:
     """Handler of ``qrvae preprocess``."""
     from monai_qrvae.raw.preprocess import preprocess
 
-    result = preprocess(args.t1, args.t2, args.flair, args.out, work_mm=args.work_mm, threads=args.threads)
+    try:
+        result = preprocess(args.t1, args.t2, args.flair, args.out, work_mm=args.work_mm, threads=args.threads)
+    except ImportError as e:  # the raw extra is missing: one line (qrvae maps RuntimeError to exit status 2)
+        raise RuntimeError(str(e)) from e
     summary = {k: result[k] for k in ("similarity", "brain_volume_ml", "timing", "files")}
     print(json.dumps(summary, indent=2))
     return 0
@@ -73,15 +76,18 @@ def run_infer_raw(args: argparse.Namespace) -> int:
     }
     if hasattr(args, "no_png"):
         kwargs["save_png"] = not args.no_png
-    result = infer_raw(
-        args.model,
-        args.t1,
-        args.t2,
-        args.flair,
-        args.out,
-        preprocess_kwargs={"work_mm": getattr(args, "work_mm", 2.0), "threads": getattr(args, "threads", None)},
-        **kwargs,
-    )
+    try:
+        result = infer_raw(
+            args.model,
+            args.t1,
+            args.t2,
+            args.flair,
+            args.out,
+            preprocess_kwargs={"work_mm": getattr(args, "work_mm", 2.0), "threads": getattr(args, "threads", None)},
+            **kwargs,
+        )
+    except ImportError as e:  # the raw extra is missing
+        raise RuntimeError(str(e)) from e
     for path in (*result["maps"].values(), result["report"]):
         print(path)
     return 0
@@ -139,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"qrvae {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
