@@ -278,8 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_experiment_parsers(sub)
     from monai_qrvae.calibration_cli import add_parser as add_calibrate_parser
+    from monai_qrvae.raw.cli import add_preprocess_parser  # qrvae preprocess (raw series; needs the raw extra)
 
     add_calibrate_parser(sub)
+    add_preprocess_parser(sub)
     return parser
 
 

@@ -1,0 +1,154 @@
+"""Sub-commands for raw series: ``qrvae preprocess`` and the raw options the lead wires into ``infer``/``make-data``.
+
+Each builder adds its parser to an ``argparse`` sub-parser set and sets ``func`` (a ``run_*`` function taking the
+parsed namespace, returning 0). Input errors are :class:`~monai_qrvae.raw.errors.RawInputError` (a ``ValueError``)
+or :class:`~monai_qrvae.raw.errors.MissingSeriesError` (also a ``FileNotFoundError``), which ``qrvae`` prints as one
+line with exit status 2. Stand-alone: ``python -m monai_qrvae.raw.cli preprocess --t1 ... --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "add_preprocess_parser",
+    "add_infer_raw_parser",
+    "add_raw_data_parser",
+    "add_raw_series_arguments",
+    "run_preprocess",
+    "run_infer_raw",
+    "run_make_raw_data",
+    "build_parser",
+    "main",
+]
+
+
+def add_raw_series_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--t1 --t2 --flair`` (the three raw series)."""
+    p.add_argument("--t1", required=required, help="T1-weighted series (NIfTI), with skull, any grid")
+    p.add_argument("--t2", required=required, help="T2-weighted series (NIfTI)")
+    p.add_argument("--flair", required=required, help="FLAIR series (NIfTI); maps are written on its grid")
+
+
+def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--work-mm", type=float, default=2.0, help="voxel size the registrations work on (2)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for brain extraction (default: torch's)")
+
+
+def run_preprocess(args: argparse.Namespace) -> int:
+    """Handler of ``qrvae preprocess``."""
+    from monai_qrvae.raw.preprocess import preprocess
+
+    try:
+        result = preprocess(args.t1, args.t2, args.flair, args.out, work_mm=args.work_mm, threads=args.threads)
+    except ImportError as e:  # the raw extra is missing: one line (qrvae maps RuntimeError to exit status 2)
+        raise RuntimeError(str(e)) from e
+    summary = {k: result[k] for k in ("similarity", "brain_volume_ml", "timing", "files")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def add_preprocess_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``preprocess --t1 T1 --t2 T2 --flair FLAIR --out DIR`` to ``subparsers``."""
+    p = subparsers.add_parser(
+        "preprocess",
+        help="raw T1/T2/FLAIR series -> analysis-ready image, brain mask and transforms (needs the raw extra)",
+    )
+    add_raw_series_arguments(p)
+    p.add_argument("--out", required=True, help="output folder")
+    _add_preprocess_options(p)
+    p.set_defaults(func=run_preprocess)
+    return p
+
+
+def run_infer_raw(args: argparse.Namespace) -> int:
+    """Handler of the raw form of ``qrvae infer`` (``--model --t1 --t2 --flair --out``)."""
+    from monai_qrvae.raw.inverse import infer_raw
+
+    kwargs = {
+        k: getattr(args, k)
+        for k in ("alpha", "per", "median_size", "min_size", "score_median", "device")
+        if hasattr(args, k)
+    }
+    if hasattr(args, "no_png"):
+        kwargs["save_png"] = not args.no_png
+    try:
+        result = infer_raw(
+            args.model,
+            args.t1,
+            args.t2,
+            args.flair,
+            args.out,
+            preprocess_kwargs={"work_mm": getattr(args, "work_mm", 2.0), "threads": getattr(args, "threads", None)},
+            **kwargs,
+        )
+    except ImportError as e:  # the raw extra is missing
+        raise RuntimeError(str(e)) from e
+    for path in (*result["maps"].values(), result["report"]):
+        print(path)
+    return 0
+
+
+def add_infer_raw_parser(subparsers: Any, name: str = "infer-raw") -> argparse.ArgumentParser:
+    """A stand-alone ``infer-raw --model M --t1 --t2 --flair --out DIR`` (the lead may fold it into ``infer``)."""
+    p = subparsers.add_parser(name, help="preprocess raw series, detect lesions, write maps on the FLAIR grid")
+    p.add_argument("--model", required=True, help="model folder (model_config.json + model.pt)")
+    add_raw_series_arguments(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--per", choices=("volume", "slice"), default="volume")
+    p.add_argument("--score-median", type=int, default=3)
+    p.add_argument("--median-size", type=int, default=1)
+    p.add_argument("--min-size", type=int, default=0)
+    p.add_argument("--no-png", action="store_true")
+    p.add_argument("--device", default="cpu")
+    _add_preprocess_options(p)
+    p.set_defaults(func=run_infer_raw)
+    return p
+
+
+def run_make_raw_data(args: argparse.Namespace) -> int:
+    """Handler of ``make-raw-data`` (the lead exposes it as ``qrvae make-data --raw``)."""
+    from monai_qrvae.raw.synthetic import make_raw_cohort
+
+    path = make_raw_cohort(args.data, subjects=args.subjects, out_dir=args.out)
+    print(f"raw-like series: {path}")
+    return 0
+
+
+def add_raw_data_parser(subparsers: Any, name: str = "make-raw-data") -> argparse.ArgumentParser:
+    """``make-raw-data --data COHORT [--subjects sub-041 ...] [--out DIR]``."""
+    p = subparsers.add_parser(name, help="write raw-like T1/T2/FLAIR series (head, motion, bias) for a cohort")
+    p.add_argument("--data", required=True, help="cohort folder or datalist.json written by make-data")
+    p.add_argument("--subjects", nargs="+", default=None, help="subject folders (default: all)")
+    p.add_argument("--out", default=None, help="output folder (default: <cohort>/raw)")
+    p.set_defaults(func=run_make_raw_data)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Parser with the raw sub-commands only (``python -m monai_qrvae.raw.cli``)."""
+    parser = argparse.ArgumentParser(prog="python -m monai_qrvae.raw.cli", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_preprocess_parser(sub)
+    add_infer_raw_parser(sub)
+    add_raw_data_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one raw sub-command; input errors print one line and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"qrvae {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

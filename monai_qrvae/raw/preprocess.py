@@ -1,0 +1,512 @@
+"""Raw T1/T2/FLAIR series -> the analysis-ready image the model expects (``qrvae preprocess``).
+
+Steps (ANTs through ``antspyx`` for bias correction and registration, ``deepbet`` for brain extraction; both in the
+``raw`` extra, imported only here):
+
+1. **read and check** the three series (exist, 3D, finite, not constant, a plausible field of view);
+2. **N4 bias-field correction** (:func:`ants.n4_bias_field_correction`), fitted on a coarse (``n4_mm``) copy of
+   each series inside its head mask; the smooth field is then divided out of the full-resolution series;
+3. **rigid co-registration** of T2 and FLAIR to T1 by image content (:func:`ants.registration`, ``Rigid``,
+   Mattes mutual information, centre-of-mass start: the headers of different series are not trusted);
+4. **brain extraction** on the corrected T1 (deepbet's TorchScript model, shipped inside its wheel, CPU);
+5. **affine alignment** of the brain-extracted T1 to the MNI152 2009 T1 template shipped with ``nilearn``
+   (``Affine``, mutual information) -- the template the embedded data is built on;
+6. **one resampling** of each corrected series (trilinear) and of the brain mask onto the analysis grid: the
+   embedded data's 2 mm MNI grid (:func:`analysis_grid`), through the composed transforms; zero outside the brain.
+
+The intensity standardisation of training (percentiles inside the brain mask) is part of the model's own
+preprocessing (:func:`monai_qrvae.preprocessing.volume_transforms`), so it is applied at inference as in training.
+
+**Checks before anything is written**: a missing or unreadable series, a series that is not a head (its
+registration fails the normalised-mutual-information check), contrasts from different patients (no alignment found
+inside the brain) raise :class:`~monai_qrvae.raw.errors.RawInputError` subclasses naming the file.
+
+Output folder::
+
+    out_dir/
+        image.nii.gz           # 4D float32 (X, Y, Z, 3): T1, T2, FLAIR on the analysis grid, skull-stripped
+        brain_mask.nii.gz      # 3D uint8 on the analysis grid
+        brain_mask_t1.nii.gz   # 3D uint8 brain mask on the T1 series' own grid
+        transforms/T2_to_T1.mat, FLAIR_to_T1.mat, T1_to_MNI.mat   # ANTs (fixed -> moving point maps, LPS)
+        transforms.json        # the same as RAS 4x4 point maps + every series' grid + similarity figures
+        timing.json            # seconds per step and their shares
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from monai_qrvae.raw.errors import MissingSeriesError, RawInputError, RegistrationError
+from monai_qrvae.raw.geometry import affine_to_ants_geometry, ants_params_to_ras, resample_to_grid
+
+__all__ = [
+    "SERIES",
+    "IMAGE_FILE",
+    "MASK_FILE",
+    "TRANSFORMS_FILE",
+    "TIMING_FILE",
+    "DEFAULT_THRESHOLDS",
+    "analysis_grid",
+    "load_series",
+    "normalised_mutual_information",
+    "preprocess",
+]
+
+#: Series names, in the channel order of the analysis-ready image.
+SERIES: tuple[str, ...] = ("T1", "T2", "FLAIR")
+IMAGE_FILE = "image.nii.gz"
+MASK_FILE = "brain_mask.nii.gz"
+MASK_T1_FILE = "brain_mask_t1.nii.gz"
+TRANSFORMS_FILE = "transforms.json"
+TIMING_FILE = "timing.json"
+#: Normalised mutual information (Studholme, 1 = independent, 2 = identical) below which a registration is refused:
+#: ``head`` inside the fixed image's head after rigid registration, ``brain`` inside the T1 brain mask,
+#: ``template`` of the brain-extracted T1 against the MNI template.
+#: Calibrated on the raw-like data (``benchmarks/bench_raw.py --similarity``, 3 subjects): same patient 1.226-1.302
+#: (head) and 1.163-1.234 (brain); another subject's T2/FLAIR 1.072-1.096 (head) and 1.074-1.127 (brain) after
+#: rigid registration; the T1 brain against the template 1.128-1.144.
+DEFAULT_THRESHOLDS: dict[str, float] = {"head": 1.15, "brain": 1.13, "template": 1.05}
+_MIN_FOV_MM = 80.0
+
+
+def _ants() -> Any:
+    try:
+        import ants
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "raw-series preprocessing needs ANTsPy and deepbet: pip install 'monai-qrvae[raw]' "
+            f"(antspyx, deepbet); import failed: {e}"
+        ) from e
+    return ants
+
+
+@functools.lru_cache(maxsize=4)
+def analysis_grid(spacing: float = 2.0, margin_mm: float = 12.0) -> tuple[tuple[int, int, int], np.ndarray]:
+    """``(shape, affine)`` of the embedded data's grid: the MNI152 brain's bounding box plus ``margin_mm``.
+
+    The same grid as :class:`monai_qrvae.data.synthetic.SyntheticBrainGenerator` (``spacing``, ``margin_mm``),
+    computed from nilearn's 1 mm MNI152 2009 brain mask (shipped with nilearn; nothing is downloaded).
+    """
+    from nilearn import datasets
+
+    mask_img = datasets.load_mni152_brain_mask(resolution=1)
+    affine = np.asarray(mask_img.affine, dtype=np.float64)
+    idx = np.argwhere(np.asarray(mask_img.dataobj) > 0)
+    lo = affine[:3, 3] + idx.min(0) - margin_mm
+    hi = affine[:3, 3] + idx.max(0) + margin_mm
+    shape = tuple(int(np.ceil((h - low) / spacing)) + 1 for low, h in zip(lo, hi))
+    out = np.diag([spacing, spacing, spacing, 1.0])
+    out[:3, 3] = lo
+    return shape, out  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=1)
+def _template() -> tuple[np.ndarray, np.ndarray]:
+    """nilearn's MNI152 2009 T1 template (brain, 2 mm) masked by its brain mask: ``(data, affine)``."""
+    from nilearn import datasets
+
+    img = datasets.load_mni152_template(resolution=2)
+    mask = datasets.load_mni152_brain_mask(resolution=2)
+    data = np.asarray(img.get_fdata(), dtype=np.float32) * (np.asarray(mask.dataobj) > 0)
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def load_series(path: str | os.PathLike, name: str) -> nib.Nifti1Image:
+    """Read one raw series and check it: exists, readable, 3D, finite, not constant, field of view >= 80 mm.
+
+    Raises:
+        MissingSeriesError: the file does not exist.
+        RawInputError: anything else, naming the file and what was expected.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingSeriesError(f"{name} series {path} does not exist; expected a NIfTI file of the {name} scan.")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:  # nibabel raises many types for corrupt files
+        raise RawInputError(f"{name} series {path} cannot be read as NIfTI: {e}") from e
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise RawInputError(f"{name} series {path} has shape {data.shape}; expected one 3D volume.")
+    if min(data.shape) < 8:
+        raise RawInputError(f"{name} series {path} has shape {data.shape}; expected at least 8 voxels per axis.")
+    if not np.all(np.isfinite(data)):
+        raise RawInputError(f"{name} series {path} has {int((~np.isfinite(data)).sum())} NaN/Inf voxels.")
+    if float(data.max()) <= float(data.min()):
+        raise RawInputError(f"{name} series {path} is constant ({float(data.min())}); expected an MR image.")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    try:
+        affine_to_ants_geometry(affine)
+    except ValueError as e:
+        raise RawInputError(f"{name} series {path}: {e}") from e
+    fov = np.linalg.norm(affine[:3, :3], axis=0) * np.asarray(data.shape)
+    if np.any(fov < _MIN_FOV_MM):
+        raise RawInputError(
+            f"{name} series {path} covers {np.round(fov, 1).tolist()} mm; expected a head (>= {_MIN_FOV_MM:.0f} mm "
+            "along every axis)."
+        )
+    return nib.Nifti1Image(data, affine)
+
+
+def _to_ants(data: np.ndarray, affine: np.ndarray) -> Any:
+    origin, spacing, direction = affine_to_ants_geometry(affine)
+    return _ants().from_numpy(np.ascontiguousarray(data, dtype=np.float32), origin, spacing, direction)
+
+
+def _ants_affine(image: Any) -> np.ndarray:
+    """RAS voxel-to-world matrix of an ANTs image."""
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(image.direction) * np.asarray(image.spacing)[None, :]
+    lps[:3, 3] = image.origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def _work_grid(affine: np.ndarray, shape: tuple[int, ...], work_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """An isotropic ``work_mm`` grid over the same field of view (same axes and corner)."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    new_shape = tuple(max(int(np.ceil(n * s / work_mm)), 2) for n, s in zip(shape, spacing))
+    out = affine.copy()
+    out[:3, :3] = affine[:3, :3] / spacing * work_mm
+    # keep the field of view's corner: voxel -0.5 of both grids coincide
+    out[:3, 3] = (affine @ np.r_[-0.5, -0.5, -0.5, 1.0])[:3] - out[:3, :3] @ np.full(3, -0.5)
+    return new_shape, out  # type: ignore[return-value]
+
+
+def _downsample(data: np.ndarray, affine: np.ndarray, work_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Anti-aliased copy on the isotropic ``work_mm`` grid."""
+    from scipy import ndimage
+
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    sigma = [max(0.0, (work_mm / s - 1.0) / 2.0) for s in spacing]
+    smooth = ndimage.gaussian_filter(data, sigma) if any(s > 0 for s in sigma) else data
+    shape, work_affine = _work_grid(affine, data.shape, work_mm)
+    return resample_to_grid(smooth, affine, shape, work_affine, order=1), work_affine
+
+
+def _head_mask(data: np.ndarray) -> np.ndarray:
+    """Foreground (head) mask: above a fraction of the robust maximum, largest component, holes filled."""
+    from scipy import ndimage
+
+    high = float(np.percentile(data, 99.5))
+    mask = data > 0.08 * high
+    mask = ndimage.binary_opening(mask, iterations=1)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    return ndimage.binary_fill_holes(mask)
+
+
+def normalised_mutual_information(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, bins: int = 32
+) -> float:
+    """Studholme's normalised mutual information ``(H(A) + H(B)) / H(A, B)`` (1 = independent, 2 = identical)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if mask is not None:
+        a, b = a[mask > 0], b[mask > 0]
+    a, b = a.ravel(), b.ravel()
+    if a.size < 100:
+        return 1.0
+    ranges = [np.percentile(x, [0.5, 99.5]) for x in (a, b)]
+    if any(r[1] <= r[0] for r in ranges):
+        return 1.0
+    joint, _, _ = np.histogram2d(a, b, bins=bins, range=ranges)
+    joint /= max(joint.sum(), 1.0)
+    pa, pb = joint.sum(1), joint.sum(0)
+
+    def _h(p: np.ndarray) -> float:
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
+    return (_h(pa) + _h(pb)) / max(_h(joint.ravel()), 1e-12)
+
+
+def _n4(
+    data: np.ndarray, affine: np.ndarray, work_mm: float, n4_mm: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """N4 fitted on an ``n4_mm`` copy inside the head (the field is smooth), divided out of the full-resolution
+    series and of its ``work_mm`` copy; return ``(corrected full-res, corrected work copy, work affine)``."""
+    ants = _ants()
+    work, work_affine = _downsample(data, affine, work_mm)
+    coarse, coarse_affine = _downsample(work, work_affine, n4_mm)
+    head = _head_mask(coarse)
+    scale = float(np.percentile(coarse[head], 99.0)) if head.any() else 1.0
+    bias = ants.n4_bias_field_correction(
+        _to_ants(coarse / max(scale, 1e-6), coarse_affine),
+        mask=_to_ants(head.astype(np.float32), coarse_affine),
+        shrink_factor=1,
+        convergence={"iters": [30, 20], "tol": 1e-4},
+        return_bias_field=True,
+    ).numpy()
+    bias = np.where(bias > 1e-3, bias, 1.0).astype(np.float32)
+    if head.any():
+        bias /= float(np.median(bias[head]))  # keep the intensity scale
+
+    def _divide(x: np.ndarray, x_affine: np.ndarray) -> np.ndarray:
+        field = resample_to_grid(bias, coarse_affine, x.shape, x_affine, order=1, mode="nearest")
+        return x / np.where(field > 1e-3, field, 1.0)
+
+    return _divide(data, affine), _divide(work, work_affine), work_affine
+
+
+def _register(
+    fixed: np.ndarray,
+    fixed_affine: np.ndarray,
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    kind: str,
+    save_to: Path,
+) -> np.ndarray:
+    """ANTs registration (``Rigid`` or ``Affine``, Mattes MI); copy the transform to ``save_to``, return RAS map.
+
+    The returned ``4 x 4`` matrix is the fixed -> moving world point map (RAS), as ANTs' own transform.
+    """
+    ants = _ants()
+    f = _to_ants(fixed, fixed_affine)
+    m = _to_ants(moving, moving_affine)
+    out_prefix = str(save_to.parent / f".{save_to.stem}_")
+    reg = ants.registration(
+        f,
+        m,
+        type_of_transform=kind,
+        aff_metric="mattes",
+        aff_sampling=32,
+        aff_random_sampling_rate=0.25,
+        aff_iterations=(200, 100),
+        aff_shrink_factors=(4, 2),
+        aff_smoothing_sigmas=(2, 1),
+        outprefix=out_prefix,
+    )
+    path = reg["fwdtransforms"][0]
+    tx = ants.read_transform(path)
+    shutil.move(path, save_to)
+    for leftover in save_to.parent.glob(f".{save_to.stem}_*"):
+        leftover.unlink()
+    return ants_params_to_ras(tx.parameters, tx.fixed_parameters)
+
+
+def _brain_extraction(data: np.ndarray, affine: np.ndarray, threads: int | None) -> np.ndarray:
+    """deepbet's brain mask of a T1 volume (CPU, weights from the installed wheel)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        bet = _bet_model()
+        _, mask_img, _ = bet.run(nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine))
+    finally:
+        torch.set_num_threads(previous)
+    return np.asarray(mask_img.dataobj) > 0
+
+
+@functools.lru_cache(maxsize=1)
+def _bet_model() -> Any:
+    try:
+        from deepbet import BrainExtraction
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(f"brain extraction needs deepbet: pip install 'monai-qrvae[raw]'; import failed: {e}") from e
+    return BrainExtraction(no_gpu=True)  # TorchScript weights from the installed wheel, nothing is downloaded
+
+
+def _timed(timing: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    out = fn()
+    timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
+    return out
+
+
+def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, descrip: str) -> None:
+    from monai_qrvae.handlers import atomic_write
+
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code="mni")
+    img.set_sform(affine, code="mni")
+    img.header["descrip"] = descrip.encode()[:79]
+    atomic_write(path, lambda tmp: img.to_filename(tmp))
+
+
+def preprocess(
+    t1: str | os.PathLike,
+    t2: str | os.PathLike,
+    flair: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    work_mm: float = 2.0,
+    n4_mm: float = 6.0,
+    spacing: float = 2.0,
+    thresholds: Mapping[str, float] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Turn three raw series into the analysis-ready image, brain mask and transforms (layout in the module doc).
+
+    Args:
+        t1: T1-weighted series (the reference of the co-registration and of brain extraction).
+        t2: T2-weighted series.
+        flair: FLAIR series.
+        out_dir: output folder (created; files of the same name are replaced).
+        work_mm: voxel size of the copies the registrations work on (their last level runs at twice this size).
+        n4_mm: voxel size of the copies the N4 bias field is fitted on.
+        spacing: voxel size of the analysis grid (2 mm: the embedded data's and the shipped model's grid).
+        thresholds: overrides of :data:`DEFAULT_THRESHOLDS` (normalised mutual information).
+        threads: torch threads for brain extraction (``None``: torch's default). ANTs follows
+            ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``.
+
+    Returns:
+        the content of ``transforms.json`` plus ``"timing"`` (seconds per step) and ``"files"`` (written paths).
+
+    Raises:
+        MissingSeriesError: a series file does not exist.
+        RawInputError: a series cannot be used, or no acceptable alignment was found (:class:`RegistrationError`).
+    """
+    limits = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+    paths = {"T1": Path(t1), "T2": Path(t2), "FLAIR": Path(flair)}
+    timing: dict[str, float] = {}
+    total_start = time.perf_counter()
+    images = _timed(timing, "read", lambda: {n: load_series(p, n) for n, p in paths.items()})
+    _ants()  # fail early (before any work) when the extra is not installed
+    if importlib.util.find_spec("deepbet") is None:
+        raise ImportError("brain extraction needs deepbet: pip install 'monai-qrvae[raw]' (deepbet==1.0.2).")
+    data = {n: np.asarray(img.dataobj, dtype=np.float32) for n, img in images.items()}
+    affines = {n: np.asarray(img.affine) for n, img in images.items()}
+
+    corrected: dict[str, np.ndarray] = {}
+    work: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in SERIES:
+        full, small, small_affine = _timed(timing, "n4", lambda n=name: _n4(data[n], affines[n], work_mm, n4_mm))
+        corrected[name], work[name] = full, (small, small_affine)
+
+    similarity: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="qrvae-preprocess-") as tmp_name:
+        tmp = Path(tmp_name)
+        t1_work, t1_work_affine = work["T1"]
+        t1_head = _head_mask(t1_work)
+        maps: dict[str, np.ndarray] = {}  # RAS point maps T1 world -> series world
+        for name in SERIES[1:]:
+            moving, moving_affine = work[name]
+            maps[name] = _timed(
+                timing,
+                "coregistration",
+                lambda m=moving, a=moving_affine, n=name: _register(
+                    t1_work, t1_work_affine, m, a, "Rigid", tmp / f"{n}_to_T1.mat"
+                ),
+            )
+            warped = resample_to_grid(moving, moving_affine, t1_work.shape, t1_work_affine, maps[name], order=1)
+            similarity[f"{name}_head_nmi"] = round(normalised_mutual_information(t1_work, warped, t1_head), 4)
+            if similarity[f"{name}_head_nmi"] < limits["head"]:
+                raise RegistrationError(
+                    f"{name} series {paths[name]} does not align with the T1 series {paths['T1']}: normalised mutual "
+                    f"information {similarity[f'{name}_head_nmi']:.3f} after rigid registration, expected >= "
+                    f"{limits['head']:.2f}; is it a head scan of the same patient?"
+                )
+        mask_t1 = _timed(timing, "brain_extraction", lambda: _brain_extraction(corrected["T1"], affines["T1"], threads))
+        if mask_t1.sum() * abs(np.linalg.det(affines["T1"][:3, :3])) < 200_000:  # 200 ml
+            raise RawInputError(
+                f"T1 series {paths['T1']}: brain extraction found {mask_t1.sum()} voxels "
+                f"({mask_t1.sum() * abs(np.linalg.det(affines['T1'][:3, :3])) / 1000:.0f} ml); expected a brain "
+                "(>= 200 ml); is it a T1-weighted head scan?"
+            )
+        brain_work = resample_to_grid(mask_t1.astype(np.float32), affines["T1"], t1_work.shape, t1_work_affine) > 0.5
+        for name in SERIES[1:]:
+            moving, moving_affine = work[name]
+            warped = resample_to_grid(moving, moving_affine, t1_work.shape, t1_work_affine, maps[name], order=1)
+            similarity[f"{name}_brain_nmi"] = round(normalised_mutual_information(t1_work, warped, brain_work), 4)
+            if similarity[f"{name}_brain_nmi"] < limits["brain"]:
+                raise RegistrationError(
+                    f"{name} series {paths[name]} does not align with the T1 series {paths['T1']} inside the brain: "
+                    f"normalised mutual information {similarity[f'{name}_brain_nmi']:.3f}, expected >= "
+                    f"{limits['brain']:.2f}; are both series of the same patient?"
+                )
+        tpl, tpl_affine = _template()
+        mni_to_t1 = _timed(
+            timing,
+            "template_alignment",
+            lambda: _register(tpl, tpl_affine, t1_work * brain_work, t1_work_affine, "Affine", tmp / "T1_to_MNI.mat"),
+        )
+        warped = resample_to_grid(t1_work * brain_work, t1_work_affine, tpl.shape, tpl_affine, mni_to_t1, order=1)
+        similarity["T1_template_nmi"] = round(normalised_mutual_information(tpl, warped, tpl > 0), 4)
+        if similarity["T1_template_nmi"] < limits["template"]:
+            raise RegistrationError(
+                f"T1 series {paths['T1']}: its brain does not align with the MNI152 template (normalised mutual "
+                f"information {similarity['T1_template_nmi']:.3f}, expected >= {limits['template']:.2f})."
+            )
+
+        def _resample() -> tuple[np.ndarray, np.ndarray]:
+            shape, grid_affine = analysis_grid(spacing)
+            mask = resample_to_grid(mask_t1.astype(np.float32), affines["T1"], shape, grid_affine, mni_to_t1) > 0.5
+            channels = []
+            for name in SERIES:
+                to_series = mni_to_t1 if name == "T1" else maps[name] @ mni_to_t1
+                channels.append(
+                    resample_to_grid(corrected[name], affines[name], shape, grid_affine, to_series, order=1) * mask
+                )
+            return np.stack(channels, -1).astype(np.float32), mask.astype(np.uint8)
+
+        image, mask = _timed(timing, "resample", _resample)
+        shape, grid_affine = analysis_grid(spacing)
+
+        def _write() -> list[Path]:
+            out = Path(out_dir)
+            (out / "transforms").mkdir(parents=True, exist_ok=True)
+            _write_nifti(image, grid_affine, out / IMAGE_FILE, "monai-qrvae preprocess: T1,T2,FLAIR")
+            _write_nifti(mask, grid_affine, out / MASK_FILE, "monai-qrvae preprocess: brain mask")
+            _write_nifti(mask_t1.astype(np.uint8), affines["T1"], out / MASK_T1_FILE, "brain mask, T1 grid")
+            written = [out / IMAGE_FILE, out / MASK_FILE, out / MASK_T1_FILE]
+            for src in sorted(tmp.glob("*.mat")):
+                shutil.copyfile(src, out / "transforms" / src.name)
+                written.append(out / "transforms" / src.name)
+            return written
+
+        files = _timed(timing, "write", _write)
+
+    out = Path(out_dir)
+    info: dict[str, Any] = {
+        "convention": (
+            "4x4 world point maps in RAS mm; 'mni_to_t1' sends a point of the analysis (MNI) space to the T1 "
+            "series' world, 't1_to_series[S]' a point of T1's world to series S's world; the ANTs .mat files hold "
+            "the same maps in LPS (fixed -> moving: T1_to_MNI.mat fixed=MNI, S_to_T1.mat fixed=T1)"
+        ),
+        "inputs": {n: os.path.abspath(p) for n, p in paths.items()},
+        "series": {n: {"shape": [int(s) for s in data[n].shape], "affine": affines[n].tolist()} for n in SERIES},
+        "analysis": {"shape": list(shape), "affine": grid_affine.tolist(), "channels": list(SERIES)},
+        "mni_to_t1": mni_to_t1.tolist(),
+        "t1_to_series": {"T1": np.eye(4).tolist(), **{n: m.tolist() for n, m in maps.items()}},
+        "ants_transforms": {
+            "T2_to_T1": "transforms/T2_to_T1.mat",
+            "FLAIR_to_T1": "transforms/FLAIR_to_T1.mat",
+            "T1_to_MNI": "transforms/T1_to_MNI.mat",
+        },
+        "template": "MNI152 2009 T1 (nilearn, 2 mm, brain)",
+        "similarity": similarity,
+        "thresholds": limits,
+        "brain_volume_ml": round(float(mask_t1.sum() * abs(np.linalg.det(affines["T1"][:3, :3]))) / 1000.0, 2),
+        "work_mm": float(work_mm),
+        "n4_mm": float(n4_mm),
+    }
+    from monai_qrvae.handlers import atomic_write
+
+    text = json.dumps(info, indent=2) + "\n"
+    atomic_write(out / TRANSFORMS_FILE, lambda tmp: Path(tmp).write_text(text))
+    timing["total"] = time.perf_counter() - total_start
+    steps = {k: round(v, 3) for k, v in timing.items() if k != "total"}
+    shares = {k: round(v / max(timing["total"], 1e-9), 4) for k, v in steps.items()}
+    timing_info = {"seconds": steps, "share": shares, "total_seconds": round(timing["total"], 3)}
+    text = json.dumps(timing_info, indent=2) + "\n"
+    atomic_write(out / TIMING_FILE, lambda tmp: Path(tmp).write_text(text))
+    files += [out / TRANSFORMS_FILE, out / TIMING_FILE]
+    return {**info, "timing": timing_info, "files": [str(f) for f in files]}

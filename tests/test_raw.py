@@ -1,0 +1,340 @@
+"""Raw series: geometry, the raw-like writer, maps back on a series' grid, input errors, end-to-end preprocessing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_qrvae.raw.errors import MissingSeriesError, RawInputError, RegistrationError
+from monai_qrvae.raw.geometry import (
+    ants_params_to_ras,
+    dice,
+    mean_displacement,
+    ras_to_ants_params,
+    resample_to_grid,
+    rigid_matrix,
+    rotation_angle_deg,
+)
+from monai_qrvae.raw.inverse import lesion_report, maps_to_series, series_to_analysis
+from monai_qrvae.raw.preprocess import load_series, normalised_mutual_information
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------------------------------------------
+def test_rigid_matrix_rotates_about_centre():
+    m = rigid_matrix((0.0, 0.0, 90.0), (1.0, 2.0, 3.0), centre_mm=(10.0, 0.0, 0.0))
+    assert np.allclose(m @ [10.0, 0.0, 0.0, 1.0], [11.0, 2.0, 3.0, 1.0])  # the centre only moves by the shift
+    assert np.allclose(m @ [11.0, 0.0, 0.0, 1.0], [11.0, 3.0, 3.0, 1.0])  # +x turns into +y
+    assert rotation_angle_deg(m) == pytest.approx(90.0)
+
+
+def test_ants_params_round_trip_and_lps_flip():
+    m = rigid_matrix((5.0, -7.0, 3.0), (4.0, -2.0, 8.0), centre_mm=(3.0, 1.0, -2.0))
+    params, fixed = ras_to_ants_params(m)
+    assert np.allclose(ants_params_to_ras(params, fixed), m)
+    # a pure LPS shift of +1 mm in x is -1 mm in RAS x; a non-zero ITK centre gives the same map
+    shift = ants_params_to_ras([1, 0, 0, 0, 1, 0, 0, 0, 1, 1.0, 0.0, 0.0], [5.0, 6.0, 7.0])
+    assert np.allclose(shift[:3, 3], [-1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="12 affine parameters"):
+        ants_params_to_ras([1.0] * 6, [0.0] * 3)
+
+
+def test_resample_to_grid_shift_and_mean_displacement():
+    data = np.zeros((10, 10, 10), np.float32)
+    data[4, 5, 6] = 1.0
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    shifted = np.eye(4)
+    shifted[0, 3] = 2.0  # output world x -> source world x + 2 mm = one voxel further
+    out = resample_to_grid(data, affine, (10, 10, 10), affine, shifted, order=0)
+    assert out[3, 5, 6] == 1.0 and out.sum() == 1.0
+    pts = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]])
+    assert mean_displacement(shifted, np.eye(4), pts) == pytest.approx(2.0)
+    assert dice(np.ones(4), np.r_[1, 1, 0, 0]) == pytest.approx(2 * 2 / 6)
+
+
+def test_normalised_mutual_information_ranks_alignment():
+    rng = np.random.default_rng(0)
+    a = rng.random((30, 30, 30)).astype(np.float32)
+    assert normalised_mutual_information(a, a) == pytest.approx(2.0, abs=1e-6)
+    assert normalised_mutual_information(a, 1.0 - a) == pytest.approx(2.0, abs=1e-6)  # contrast-inverted
+    assert normalised_mutual_information(a, rng.random((30, 30, 30))) < 1.05
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# maps back on a series' grid
+# ---------------------------------------------------------------------------------------------------------------
+def _fake_prep(tmp_path: Path) -> tuple[Path, dict]:
+    """A transforms.json with known maps: analysis 2 mm grid, FLAIR 1 x 1.5 x 3 mm LAS grid, rotated and moved."""
+    analysis_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    analysis_affine[:3, 3] = (-20.0, -22.0, -18.0)
+    flair_affine = np.array([[-1.0, 0, 0, 14.0], [0, 1.5, 0, -12.0], [0, 0, 3.0, -9.0], [0, 0, 0, 1.0]])
+    mni_to_t1 = rigid_matrix((3.0, -2.0, 4.0), (1.5, -2.0, 0.5)) @ np.diag([1.05, 0.97, 1.02, 1.0])
+    t1_to_flair = rigid_matrix((-6.0, 4.0, 2.0), (3.0, 1.0, -4.0))
+    info = {
+        "series": {"FLAIR": {"shape": [28, 20, 10], "affine": flair_affine.tolist()}},
+        "analysis": {"shape": [21, 23, 19], "affine": analysis_affine.tolist()},
+        "mni_to_t1": mni_to_t1.tolist(),
+        "t1_to_series": {"T1": np.eye(4).tolist(), "FLAIR": t1_to_flair.tolist()},
+    }
+    (tmp_path / "transforms.json").write_text(json.dumps(info))
+    return tmp_path, info
+
+
+def test_maps_to_series_linear_map_is_exact(tmp_path):
+    prep, info = _fake_prep(tmp_path)
+    a_aff = np.asarray(info["analysis"]["affine"])
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in (21, 23, 19)], indexing="ij"), -1).reshape(-1, 3)
+    world = idx @ a_aff[:3, :3].T + a_aff[:3, 3]
+    coef = np.array([0.3, -0.2, 0.5])
+    zmap = (world @ coef + 7.0).reshape(21, 23, 19).astype(np.float32)  # linear in MNI world: trilinear is exact
+    img = maps_to_series(zmap, prep, reference="flair", kind="continuous", cval=np.nan)
+    assert img.shape == (28, 20, 10) and np.allclose(img.affine, info["series"]["FLAIR"]["affine"])
+    out = np.asarray(img.dataobj)
+    f_idx = np.stack(np.meshgrid(*[np.arange(n) for n in (28, 20, 10)], indexing="ij"), -1).reshape(-1, 3)
+    f_world = np.c_[f_idx, np.ones(len(f_idx))] @ np.asarray(info["series"]["FLAIR"]["affine"]).T
+    # forward chain: an MNI point p lies at t1_to_flair @ mni_to_t1 @ p in the FLAIR world
+    forward = np.asarray(info["t1_to_series"]["FLAIR"]) @ np.asarray(info["mni_to_t1"])
+    mni = np.linalg.solve(forward, f_world.T).T
+    assert np.allclose(series_to_analysis(info, "FLAIR"), np.linalg.inv(forward))
+    expected = (mni[:, :3] @ coef + 7.0).reshape(28, 20, 10)
+    inside = np.isfinite(out)
+    assert inside.mean() > 0.5  # most of the FLAIR grid sees the analysis grid
+    assert np.allclose(out[inside], expected[inside], atol=1e-3)
+
+
+def test_maps_to_series_mask_is_nearest_uint8_and_checks_shape(tmp_path):
+    prep, _ = _fake_prep(tmp_path)
+    mask = np.zeros((21, 23, 19), np.uint8)
+    mask[8:14, 9:15, 7:12] = 1
+    img = maps_to_series(mask, prep)  # auto: 0/1 values -> nearest neighbour
+    out = np.asarray(img.dataobj)
+    assert img.get_data_dtype() == np.uint8 and set(np.unique(out).tolist()) == {0, 1}
+    box_ml = mask.sum() * 8 / 1000
+    out_ml = out.sum() * 1.0 * 1.5 * 3.0 / 1000
+    assert out_ml == pytest.approx(box_ml, rel=0.25)
+    with pytest.raises(ValueError, match=r"expected the analysis grid \(21, 23, 19\)"):
+        maps_to_series(np.zeros((5, 5, 5)), prep)
+    with pytest.raises(ValueError, match="reference must be one of"):
+        maps_to_series(mask, prep, reference="dwi")
+    with pytest.raises(FileNotFoundError, match="qrvae preprocess"):
+        maps_to_series(mask, tmp_path / "nothing")
+
+
+def test_lesion_report_counts_components():
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[2:5, 2:5, 2:5] = 1  # 27 voxels
+    mask[10:12, 10:12, 10] = 1  # 4 voxels
+    img = nib.Nifti1Image(mask, np.diag([1.0, 1.0, 2.0, 1.0]))
+    z = nib.Nifti1Image(np.where(mask > 0, 5.0, 0.0).astype(np.float32), img.affine)
+    report = lesion_report(img, z)
+    assert report["n_lesions"] == 2
+    assert report["lesions"][0]["voxels"] == 27 and report["lesions"][0]["volume_ml"] == pytest.approx(0.054)
+    assert report["lesions"][0]["centre_mm"] == [3.0, 3.0, 6.0] and report["lesions"][0]["max_z"] == 5.0
+    assert report["total_volume_ml"] == pytest.approx(31 * 2 / 1000)
+
+
+def test_infer_raw_items_checks_every_entry_first(tmp_path, monkeypatch):
+    import monai_qrvae.raw.inverse as inverse
+
+    calls = []
+    monkeypatch.setattr(inverse, "infer_raw", lambda model, t1, t2, flair, out, **kw: calls.append((t1, out)) or {})
+    for sub in ("sub-001", "sub-002"):
+        (tmp_path / sub).mkdir()
+        for s in ("T1", "T2", "FLAIR"):
+            (tmp_path / sub / f"{s}.nii.gz").write_bytes(b"x")
+    items = [
+        {"image": [f"{sub}/{s}.nii.gz" for s in ("T1", "T2", "FLAIR")], "raw": True} for sub in ("sub-001", "sub-002")
+    ]
+    inverse.infer_raw_items("model", items, tmp_path / "out", base_dir=tmp_path, alpha=0.1)
+    assert [c[1] for c in calls] == [tmp_path / "out" / "sub-001", tmp_path / "out" / "sub-002"]
+    calls.clear()
+    bad = [*items, {"image": ["sub-003/T1.nii.gz", "sub-003/T2.nii.gz", "sub-003/FLAIR.nii.gz"], "raw": True}]
+    with pytest.raises(MissingSeriesError, match=r"entry 2: T1 series .*sub-003/T1\.nii\.gz does not exist"):
+        inverse.infer_raw_items("model", bad, tmp_path / "out", base_dir=tmp_path)
+    assert calls == []  # nothing ran before the check failed
+    with pytest.raises(ValueError, match="expected .*three raw series"):
+        inverse.infer_raw_items("model", [{"image": "a.nii.gz"}], tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# input errors
+# ---------------------------------------------------------------------------------------------------------------
+def _write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    nib.Nifti1Image(data, np.eye(4) if affine is None else affine).to_filename(str(path))
+    return path
+
+
+def test_load_series_errors_name_the_file(tmp_path):
+    with pytest.raises(MissingSeriesError, match=r"T2 series .*nope\.nii\.gz does not exist") as err:
+        load_series(tmp_path / "nope.nii.gz", "T2")
+    assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, ValueError)
+    flat = _write(tmp_path / "flat.nii.gz", np.zeros((40, 40), np.float32))
+    with pytest.raises(RawInputError, match=r"flat\.nii\.gz has shape \(40, 40\); expected one 3D volume"):
+        load_series(flat, "T1")
+    nan = np.ones((40, 40, 40), np.float32)
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(RawInputError, match="1 NaN/Inf voxels"):
+        load_series(_write(tmp_path / "nan.nii.gz", nan), "FLAIR")
+    with pytest.raises(RawInputError, match="is constant"):
+        load_series(_write(tmp_path / "const.nii.gz", np.ones((40, 40, 40), np.float32)), "T1")
+    small = np.random.default_rng(0).random((40, 40, 40)).astype(np.float32)
+    with pytest.raises(RawInputError, match=r"covers \[40.0, 40.0, 40.0\] mm; expected a head"):
+        load_series(_write(tmp_path / "small.nii.gz", small), "T1")
+    ok = load_series(_write(tmp_path / "ok.nii.gz", small, np.diag([3.0, 3.0, 3.0, 1.0])), "T1")
+    assert ok.shape == (40, 40, 40)
+
+
+def test_cli_missing_series_exit_2_nothing_written(tmp_path, capsys):
+    from monai_qrvae.cli import main
+
+    t2 = _write(tmp_path / "t2.nii.gz", np.random.default_rng(0).random((40, 40, 40)).astype(np.float32))
+    out = tmp_path / "out"
+    code = main(
+        ["preprocess", "--t1", str(tmp_path / "t1.nii.gz"), "--t2", str(t2), "--flair", str(t2), "--out", str(out)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert err.count("\n") == 0 and "T1 series" in err and "t1.nii.gz does not exist" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the raw-like writer
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def coarse_raw(tmp_path_factory):
+    from monai_qrvae.raw.synthetic import make_raw_subject
+
+    out = tmp_path_factory.mktemp("raw") / "sub-001"
+    spacings = {"T1": (3.0, 3.0, 3.0), "T2": (3.0, 3.0, 4.0), "FLAIR": (2.5, 2.5, 5.0)}
+    truth = make_raw_subject(out, 0, lesions=2, seed=3, spacing=4.0, spacings=spacings)
+    return out, truth
+
+
+def test_raw_subject_files_grids_and_motion(coarse_raw):
+    out, truth = coarse_raw
+    assert truth["label_flair"] == "label_flair.nii.gz" and truth["lesion_voxels"] > 0
+    for name, codes in (("T1", "ASL"), ("T2", "LPS"), ("FLAIR", "LAS")):
+        img = nib.load(out / f"{name}.nii.gz")
+        info = truth["series"][name]
+        assert list(img.shape) == info["shape"] and np.allclose(img.affine, info["affine"])
+        assert "".join(nib.aff2axcodes(img.affine)) == codes
+        assert img.get_data_dtype() == np.int16
+        assert np.allclose(sorted(nib.affines.voxel_sizes(img.affine)), sorted(info["spacing_mm"]))
+        assert info["motion"]["angle_deg"] <= 10.0 and np.linalg.norm(info["motion"]["shift_mm"]) <= 10.0
+        rel = np.asarray(info["t1_to_series"])
+        assert rotation_angle_deg(rel) <= 20.0 + 1e-6  # T1 pose and the relative motion, each <= 10 deg
+    assert np.allclose(truth["series"]["T1"]["t1_to_series"], np.eye(4))
+    mask = nib.load(out / "brain_mask_t1.nii.gz")
+    assert mask.shape == tuple(truth["series"]["T1"]["shape"]) and 0 < np.asarray(mask.dataobj).mean() < 0.5
+
+
+def test_raw_subject_true_pose_puts_the_brain_back(coarse_raw):
+    """The FLAIR series sampled through its true pose matches the generator's FLAIR channel inside the brain."""
+    from monai_qrvae.data.synthetic import SyntheticBrainGenerator
+
+    out, truth = coarse_raw
+    subject = SyntheticBrainGenerator(spacing=4.0, seed=3).generate(0, lesions=2)
+    flair = nib.load(out / "FLAIR.nii.gz")
+    pose = np.asarray(truth["series"]["FLAIR"]["head_to_series"])
+    back = resample_to_grid(np.asarray(flair.dataobj), flair.affine, subject.brain_mask.shape, subject.affine, pose)
+    brain = subject.brain_mask > 0
+    r_true = np.corrcoef(back[brain], subject.image[..., 2][brain])[0, 1]
+    back_wrong = resample_to_grid(np.asarray(flair.dataobj), flair.affine, brain.shape, subject.affine, np.eye(4))
+    r_wrong = np.corrcoef(back_wrong[brain], subject.image[..., 2][brain])[0, 1]
+    assert r_true > 0.6 and r_true > r_wrong + 0.1
+    # the head is there: bright scalp fat on T1 outside the brain, dark skull in between
+    t1 = np.asarray(nib.load(out / "T1.nii.gz").dataobj, dtype=np.float32)
+    t1_mask = np.asarray(nib.load(out / "brain_mask_t1.nii.gz").dataobj) > 0
+    assert np.percentile(t1[~t1_mask], 99.5) > np.percentile(t1[t1_mask], 50)
+
+
+def test_make_raw_cohort_datalist(tmp_path):
+    from monai_qrvae.data import make_cohort
+    from monai_qrvae.raw.synthetic import make_raw_cohort
+
+    datalist = make_cohort(tmp_path / "data", n_healthy=1, n_lesion=1, seed=1, spacing=4.0)
+    spacings = {"T1": (4.0, 4.0, 4.0), "T2": (4.0, 4.0, 4.0), "FLAIR": (4.0, 4.0, 6.0)}
+    path = make_raw_cohort(datalist, subjects=["sub-002"], spacings=spacings)
+    raw = json.loads(path.read_text())
+    assert path == tmp_path / "data" / "raw" / "raw_datalist.json"
+    assert raw["training"] == [] and len(raw["test"]) == 1
+    entry = raw["test"][0]
+    assert entry["raw"] is True and [Path(p).name for p in entry["image"]] == ["T1.nii.gz", "T2.nii.gz", "FLAIR.nii.gz"]
+    assert all((path.parent / p).is_file() for p in [*entry["image"], entry["truth"], entry["label_flair"]])
+    assert (path.parent / entry["analysis_ready"]).resolve() == (tmp_path / "data" / "sub-002" / "image.nii.gz")
+    with pytest.raises(ValueError, match=r"subjects \['sub-009'\] are not in the datalist"):
+        make_raw_cohort(datalist, subjects=["sub-009"])
+
+
+def test_analysis_grid_is_the_generators():
+    from monai_qrvae.data.synthetic import SyntheticBrainGenerator
+    from monai_qrvae.raw.preprocess import analysis_grid
+
+    shape, affine = analysis_grid(2.0)
+    gen = SyntheticBrainGenerator(spacing=2.0)
+    assert shape == gen.shape and np.allclose(affine, gen.affine)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end (ANTs + deepbet)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_preprocess_end_to_end_against_truth(tmp_path):
+    pytest.importorskip("ants")
+    pytest.importorskip("deepbet")
+    from monai_qrvae.raw.preprocess import preprocess
+    from monai_qrvae.raw.synthetic import make_raw_subject
+
+    raw = tmp_path / "raw"
+    spacings = {"T1": (1.5, 1.5, 1.5), "T2": (1.2, 1.2, 2.5), "FLAIR": (1.2, 1.2, 3.0)}
+    truth = make_raw_subject(raw, 1, lesions=True, seed=5, spacings=spacings)
+    series = [raw / f"{s}.nii.gz" for s in ("T1", "T2", "FLAIR")]
+
+    # a series that is not a head: registration fails its similarity check, nothing is written
+    noise = tmp_path / "noise.nii.gz"
+    rng = np.random.default_rng(0)
+    _write(noise, rng.random((90, 90, 60)).astype(np.float32) * 1000, np.diag([2.0, 2.0, 3.0, 1.0]))
+    with pytest.raises(RegistrationError, match=r"FLAIR series .*noise\.nii\.gz does not align with the T1"):
+        preprocess(series[0], series[1], noise, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+    # a T2 of another patient: no alignment passes the check
+    other = tmp_path / "other"
+    make_raw_subject(
+        other, 2, seed=5, spacings={"T1": (3.0, 3.0, 3.0), "T2": (1.5, 1.5, 2.5), "FLAIR": (3.0, 3.0, 3.0)}
+    )
+    with pytest.raises(RegistrationError, match=r"T2 series .*other/T2\.nii\.gz does not align"):
+        preprocess(series[0], other / "T2.nii.gz", series[2], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+    out = tmp_path / "prep"
+    info = preprocess(*series, out, threads=2)
+    image = nib.load(out / "image.nii.gz")
+    assert image.shape[-1] == 3 and image.get_data_dtype() == np.float32
+    assert image.shape[:3] == tuple(info["analysis"]["shape"])
+    mask = np.asarray(nib.load(out / "brain_mask.nii.gz").dataobj) > 0
+    data = np.asarray(image.dataobj)
+    assert np.all(data[~mask] == 0) and np.all(data[mask].mean(0) > 0)
+    assert all((out / "transforms" / f).is_file() for f in ("T2_to_T1.mat", "FLAIR_to_T1.mat", "T1_to_MNI.mat"))
+    timing = json.loads((out / "timing.json").read_text())
+    assert set(timing["seconds"]) >= {"n4", "coregistration", "brain_extraction", "template_alignment"}
+
+    truth_mask_img = nib.load(raw / "brain_mask_t1.nii.gz")
+    truth_mask = np.asarray(truth_mask_img.dataobj) > 0
+    est_mask = np.asarray(nib.load(out / "brain_mask_t1.nii.gz").dataobj) > 0
+    assert dice(truth_mask, est_mask) >= 0.95
+    pts = (np.c_[np.argwhere(truth_mask), np.ones(int(truth_mask.sum()))] @ truth_mask_img.affine.T)[:, :3]
+    for name in ("T2", "FLAIR"):
+        error = mean_displacement(
+            np.asarray(truth["series"][name]["t1_to_series"]), np.asarray(info["t1_to_series"][name]), pts
+        )
+        assert error <= 1.0, (name, error)
+
+    # the analysis brain mask mapped back onto the T1 grid matches the truth there too
+    back = maps_to_series(out / "brain_mask.nii.gz", out, reference="t1")
+    assert dice(np.asarray(back.dataobj), truth_mask) >= 0.93
