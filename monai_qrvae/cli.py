@@ -111,6 +111,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_infer(args: argparse.Namespace) -> int:
     from monai_qrvae.workflows import infer
 
+    raw = [args.t1, args.t2, args.flair]
+    if any(raw):  # raw series: preprocessing + detection, maps on the FLAIR series' grid
+        if not all(raw) or args.images or args.datalist:
+            raise ValueError(
+                "give all three raw series --t1 --t2 --flair (and no image paths or --datalist); got "
+                f"t1={args.t1}, t2={args.t2}, flair={args.flair}, images={list(args.images)}, datalist={args.datalist}."
+            )
+        from monai_qrvae.raw.cli import run_infer_raw
+
+        return run_infer_raw(args)
+
     images: list = list(args.images)
     if args.datalist:
         from monai.data import load_decathlon_datalist
@@ -236,12 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("infer", help="find lesions in new volumes (no labels); write NIfTI maps and masks")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="model folder written by 'qrvae train' (model_config.json, model.pt)")
     p.add_argument("images", nargs="*", help="4D (T1, T2, FLAIR) NIfTI/NRRD/MHA images")
     p.add_argument("--datalist", help="or a datalist JSON")
     p.add_argument("--section", default="test")
     p.add_argument("--out", required=True)
     p.add_argument("--no-png", action="store_true")
+    from monai_qrvae.raw.cli import add_raw_series_arguments
+
+    add_raw_series_arguments(p, required=False)  # raw series instead of images: needs the raw extra (docs/raw.md)
     _add_post(p)
     _add_common(p)
     p.set_defaults(func=_cmd_infer)

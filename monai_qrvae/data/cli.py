@@ -70,6 +70,12 @@ def run_make_data(args: argparse.Namespace) -> int:
         index = args.healthy if args.lesion else 0
         png = subject_montage(Path(args.out) / subject_name(index, n_total), Path(args.out) / "montage.png")
         print(f"montage: {png}")
+    if args.raw:  # raw-like T1/T2/FLAIR series (head, own grids, motion, bias) of the test subjects
+        from monai_qrvae.raw.synthetic import make_raw_cohort
+
+        test = json.loads(path.read_text())["test"]
+        subjects = [Path(item["image"]).parent.name for item in test]
+        print(f"raw-like series: {make_raw_cohort(path, subjects=subjects)}")
     return 0
 
 
@@ -173,6 +179,12 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (default 2)")
     p.add_argument("--montage", action="store_true", help="also write OUT/montage.png of the first lesion subject")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="also write the test subjects as raw-like T1/T2/FLAIR series with skull, own grids and motion "
+        "(OUT/raw/, raw_datalist.json, true transforms and brain masks; see docs/raw.md)",
+    )
     p.set_defaults(func=run_make_data)
 
     p = subparsers.add_parser(
