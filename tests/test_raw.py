@@ -338,3 +338,42 @@ def test_preprocess_end_to_end_against_truth(tmp_path):
     # the analysis brain mask mapped back onto the T1 grid matches the truth there too
     back = maps_to_series(out / "brain_mask.nii.gz", out, reference="t1")
     assert dice(np.asarray(back.dataobj), truth_mask) >= 0.93
+
+
+@pytest.mark.slow
+def test_cli_infer_raw_series_writes_maps_on_the_flair_grid(tmp_path, capsys):
+    """``qrvae infer --model M --t1 --t2 --flair --out D``: z, p, lesion and report on the FLAIR series' own grid."""
+    pytest.importorskip("ants")
+    pytest.importorskip("deepbet")
+    import shutil
+
+    from monai_qrvae.cli import main
+    from monai_qrvae.raw.synthetic import make_raw_subject
+    from monai_qrvae.workflows import ModelConfig
+
+    raw = tmp_path / "raw"
+    make_raw_subject(
+        raw, 1, lesions=True, seed=5, spacings={"T1": (2.0,) * 3, "T2": (2.0, 2.0, 3.0), "FLAIR": (1.5, 1.5, 3.0)}
+    )
+    model = tmp_path / "model"
+    model.mkdir()
+    ModelConfig(method="qrvae").save(model / "model_config.json")
+    shutil.copy(Path(__file__).resolve().parents[1] / "bundle" / "models" / "model.pt", model / "model.pt")
+    series = [str(raw / f"{s}.nii.gz") for s in ("T1", "T2", "FLAIR")]
+    argv = ["infer", "--model", str(model), "--t1", series[0], "--t2", series[1], "--flair", series[2]]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--no-png"]) == 0, capsys.readouterr().err
+    flair = nib.load(series[2])
+    for postfix in ("zmap", "pmap", "lesion"):
+        out = nib.load(tmp_path / "out" / f"FLAIR_{postfix}.nii.gz")
+        assert out.shape == flair.shape and np.allclose(out.affine, flair.affine, atol=1e-4), postfix
+    p = np.asarray(nib.load(tmp_path / "out" / "FLAIR_pmap.nii.gz").dataobj)
+    assert p.min() >= 0 and p.max() <= 1 and (p == 1).mean() > 0.5  # p = 1 wherever nothing was tested
+    report = json.loads((tmp_path / "out" / "lesion_report.json").read_text())
+    lesion = np.asarray(nib.load(tmp_path / "out" / "FLAIR_lesion.nii.gz").dataobj) > 0
+    from scipy import ndimage
+
+    assert report["grid"]["shape"] == list(flair.shape)
+    assert report["n_lesions"] == ndimage.label(lesion, structure=np.ones((3, 3, 3)))[1]
+    # mixing raw series with image paths is refused with one line, before anything is written
+    assert main([*argv, "--out", str(tmp_path / "bad"), series[0]]) == 2
+    assert not (tmp_path / "bad").exists()
