@@ -109,7 +109,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from monai_qrvae.workflows import infer
+    from monai_qrvae.workflows import infer, shipped_model_dir
+
+    if args.model is None:
+        args.model = str(shipped_model_dir())
 
     raw = [args.t1, args.t2, args.flair]
     if any(raw):  # raw series: preprocessing + detection, maps on the FLAIR series' grid
@@ -247,12 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("infer", help="find lesions in new volumes (no labels); write NIfTI maps and masks")
-    p.add_argument("--model", required=True, help="model folder written by 'qrvae train' (model_config.json, model.pt)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model folder written by 'qrvae train' (model_config.json, model.pt); default: the shipped weights, "
+        "the same as the bundle's (bundle/models)",
+    )
     p.add_argument("images", nargs="*", help="4D (T1, T2, FLAIR) NIfTI/NRRD/MHA images")
     p.add_argument("--datalist", help="or a datalist JSON")
-    p.add_argument("--section", default="test")
-    p.add_argument("--out", required=True)
-    p.add_argument("--no-png", action="store_true")
+    p.add_argument("--section", default="test", help="datalist section to read with --datalist (default: test)")
+    p.add_argument("--out", default="qrvae_output", help="output folder (default: ./qrvae_output)")
+    p.add_argument("--no-png", action="store_true", help="do not write the PNG overlays")
     from monai_qrvae.raw.cli import add_raw_series_arguments
 
     add_raw_series_arguments(p, required=False)  # raw series instead of images: needs the raw extra (docs/raw.md)

@@ -71,6 +71,22 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.pt"
+#: the shipped model (the bundle's weights, with the configuration ``qrvae`` needs): the default of ``qrvae infer``.
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "bundle" / "models"
+
+
+def shipped_model_dir() -> Path:
+    """The folder of the shipped model (``bundle/models`` of this checkout: ``model.pt`` + ``model_config.json``).
+
+    Raises:
+        FileNotFoundError: when this installation has no bundle folder (e.g. a wheel without the repository).
+    """
+    if not (SHIPPED_MODEL_DIR / WEIGHTS_FILE).is_file() or not (SHIPPED_MODEL_DIR / CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"no shipped model at {SHIPPED_MODEL_DIR} (expected {WEIGHTS_FILE} and {CONFIG_FILE} of the repository's "
+            "bundle/models); give --model with a folder written by 'qrvae train'."
+        )
+    return SHIPPED_MODEL_DIR
 
 
 @dataclass

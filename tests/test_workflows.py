@@ -143,3 +143,31 @@ def test_demo_command_runs_all_methods(tmp_path, capsys):
     assert any((out / "qrvae" / "eval" / "overlays").glob("*.png"))
     printed = capsys.readouterr().out
     assert "metrics.md" in printed
+
+
+def test_shipped_model_is_the_bundle_and_loads():
+    """``qrvae infer`` without --model uses bundle/models: the bundle's weights with the bundle's architecture."""
+    from monai.bundle import ConfigParser
+
+    from monai_qrvae.workflows import SHIPPED_MODEL_DIR, shipped_model_dir
+
+    config, net = load_model(shipped_model_dir())
+    parser = ConfigParser()
+    parser.read_config(str(SHIPPED_MODEL_DIR.parent / "configs" / "inference.json"))
+    assert config.image_size == parser["image_size"] and config.num_slices == parser["num_slices"]
+    assert list(config.quantiles) == parser["quantiles"] and config.method == "qrvae"
+    bundle_net = parser.get_parsed_content("network_def")
+    bundle_net.load_state_dict(torch.load(SHIPPED_MODEL_DIR / "model.pt", weights_only=True))
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(net(x), bundle_net.eval()(x))
+
+
+@pytest.mark.slow
+def test_infer_needs_nothing_but_a_scan(small_cohort, tmp_path, monkeypatch, capsys):
+    image = small_cohort.parent / json.loads(small_cohort.read_text())["test"][0]["image"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["infer", str(image), "--no-png"]) == 0, capsys.readouterr().err
+    subject = image.parent.name
+    for postfix in ("zmap", "pmap", "lesion"):
+        out = nib.load(tmp_path / "qrvae_output" / f"{subject}_{postfix}.nii.gz")
+        assert out.shape == nib.load(image).shape[:3]
