@@ -334,7 +334,10 @@ def test_calibrate_command_writes_calibration_beside_the_weights(calibration_coh
     out = capsys.readouterr().out
     assert "n = 3 healthy volumes" in out
     cal = load_calibration(model, required=True)
-    assert cal.n_volumes == 3 and cal.score["method"] == "flair" and cal.score["score_median"] == 3
+    from monai_qrvae.defaults import method_defaults
+
+    shipped = method_defaults("flair").score_median  # the post-processing that ships for this method
+    assert cal.n_volumes == 3 and cal.score["method"] == "flair" and cal.score["score_median"] == shipped
     assert cal.score["score_name"] == "z[FLAIR]"
     # 3 volumes of 8 analysed slices each: every brain voxel of the analysed grid is in the calibration
     assert 3 * 8 * 100 < cal.n_voxels < 3 * 8 * 64 * 64
@@ -409,9 +412,13 @@ def test_threshold_handler_in_the_shipped_pipeline(calibration_cohort):
 
             engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.items.extend(e.state.output))
 
+    from monai_qrvae.defaults import method_defaults
+
+    shipped = method_defaults("flair").score_median
+    other = 3 if shipped == 1 else 1
     items = _datalist(datalist, "calibration")
     volume, conformal = Keep(), Keep()
-    score = {"method": "flair", "score_median": 3}
+    score = {"method": "flair", "score_median": shipped}
     run_shipped_score(model, items, [ThresholdHandler("volume", cal, alpha=0.25, score=score), volume])
     run_shipped_score(model, items, [ThresholdHandler("conformal", cal, alpha=0.25, score=score), conformal])
     # the threshold at n = 3, alpha 0.25 is the largest calibration maximum: no calibration volume exceeds it
@@ -423,8 +430,8 @@ def test_threshold_handler_in_the_shipped_pipeline(calibration_cohort):
     expected = conformal_p_values(item["z"][brain], cal.voxel_scores)
     assert torch.allclose(item["p"][brain], expected)
     assert float(item["p"][brain].min()) >= 1 / (cal.voxel_scores.numel() + 1) - 1e-9
-    with pytest.raises(ValueError, match="score_median: calibrated 3, used 1"):
-        ThresholdHandler("conformal", cal, score={"score_median": 1})
+    with pytest.raises(ValueError, match=f"score_median: calibrated {shipped}, used {other}"):
+        ThresholdHandler("conformal", cal, score={"score_median": other})
 
 
 def test_cli_parsers_for_calibrate_and_the_threshold_experiment():
