@@ -129,6 +129,25 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     if args.datalist:
         from monai.data import load_decathlon_datalist
 
+        entries = json.loads(Path(args.datalist).read_text()).get(args.section, [])
+        if entries and all(isinstance(e, dict) and e.get("raw") for e in entries):  # raw series (raw_datalist.json)
+            if images:
+                raise ValueError(f"give either image paths or a datalist of raw series, not both; got {images}.")
+            from monai_qrvae.raw.inverse import infer_raw_items
+
+            kwargs = {
+                "alpha": args.alpha,
+                "per": args.per,
+                "median_size": args.median_size,
+                "min_size": args.min_size,
+                "score_median": args.score_median,
+                "device": args.device,
+                "save_png": not args.no_png,
+            }
+            for result in infer_raw_items(args.model, entries, args.out, base_dir=Path(args.datalist).parent, **kwargs):
+                for path in (*result["maps"].values(), result["report"]):
+                    print(path)
+            return 0
         images += load_decathlon_datalist(args.datalist, is_segmentation=False, data_list_key=args.section)
     if not images:
         raise ValueError("no input: give image paths or --datalist.")

@@ -377,3 +377,28 @@ def test_cli_infer_raw_series_writes_maps_on_the_flair_grid(tmp_path, capsys):
     # mixing raw series with image paths is refused with one line, before anything is written
     assert main([*argv, "--out", str(tmp_path / "bad"), series[0]]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_make_data_raw_and_infer_from_a_raw_datalist(tmp_path, capsys):
+    """`qrvae make-data --raw` writes raw-like test series; `qrvae infer --datalist raw_datalist.json` reads them."""
+    pytest.importorskip("ants")
+    pytest.importorskip("deepbet")
+    from monai_qrvae.cli import main
+
+    data = tmp_path / "data"
+    argv = ["make-data", "--out", str(data), "--healthy", "3", "--lesion", "1", "--spacing", "3", "--raw"]
+    assert main(argv) == 0, capsys.readouterr().err
+    raw_list = json.loads((data / "raw" / "raw_datalist.json").read_text())
+    test = json.loads((data / "datalist.json").read_text())["test"]
+    assert [Path(e["image"][0]).parent.name for e in raw_list["test"]] == [Path(e["image"]).parent.name for e in test]
+    assert all(e["raw"] and len(e["image"]) == 3 for e in raw_list["test"])
+    out = tmp_path / "out"
+    argv = ["infer", "--datalist", str(data / "raw" / "raw_datalist.json"), "--out", str(out), "--no-png"]
+    assert main(argv) == 0, capsys.readouterr().err
+    for entry in raw_list["test"]:
+        name = Path(entry["image"][0]).parent.name
+        flair = nib.load(data / "raw" / entry["image"][2])
+        lesion = nib.load(out / name / "FLAIR_lesion.nii.gz")
+        assert lesion.shape == flair.shape and np.allclose(lesion.affine, flair.affine, atol=1e-4)
+        assert (out / name / "lesion_report.json").is_file()

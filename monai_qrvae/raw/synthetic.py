@@ -341,7 +341,8 @@ def make_raw_cohort(
     gen = SyntheticBrainGenerator(spacing=float(meta["spacing_mm"]), seed=int(meta["seed"]))
     n_total = int(meta.get("n_healthy", 0)) + int(meta.get("n_lesion", 0))
     entries: dict[str, dict[str, Any]] = {}
-    for section in ("training", "validation", "test"):
+    all_sections = ("training", "validation", "calibration", "tuning", "test")
+    for section in all_sections:
         for entry in datalist.get(section, []):
             name = Path(entry["image"]).parent.name
             entries[name] = {"section": section, "entry": entry}
@@ -351,7 +352,7 @@ def make_raw_cohort(
         raise ValueError(
             f"{path}: subjects {unknown} are not in the datalist; expected names like {list(entries)[:3]}."
         )
-    sections: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
+    sections: dict[str, list[dict[str, Any]]] = {section: [] for section in all_sections}
     for name in wanted:
         index = int(name.split("-")[-1]) - 1
         if subject_name(index, max(n_total, 1)) != name:
@@ -364,7 +365,9 @@ def make_raw_cohort(
                 f"generator (seed {meta['seed']}, spacing {meta['spacing_mm']}) gives {gen.shape}; was it edited?"
             )
         folder = out / name
-        truth = make_raw_subject(folder, index, lesions="label" in entry, generator=gen, **kwargs)
+        # healthy test subjects have an all-zero label file (generator v2): their stratum says they are healthy
+        has_lesions = "label" in entry and entry.get("stratum") != "healthy"
+        truth = make_raw_subject(folder, index, lesions=has_lesions, generator=gen, **kwargs)
         rel = os.path.relpath(folder, out)
         item: dict[str, Any] = {
             "image": [f"{rel}/{s}.nii.gz" for s in RAW_SERIES],
