@@ -12,10 +12,24 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from monai_qrvae.logging_utils import progress_enabled
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "OneLineArgumentParser"]
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr (exit status 2), like the other errors.
+
+    argparse prints the usage and then the error on a second line; ``qrvae`` prints
+    ``qrvae <command>: error: <what>; see 'qrvae <command> --help'`` instead.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line naming the program and the problem, then exit with status 2."""
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'.\n")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -212,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``qrvae``."""
     from monai_qrvae.workflows import METHODS, MODEL_PRESETS
 
-    parser = argparse.ArgumentParser(prog="qrvae", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="qrvae", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full stack traces")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -201,3 +201,26 @@ class _Payload:
 
     def __reduce__(self):
         return (print, ("unpickled!",))
+
+
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["train", "--datalist", "d.json", "--out", "m", "--method", "unet"], ["--method", "'unet'", "qrvae"]),
+        (["train", "--datalist", "d.json", "--out", "m", "--preset", "huge"], ["--preset", "'huge'", "small"]),
+        (["infer", "--alpha", "many", "x.nii.gz"], ["--alpha", "'many'", "float"]),
+    ],
+)
+def test_unknown_option_value(tmp_path, capsys, monkeypatch, argv, needles):
+    """An unknown --method / --preset (or a value of the wrong type) is one line and exit status 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.count("\n") == 1 and err.startswith("qrvae "), f"expected one line, got: {err!r}"
+    assert "usage:" not in err and captured.out == ""
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert list(tmp_path.iterdir()) == []
