@@ -143,7 +143,17 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     if args.datalist:
         from monai.data import load_decathlon_datalist
 
-        entries = json.loads(Path(args.datalist).read_text()).get(args.section, [])
+        from monai_qrvae.data.datalist import missing_section_message, read_datalist_json
+
+        content = read_datalist_json(args.datalist)
+        entries = content.get(args.section)
+        if not isinstance(entries, list):
+            raise ValueError(missing_section_message(args.datalist, content, args.section, job="infer"))
+        if not entries and not images:
+            raise ValueError(
+                f"datalist {args.datalist}: section {args.section!r} is empty; expected at least one entry "
+                '{"image": ...} to analyse (or give image paths).'
+            )
         if entries and all(isinstance(e, dict) and e.get("raw") for e in entries):  # raw series (raw_datalist.json)
             if images:
                 raise ValueError(f"give either image paths or a datalist of raw series, not both; got {images}.")

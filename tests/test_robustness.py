@@ -224,3 +224,34 @@ def test_unknown_option_value(tmp_path, capsys, monkeypatch, argv, needles):
     for needle in needles:
         assert needle in err, (needle, err)
     assert list(tmp_path.iterdir()) == []
+
+
+def _datalist_infer(root, datalist, capsys, name: str, command: str = "infer"):
+    out = root / f"out_{name}"
+    argv = [command, "--model", str(root / "model"), "--out", str(out), "--datalist", str(datalist)]
+    rc = main(argv + (["--no-png"] if command == "infer" else []))
+    return rc, capsys.readouterr().err, out
+
+
+@pytest.mark.parametrize("command", ["infer", "evaluate"])
+def test_malformed_datalist_json(cohort, capsys, command):
+    root, _, _ = cohort
+    bad = root / f"broken_{command}.json"
+    bad.write_text('{"test": [{"image": "sub-001/image.nii.gz"},')  # cut short
+    rc, err, out = _datalist_infer(root, bad, capsys, f"json_{command}", command)
+    _assert_clean_error(rc, err, out, f"broken_{command}.json", "JSONDecodeError", "expected a Decathlon-style JSON")
+    bad.write_text('["sub-001/image.nii.gz"]')  # valid JSON, but a list instead of an object of sections
+    rc, err, out = _datalist_infer(root, bad, capsys, f"json_list_{command}", command)
+    _assert_clean_error(rc, err, out, f"broken_{command}.json", "JSON list", "expected an object of sections")
+
+
+@pytest.mark.parametrize("command", ["infer", "evaluate"])
+def test_datalist_without_or_with_empty_section(cohort, capsys, command):
+    root, _, _ = cohort
+    empty = root / f"empty_{command}.json"
+    empty.write_text("{}")
+    rc, err, out = _datalist_infer(root, empty, capsys, f"nosection_{command}", command)
+    _assert_clean_error(rc, err, out, f"empty_{command}.json", "has no 'test' section", "expected the sections")
+    empty.write_text('{"training": [], "test": []}')
+    rc, err, out = _datalist_infer(root, empty, capsys, f"emptysection_{command}", command)
+    _assert_clean_error(rc, err, out, f"empty_{command}.json", "'test'", "empty", "expected at least one")

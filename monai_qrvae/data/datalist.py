@@ -46,6 +46,7 @@ __all__ = [
     "check_item",
     "check_datalist",
     "load_datalist",
+    "read_datalist_json",
     "find_subjects",
     "make_datalist",
 ]
@@ -329,12 +330,7 @@ def load_datalist(
     from monai.data import load_decathlon_datalist
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"datalist file not found: {path}")
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read datalist {path}: {err}") from err
+    content = read_datalist_json(path)
     if not isinstance(content, dict) or not isinstance(content.get(section), list):
         raise ValueError(missing_section_message(path, content, section))
     if not content[section]:
@@ -348,6 +344,31 @@ def load_datalist(
         except ValueError as err:
             raise ValueError(f"datalist {path}, section {section!r}, {err}") from err
     return items
+
+
+def read_datalist_json(path: PathLike) -> dict[str, Any]:
+    """The parsed JSON object of a datalist file, with errors that name the file and what was expected.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not valid JSON, or its top level is not an object of sections.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist file not found: {path}")
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"cannot read datalist {path}: {type(err).__name__}: {err}; expected a Decathlon-style JSON object "
+            'such as {"test": [{"image": "sub-001/image.nii.gz"}]}.'
+        ) from err
+    if not isinstance(content, dict):
+        raise ValueError(
+            f"datalist {path}: got a JSON {type(content).__name__} at the top level; expected an object of sections "
+            f"such as {list(DATALIST_SECTIONS)}, each a list of entries."
+        )
+    return content
 
 
 def _lists(content: Any) -> list[str]:
@@ -369,12 +390,7 @@ def missing_section_message(path: PathLike, content: Any, section: str, job: str
 def section_counts(path: PathLike) -> dict[str, int]:
     """Entries per list of a datalist file (every top-level list, known sections first)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"datalist file not found: {path}")
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read datalist {path}: {err}") from err
+    content = read_datalist_json(path)
     found = _lists(content)
     order = [k for k in DATALIST_SECTIONS if k in found] + [k for k in found if k not in DATALIST_SECTIONS]
     return {k: len(content[k]) for k in order}
