@@ -255,3 +255,36 @@ def test_datalist_without_or_with_empty_section(cohort, capsys, command):
     empty.write_text('{"training": [], "test": []}')
     rc, err, out = _datalist_infer(root, empty, capsys, f"emptysection_{command}", command)
     _assert_clean_error(rc, err, out, f"empty_{command}.json", "'test'", "empty", "expected at least one")
+
+
+def _labelled_datalist(root, cohort_datalist, name: str, label_data, affine=None):
+    """A one-subject datalist whose test entry carries ``label_data`` as its label."""
+    entry = json.loads(cohort_datalist.read_text())["test"][0]
+    image = root / "data" / entry["image"]
+    label = _save_like(image, label_data, root / f"{name}_label.nii.gz", affine=affine)
+    datalist = root / f"{name}.json"
+    datalist.write_text(json.dumps({"test": [{"image": str(image), "label": str(label)}]}))
+    return datalist, label
+
+
+def test_label_grid_differs_from_image(cohort, capsys):
+    root, datalist, image = cohort
+    shape = nib.load(image).shape[:3]
+    small, _ = _labelled_datalist(root, datalist, "label_shape", np.zeros((shape[0] - 2, shape[1], shape[2])))
+    rc, err, out = _datalist_infer(root, small, capsys, "label_shape", "evaluate")
+    _assert_clean_error(rc, err, out, "label_shape_label.nii.gz", "spatial shape", "must share one grid")
+    shifted = nib.load(image).affine.copy()
+    shifted[1, 3] += 6.0
+    moved, _ = _labelled_datalist(root, datalist, "label_affine", np.zeros(shape), affine=shifted)
+    rc, err, out = _datalist_infer(root, moved, capsys, "label_affine", "evaluate")
+    _assert_clean_error(rc, err, out, "label_affine_label.nii.gz", "affine", "must share one affine")
+
+
+def test_non_binary_label(cohort, capsys):
+    root, datalist, image = cohort
+    data = np.zeros(nib.load(image).shape[:3])
+    data[10:14, 10:14, 5:7] = 2.0  # a second class (e.g. BraTS-style labels)
+    data[20:22, 20:22, 5:7] = 1.0
+    multi, _ = _labelled_datalist(root, datalist, "label_multi", data)
+    rc, err, out = _datalist_infer(root, multi, capsys, "label_multi", "evaluate")
+    _assert_clean_error(rc, err, out, "label_multi_label.nii.gz", "[0, 1, 2]", "expected a binary lesion mask")

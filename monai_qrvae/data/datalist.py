@@ -270,7 +270,8 @@ def check_item(
 
     Raises:
         FileNotFoundError: a listed file does not exist.
-        ValueError: unreadable file, wrong channel count, or shapes/affines that differ.
+        ValueError: unreadable file, wrong channel count, shapes/affines that differ, or (with ``read_data``) a
+            label with values other than 0 and 1.
     """
     if not isinstance(item, dict) or image_key not in item:
         raise ValueError(f"a datalist entry must be a dict with an {image_key!r} key, got {item!r}.")
@@ -283,7 +284,20 @@ def check_item(
             continue
         mask = _check_image(item[key], 1, read_data, atol, what=key)
         _same_grid(mask, info, f"{key} file", atol)
+        if key == "label" and mask.data is not None:
+            _check_binary(mask, key)
     return info
+
+
+def _check_binary(info: ImageInfo, what: str) -> None:
+    """A lesion label must hold 0 (background) and 1 (lesion) only."""
+    values = np.unique(info.data)
+    if not np.isin(values, (0.0, 1.0)).all():
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise ValueError(
+            f"{what} file {info.path} has the values [{shown}] ({len(values)} distinct); expected a binary lesion "
+            "mask of 0 (background) and 1 (lesion): merge or binarise the classes first."
+        )
 
 
 def check_datalist(
