@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +121,22 @@ class ModelConfig:
         """Read a configuration written by :meth:`save`."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"model configuration {path} does not exist; expected {CONFIG_FILE} of a model.")
-        return cls(**json.loads(path.read_text()))
+            raise FileNotFoundError(
+                f"model configuration {path} does not exist; expected {CONFIG_FILE} beside {WEIGHTS_FILE} in a model "
+                "folder written by 'qrvae train' (or the bundle's models/ folder)."
+            )
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(
+                f"cannot read model configuration {path}: {type(e).__name__}: {e}; expected the JSON object that "
+                "'qrvae train' writes."
+            ) from e
+        known = {f.name for f in fields(cls)}
+        if not isinstance(content, dict) or not set(content) <= known:
+            got = sorted(set(content) - known) if isinstance(content, dict) else type(content).__name__
+            raise ValueError(f"model configuration {path}: got unknown entries {got}; expected keys among {sorted(known)}.")
+        return cls(**content)
 
 
 def build_networks(config: ModelConfig) -> tuple[nn.Module | None, nn.Module]:
@@ -155,6 +169,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     config = ModelConfig.load(model_dir / CONFIG_FILE)
     _, net = build_networks(config)
     state = load_state_dict_file(model_dir / WEIGHTS_FILE, map_location=device)
+    _check_weights_fit(state, net, model_dir / WEIGHTS_FILE, config)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
@@ -162,6 +177,35 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
             f"weights {model_dir / WEIGHTS_FILE} do not fit the network described by {CONFIG_FILE}: {e}"
         ) from e
     return config, net.to(device).eval()
+
+
+def _check_weights_fit(state: dict[str, Any], net: nn.Module, path: Path, config: ModelConfig) -> None:
+    """Compare a state dict with the network of ``config``; a clear error names the first differences."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: got {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    details = "; ".join(
+        part
+        for part in (
+            f"{len(shapes)} tensor(s) of another shape (first {shapes[0]})" if shapes else "",
+            f"{len(missing)} missing (first {missing[0]!r})" if missing else "",
+            f"{len(unexpected)} unexpected (first {unexpected[0]!r})" if unexpected else "",
+        )
+        if part
+    )
+    raise ValueError(
+        f"weights {path} do not fit the network of {path.parent / CONFIG_FILE} (method {config.method!r}, preset "
+        f"{config.preset!r}, {len(config.quantiles)} quantile(s) {list(config.quantiles)}, image_size "
+        f"{config.image_size}): {details}; expected the model.pt written with that configuration (another preset "
+        "or number of quantiles?)."
+    )
 
 
 def _datalist(datalist: str | os.PathLike, section: str, read_data: bool = False) -> list[dict]:

@@ -288,3 +288,75 @@ def test_non_binary_label(cohort, capsys):
     multi, _ = _labelled_datalist(root, datalist, "label_multi", data)
     rc, err, out = _datalist_infer(root, multi, capsys, "label_multi", "evaluate")
     _assert_clean_error(rc, err, out, "label_multi_label.nii.gz", "[0, 1, 2]", "expected a binary lesion mask")
+
+
+def _model_folder(tmp_path, name: str, **config):
+    """A model folder with ``config`` (a small QR-VAE by default) and no weights yet."""
+    from monai_qrvae.workflows import ModelConfig
+
+    model = tmp_path / name
+    model.mkdir()
+    ModelConfig(**{"method": "qrvae", "image_size": 16, "num_slices": 8, **config}).save(model / "model_config.json")
+    return model
+
+
+def _infer_with(model, image, out, capsys):
+    rc = main(["infer", "--model", str(model), "--out", str(out), "--no-png", str(image)])
+    return rc, capsys.readouterr().err, out
+
+
+def test_model_folder_without_or_with_broken_config(cohort, capsys, tmp_path):
+    root, _, image = cohort
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    (model / "model_config.json").unlink()
+    rc, err, out = _infer_with(model, image, tmp_path / "out_noconfig", capsys)
+    _assert_clean_error(rc, err, out, str(model / "model_config.json"), "does not exist", "expected model_config.json")
+    (model / "model_config.json").write_text('{"method": "qrvae", ')
+    rc, err, out = _infer_with(model, image, tmp_path / "out_badconfig", capsys)
+    _assert_clean_error(rc, err, out, "model_config.json", "JSONDecodeError", "expected the JSON object")
+    (model / "model_config.json").write_text('{"method": "qrvae", "layers": 7}')
+    rc, err, out = _infer_with(model, image, tmp_path / "out_oddconfig", capsys)
+    _assert_clean_error(rc, err, out, "model_config.json", "['layers']", "expected keys among")
+
+
+@pytest.mark.parametrize(
+    "written_with, needles",
+    [
+        ({"preset": "paper"}, ["preset 'small'", "of another shape", "expected"]),
+        ({"quantiles": (0.1, 0.5, 0.9)}, ["2 quantile(s) [0.15, 0.5]", "of another shape", "expected"]),
+    ],
+)
+def test_checkpoint_of_another_preset_or_quantiles(cohort, capsys, tmp_path, written_with, needles):
+    """model.pt written for another preset / number of quantiles than model_config.json says."""
+    from monai_qrvae.workflows import ModelConfig, build_networks
+
+    root, _, image = cohort
+    model = _model_folder(tmp_path, "model")
+    other = ModelConfig(**{"method": "qrvae", "image_size": 16, "num_slices": 8, **written_with})
+    torch.save(build_networks(other)[1].state_dict(), model / "model.pt")
+    before = (model / "model.pt").read_bytes()
+    rc, err, out = _infer_with(model, image, tmp_path / "out", capsys)
+    _assert_clean_error(rc, err, out, str(model / "model.pt"), *needles)
+    assert (model / "model.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "list", "pickled_object"])
+def test_foreign_or_truncated_model_file(cohort, capsys, tmp_path, kind):
+    root, _, image = cohort
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    weights = model / "model.pt"
+    if kind == "text":
+        weights.write_text("model weights are on the shared drive\n")
+    elif kind == "truncated":
+        weights.write_bytes(weights.read_bytes()[:200])
+    elif kind == "list":
+        torch.save([torch.zeros(3)], weights)
+    else:
+        torch.save({"network.mean": torch.zeros(3), "payload": _Payload()}, weights)
+    before = weights.read_bytes()
+    rc, err, out = _infer_with(model, image, tmp_path / "out", capsys)
+    expected = "expected a dictionary (state dict)" if kind == "list" else "Expected a plain state dict"
+    _assert_clean_error(rc, err, out, str(weights), expected)
+    assert "unpickled!" not in err and weights.read_bytes() == before
