@@ -161,21 +161,40 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over ``path``.
 
     A crash part-way leaves either the old file or none, never a truncated one.
+
+    Raises:
+        OSError: the folder cannot be created or written (read-only, permissions, disk full); the message names
+            ``path`` and the cause, and no temporary file is left behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(path.suffixes)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files: give results the usual permissions
         os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise OSError(
+            e.errno,
+            f"cannot write {path}: {e.strerror or e}; expected a writable output folder with free space "
+            "(nothing was replaced)",
+        ) from e
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove_quietly(tmp)
         raise
     return path
+
+
+def _remove_quietly(path: str | None) -> None:
+    if path is not None and os.path.exists(path):
+        try:
+            os.remove(path)
+        except OSError:  # pragma: no cover - the folder became unwritable meanwhile
+            pass
 
 
 def _stem(meta: dict, fallback: str) -> str:

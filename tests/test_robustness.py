@@ -360,3 +360,53 @@ def test_foreign_or_truncated_model_file(cohort, capsys, tmp_path, kind):
     expected = "expected a dictionary (state dict)" if kind == "list" else "Expected a plain state dict"
     _assert_clean_error(rc, err, out, str(weights), expected)
     assert "unpickled!" not in err and weights.read_bytes() == before
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("failure", ["disk_full", "not_writable"])
+def test_output_folder_full_or_not_writable(cohort, capsys, tmp_path, monkeypatch, failure):
+    """A full disk or a read-only output folder: one line naming the file, earlier results kept byte for byte."""
+    import errno
+    import os
+    import tempfile
+
+    root, _, image = cohort
+    out = tmp_path / "out"
+    rc, err, _ = _infer_with(root / "model", image, out, capsys)
+    assert rc == 0, err
+    before = _snapshot(out)
+    assert len(before) >= 3  # z-map, p-map, lesion mask of the earlier run
+    if failure == "disk_full":
+        real_replace = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if str(dst).startswith(str(out)):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_replace(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "replace", replace)
+        needles = ["No space left on device", "expected a writable output folder with free space"]
+    elif os.geteuid() == 0:  # root writes through chmod 0o500: simulate the refusal where the file is created
+        real_mkstemp = tempfile.mkstemp
+
+        def mkstemp(*args, dir=None, **kwargs):
+            if str(dir).startswith(str(out)):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), dir)
+            return real_mkstemp(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        needles = ["Permission denied", "expected a writable output folder"]
+    else:  # pragma: no cover - CI runs as root
+        out.chmod(0o500)
+        needles = ["Permission denied", "expected a writable output folder"]
+    rc, err, _ = _infer_with(root / "model", image, out, capsys)
+    out.chmod(0o700)
+    assert rc == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, f"expected one line, got: {err!r}"
+    assert f"cannot write {out}" in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert _snapshot(out) == before, "an earlier result was overwritten or a partial file was left"
