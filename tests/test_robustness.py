@@ -410,3 +410,19 @@ def test_output_folder_full_or_not_writable(cohort, capsys, tmp_path, monkeypatc
     for needle in needles:
         assert needle in err, (needle, err)
     assert _snapshot(out) == before, "an earlier result was overwritten or a partial file was left"
+
+
+def test_image_too_large_for_memory(cohort, capsys, tmp_path, monkeypatch):
+    """Refused from the header, before the voxels are allocated: a real 768 GB header, then a lowered limit."""
+    root, _, image = cohort
+    huge = tmp_path / "huge.nii"
+    header = nib.Nifti1Header()
+    header.set_data_shape((4000, 4000, 4000, 3))
+    header.set_data_dtype(np.float32)
+    with open(huge, "wb") as f:  # the header alone: reading the voxels would fail (or exhaust memory)
+        header.write_to(f)
+    rc, err, out = _infer_with(root / "model", huge, tmp_path / "out_huge", capsys)
+    _assert_clean_error(rc, err, out, "huge.nii", "(4000, 4000, 4000, 3)", "715.3 GiB as float32", "expected at most")
+    monkeypatch.setenv("QRVAE_MAX_IMAGE_BYTES", "100000")
+    rc, err, out = _infer_with(root / "model", image, tmp_path / "out_limit", capsys)
+    _assert_clean_error(rc, err, out, image.name, "expected at most 0.0 GiB", "QRVAE_MAX_IMAGE_BYTES")

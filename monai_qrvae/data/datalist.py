@@ -41,6 +41,8 @@ __all__ = [
     "require_sections",
     "section_counts",
     "ImageInfo",
+    "ImageTooLargeError",
+    "available_memory_bytes",
     "read_image_info",
     "read_image",
     "check_item",
@@ -107,6 +109,34 @@ def _expected_channels(num_channels: int) -> str:
     return f"{num_channels} ({names})"
 
 
+class ImageTooLargeError(ValueError):
+    """An image whose voxels would not fit in the memory available (found from its header)."""
+
+
+def available_memory_bytes() -> int:
+    """The largest image (bytes of float32 voxels) read: ``QRVAE_MAX_IMAGE_BYTES`` if set, else the free memory."""
+    limit = os.environ.get("QRVAE_MAX_IMAGE_BYTES")
+    if limit:
+        return int(float(limit))
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with MONAI's usual installs
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _check_fits_in_memory(path: str, shape: Sequence[int]) -> None:
+    """Refuse, before reading voxels, an image whose float32 copy is larger than :func:`available_memory_bytes`."""
+    needed = 4 * int(np.prod([int(s) for s in shape], dtype=np.float64))
+    limit = available_memory_bytes()
+    if needed > limit:
+        raise ImageTooLargeError(
+            f"image file {path} has shape {tuple(shape)}: {needed / 2**30:.1f} GiB as float32; expected at most "
+            f"{limit / 2**30:.1f} GiB (the memory available, or QRVAE_MAX_IMAGE_BYTES): crop or downsample it first."
+        )
+
+
 def read_image_info(path: PathLike, read_data: bool = False) -> ImageInfo:
     """Read the geometry (and optionally the voxels) of one image file.
 
@@ -119,6 +149,8 @@ def read_image_info(path: PathLike, read_data: bool = False) -> ImageInfo:
         FileNotFoundError: when ``path`` does not exist.
         ValueError: when the suffix is not supported, the file cannot be read, or it is not a 3D volume
             (optionally with channels on a 4th axis).
+        ImageTooLargeError: (a ``ValueError``) a NIfTI whose header promises more float32 voxels than
+            :func:`available_memory_bytes`; checked before the voxels are read.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -133,6 +165,7 @@ def read_image_info(path: PathLike, read_data: bool = False) -> ImageInfo:
             img = nib.load(path)
             shape = tuple(int(s) for s in img.shape)
             affine = np.asarray(img.affine, dtype=np.float64)
+            _check_fits_in_memory(path, shape)  # from the header, before any voxel is allocated
             data = np.asarray(img.dataobj, dtype=np.float32) if read_data else None
             if len(shape) == 5 and shape[3] == 1:  # NIfTI vector images: (X, Y, Z, 1, C)
                 shape = shape[:3] + shape[4:]
@@ -153,6 +186,8 @@ def read_image_info(path: PathLike, read_data: bool = False) -> ImageInfo:
             data = np.asarray(array, dtype=np.float32)
             data = np.moveaxis(data, -1, 0) if channel_last else data[None]
             data = data if read_data else None
+    except ImageTooLargeError:
+        raise
     except Exception as err:  # nibabel, gzip, zlib and ITK raise many different types
         raise ValueError(f"cannot read image file {path}: {type(err).__name__}: {err}".strip()) from err
     if len(shape) not in (3, 4):
