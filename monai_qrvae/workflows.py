@@ -134,8 +134,8 @@ class ModelConfig:
             ) from e
         known = {f.name for f in fields(cls)}
         if not isinstance(content, dict) or not set(content) <= known:
-            got = sorted(set(content) - known) if isinstance(content, dict) else type(content).__name__
-            raise ValueError(f"model configuration {path}: got unknown entries {got}; expected keys among {sorted(known)}.")
+            got = f"unknown entries {sorted(set(content) - known)}" if isinstance(content, dict) else "no JSON object"
+            raise ValueError(f"model configuration {path}: got {got}; expected keys among {sorted(known)}.")
         return cls(**content)
 
 
