@@ -426,3 +426,17 @@ def test_image_too_large_for_memory(cohort, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("QRVAE_MAX_IMAGE_BYTES", "100000")
     rc, err, out = _infer_with(root / "model", image, tmp_path / "out_limit", capsys)
     _assert_clean_error(rc, err, out, image.name, "expected at most 0.0 GiB", "QRVAE_MAX_IMAGE_BYTES")
+
+
+def test_datalist_paths_outside_its_folder_are_accepted(cohort, capsys):
+    """A decision, not an omission: entries may point outside the datalist's folder (``../``), as MONAI's
+    ``load_decathlon_datalist`` allows and ``qrvae make-datalist`` writes; they are read, not refused."""
+    root, datalist, _ = cohort
+    entry = json.loads(datalist.read_text())["test"][0]
+    elsewhere = root / "lists" / "site-a"
+    elsewhere.mkdir(parents=True)
+    outside = elsewhere / "outside.json"
+    outside.write_text(json.dumps({"test": [{"image": f"../../data/{entry['image']}"}]}))
+    rc, err, out = _datalist_infer(root, outside, capsys, "outside")
+    assert rc == 0, err
+    assert len(list(out.glob("*_zmap.nii.gz"))) == 1
