@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_qrvae.checkpoints import latest_checkpoint
 from monai_qrvae.handlers import atomic_write
 
 __all__ = [
@@ -112,6 +113,13 @@ def sweep(
         run_epochs: Sequence[int] = sorted(epochs) if method != "flair" else [0]
         for lr in run_lrs:
             model = out / method / ("fit" if lr is None else f"lr{lr:g}")
+            latest = latest_checkpoint(model / "checkpoints")
+            if latest is not None and int(latest.stem.split("=")[-1]) > min(run_epochs):
+                # resuming would skip training and score later weights under a smaller epoch count
+                raise ValueError(
+                    f"{model} already holds a checkpoint of {latest.stem.split('=')[-1]} epochs, more than the first "
+                    f"epoch count swept ({min(run_epochs)}); expected a fresh --out folder (or delete {model})."
+                )
             for n_epochs in run_epochs:
                 train(
                     datalist,

@@ -40,6 +40,8 @@ def test_sweep_picks_the_best_tuning_auprc_and_never_reads_test(tiny_cohort, tmp
         best = max(float(r["auprc"]) for r in rows if r["method"] == method)
         assert picked[method]["auprc"] == pytest.approx(best)
     assert "**yes**" in (out / "sweep.md").read_text()
+    # sweeping again into the same folder would score the 2-epoch weights as the 1-epoch ones: refused, one line
+    assert main([*argv, "--lrs", "1e-3", "--epochs", "1", "2", "--no-progress"]) == 2
 
 
 @pytest.mark.slow
