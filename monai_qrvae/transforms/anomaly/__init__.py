@@ -1,0 +1,1 @@
+"""Anomaly-map post-processing transforms: z/p maps, Benjamini-Hochberg and calibrated lesion masks, filters."""

@@ -1,0 +1,1 @@
+"""Masked intensity transforms: normalisation with statistics taken inside the brain mask only."""

@@ -1,0 +1,1 @@
+"""Brain mask transforms: the foreground of a skull-stripped image, optionally eroded."""
