@@ -7,50 +7,9 @@ bundle configs, the MONAI Label app and the docs use.
 
 from __future__ import annotations
 
-from monai_qrvae.transforms.anomaly.dictionary import (
-    AnomalyMapsD,
-    AnomalyMapsd,
-    AnomalyMapsDict,
-    FDRMaskD,
-    FDRMaskd,
-    FDRMaskDict,
-    LesionFilterD,
-    LesionFilterd,
-    LesionFilterDict,
-)
-from monai_qrvae.transforms.anomaly.thresholds import (
-    THRESHOLDS,
-    ClusterThresholdD,
-    ClusterThresholdd,
-    ClusterThresholdDict,
-    ConformalPValueD,
-    ConformalPValued,
-    ConformalPValueDict,
-    VolumeThresholdD,
-    VolumeThresholdd,
-    VolumeThresholdDict,
-    label_free_transforms,
-)
+from monai_qrvae.transforms.anomaly import dictionary as _maps
+from monai_qrvae.transforms.anomaly import thresholds as _thresholds
+from monai_qrvae.transforms.anomaly.dictionary import *  # noqa: F401,F403
+from monai_qrvae.transforms.anomaly.thresholds import *  # noqa: F401,F403
 
-__all__ = [
-    "AnomalyMapsd",
-    "AnomalyMapsD",
-    "AnomalyMapsDict",
-    "FDRMaskd",
-    "FDRMaskD",
-    "FDRMaskDict",
-    "LesionFilterd",
-    "LesionFilterD",
-    "LesionFilterDict",
-    "ConformalPValued",
-    "ConformalPValueD",
-    "ConformalPValueDict",
-    "VolumeThresholdd",
-    "VolumeThresholdD",
-    "VolumeThresholdDict",
-    "ClusterThresholdd",
-    "ClusterThresholdD",
-    "ClusterThresholdDict",
-    "THRESHOLDS",
-    "label_free_transforms",
-]
+__all__ = [*_maps.__all__, *_thresholds.__all__]

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
 from monai.data import MetaTensor
+from monai.data.meta_obj import get_track_meta
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 from monai.utils import convert_to_tensor
 
@@ -69,6 +70,20 @@ def _prepare_mask(img: torch.Tensor, mask: NdarrayOrTensor | None, name: str) ->
             f"of shape {tuple(mask_t.shape)}); expected at least one non-zero mask voxel per channel."
         )
     return mask_t
+
+
+def _masked_input(
+    img: NdarrayOrTensor, mask: NdarrayOrTensor | None, name: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``img`` as a tensor (a ``MetaTensor`` when meta is tracked), its plain float view and its boolean mask.
+
+    Raises:
+        ValueError: ``img`` holds NaN/Inf, or the mask does not match it or is empty (see :func:`_prepare_mask`).
+    """
+    img = convert_to_tensor(img, track_meta=get_track_meta())
+    img_t = _as_float(img)
+    _check_finite(img_t, name)
+    return img, img_t, _prepare_mask(img_t, mask, name)
 
 
 def _percentiles(values: torch.Tensor, q: Sequence[float]) -> list[float]:

@@ -16,7 +16,14 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
 
-from monai_qrvae.transforms.utils import _as_float, _channel_mask, _check_finite, _percentiles, _prepare_mask
+from monai_qrvae.transforms.utils import (
+    _as_float,
+    _channel_mask,
+    _check_finite,
+    _masked_input,
+    _percentiles,
+    _prepare_mask,
+)
 
 __all__ = ["DEFAULT_LANDMARK_PERCENTILES", "MaskedScaleIntensityPercentiles", "MaskedZScore", "HistogramStandardize"]
 
@@ -68,10 +75,7 @@ class MaskedScaleIntensityPercentiles(Transform):
     def __call__(self, img: NdarrayOrTensor, mask: NdarrayOrTensor | None = None) -> NdarrayOrTensor:
         """Scale ``img`` ``(C, *spatial)``; ``mask`` ``(1 or C, *spatial)``, None: non-zero voxels."""
         name = self.__class__.__name__
-        img = convert_to_tensor(img, track_meta=get_track_meta())
-        img_t = _as_float(img)
-        _check_finite(img_t, name)
-        mask_t = _prepare_mask(img_t, mask, name)
+        img, img_t, mask_t = _masked_input(img, mask, name)
         out = torch.empty_like(img_t)
         for c in range(img_t.shape[0]):
             m = _channel_mask(mask_t, c)
@@ -113,10 +117,7 @@ class MaskedZScore(Transform):
     def __call__(self, img: NdarrayOrTensor, mask: NdarrayOrTensor | None = None) -> NdarrayOrTensor:
         """Z-score ``img`` ``(C, *spatial)``; ``mask`` ``(1 or C, *spatial)``, None: non-zero voxels."""
         name = self.__class__.__name__
-        img = convert_to_tensor(img, track_meta=get_track_meta())
-        img_t = _as_float(img)
-        _check_finite(img_t, name)
-        mask_t = _prepare_mask(img_t, mask, name)
+        img, img_t, mask_t = _masked_input(img, mask, name)
         out = torch.full_like(img_t, self.background)
         for c in range(img_t.shape[0]):
             m = _channel_mask(mask_t, c)

@@ -64,13 +64,7 @@ class MaskedScaleIntensityPercentilesd(_MaskedIntensityd):
     Args:
         keys: keys of the images ``(C, *spatial)`` to scale.
         mask_key: key of the brain mask ``(1 or C, *spatial)``; None: the non-zero voxels of each image.
-        lower: see :class:`MaskedScaleIntensityPercentiles`.
-        upper: see :class:`MaskedScaleIntensityPercentiles`.
-        b_min: see :class:`MaskedScaleIntensityPercentiles`.
-        b_max: see :class:`MaskedScaleIntensityPercentiles`.
-        clip: see :class:`MaskedScaleIntensityPercentiles`.
-        background: see :class:`MaskedScaleIntensityPercentiles`.
-        dtype: see :class:`MaskedScaleIntensityPercentiles`.
+        lower, upper, b_min, b_max, clip, background, dtype: see :class:`MaskedScaleIntensityPercentiles`.
         allow_missing_keys: don't raise an exception if a key is missing.
     """
 
@@ -99,8 +93,7 @@ class MaskedZScored(_MaskedIntensityd):
     Args:
         keys: keys of the images ``(C, *spatial)`` to normalise.
         mask_key: key of the brain mask ``(1 or C, *spatial)``; None: the non-zero voxels of each image.
-        background: see :class:`MaskedZScore`.
-        dtype: see :class:`MaskedZScore`.
+        background, dtype: see :class:`MaskedZScore`.
         allow_missing_keys: don't raise an exception if a key is missing.
     """
 
@@ -124,11 +117,8 @@ class HistogramStandardized(_MaskedIntensityd):
     Args:
         keys: keys of the images ``(C, *spatial)`` to standardise.
         mask_key: key of the brain mask ``(1 or C, *spatial)``; None: the non-zero voxels of each image.
-        landmarks: see :class:`HistogramStandardize` (array ``(C, L)``, JSON path or None).
-        percentiles: see :class:`HistogramStandardize`.
-        output_range: see :class:`HistogramStandardize`.
-        background: see :class:`HistogramStandardize`.
-        dtype: see :class:`HistogramStandardize`.
+        landmarks, percentiles, output_range, background, dtype: see :class:`HistogramStandardize` (``landmarks``:
+            array ``(C, L)``, JSON path or None).
         allow_missing_keys: don't raise an exception if a key is missing.
     """
 
