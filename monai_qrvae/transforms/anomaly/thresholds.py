@@ -53,7 +53,7 @@ def _brain(d: Mapping[Hashable, torch.Tensor], mask_key: str | None, shape: torc
     return mask
 
 
-class _CalibratedScored(MapTransform):
+class _CalibratedMapTransform(MapTransform):
     """Base of the transforms that compare score maps with a healthy calibration (read, and checked against
     ``score``, once at construction); :meth:`_score_maps` yields each present key's score map and brain mask."""
 
@@ -83,7 +83,7 @@ def _p_inside(inside: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return torch.where(inside, p, torch.ones((), dtype=torch.float32))
 
 
-class ConformalPValued(_CalibratedScored):
+class ConformalPValued(_CalibratedMapTransform):
     """Conformal p-values of a score map from a healthy calibration, ``p = 1`` outside the brain mask.
 
     ``p = (1 + #{calibration scores >= s}) / (n + 1)`` (see :mod:`monai_qrvae.calibration`); with a stratified
@@ -118,7 +118,7 @@ class ConformalPValued(_CalibratedScored):
         return d
 
 
-class VolumeThresholdd(_CalibratedScored):
+class VolumeThresholdd(_CalibratedMapTransform):
     """Lesion mask ``score > t`` inside the brain, ``t`` the volume-level threshold of a healthy calibration.
 
     ``t`` is the ``ceil((n + 1)(1 - alpha))``-th smallest per-volume maximum of the ``n`` calibration volumes, so at
@@ -164,7 +164,7 @@ class VolumeThresholdd(_CalibratedScored):
         return d
 
 
-class ClusterThresholdd(_CalibratedScored):
+class ClusterThresholdd(_CalibratedMapTransform):
     """Lesion mask of the clusters above a calibrated cluster-forming threshold that are larger than healthy ones.
 
     Voxels with ``score > calibration.cluster_threshold`` inside the brain form clusters (connected components with

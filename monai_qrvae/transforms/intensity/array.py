@@ -1,5 +1,8 @@
-"""Intensity normalisation inside the brain mask, per channel: percentile scaling, z-score, Nyul histogram
-standardisation (statistics from the brain voxels only)."""
+"""Masked intensity normalisation: per-channel statistics taken inside the brain mask only.
+
+:class:`MaskedScaleIntensityPercentiles` (percentile scaling), :class:`MaskedZScore` (z-score) and
+:class:`HistogramStandardize` (Nyul & Udupa piecewise-linear histogram standardisation).
+"""
 
 from __future__ import annotations
 
