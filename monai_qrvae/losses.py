@@ -19,16 +19,11 @@ from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
 from monai_qrvae.anomaly import check_quantiles, split_quantiles
+from monai_qrvae.utils import check_finite
 
 __all__ = ["pinball_loss", "kl_divergence", "QuantileLoss", "QRVAELoss", "GaussianVAELoss"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def _check_finite(name: str, x: torch.Tensor) -> None:
-    """Raise ``ValueError`` when ``x`` holds a NaN."""
-    if torch.isnan(x).any():
-        raise ValueError(f"{name} contains NaN values (shape {tuple(x.shape)}); expected finite numbers.")
 
 
 def _check_pair(input: torch.Tensor, target: torch.Tensor, channels_per_target: int, what: str) -> None:
@@ -101,9 +96,18 @@ def pinball_loss(input: torch.Tensor, target: torch.Tensor, quantiles: Sequence[
         ValueError: bad quantiles, mismatched shapes (``input`` must have ``Q * C`` channels) or NaN values.
     """
     q = check_quantiles(quantiles)
-    _check_pair(input, target, len(q), f"Q * C channels for {len(q)} quantiles {q}")
-    _check_finite("input", input)
-    _check_finite("target", target)
+    _check_pair(input, target, len(q), _quantile_channels(q))
+    check_finite(input, "input", nan_only=True)
+    check_finite(target, "target", nan_only=True)
+    return _pinball(input, target, q)
+
+
+def _quantile_channels(q: tuple[float, ...]) -> str:
+    return f"Q * C channels for {len(q)} quantiles {q}"
+
+
+def _pinball(input: torch.Tensor, target: torch.Tensor, q: tuple[float, ...]) -> torch.Tensor:
+    """:func:`pinball_loss` without the checks (``input`` and ``target`` already validated)."""
     groups = split_quantiles(input, len(q))
     tau = torch.tensor(q, dtype=groups.dtype, device=groups.device).view(1, len(q), *([1] * (groups.ndim - 2)))
     u = target.unsqueeze(1).to(groups.dtype) - groups
@@ -126,8 +130,8 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
             f"mu and logvar must have the same batched shape (B, latent...), got {tuple(mu.shape)} and "
             f"{tuple(logvar.shape)}."
         )
-    _check_finite("mu", mu)
-    _check_finite("logvar", logvar)
+    check_finite(mu, "mu", nan_only=True)
+    check_finite(logvar, "logvar", nan_only=True)
     kl = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
     return kl.reshape(kl.shape[0], -1).sum(1)
 
@@ -188,7 +192,59 @@ class QuantileLoss(_Loss):
         return loss.sum() * num_q / count
 
 
-class QRVAELoss(_Loss):
+class _VAELoss(_Loss):
+    """Negative ELBO of a VAE: a per-sample reconstruction term (set by the subclass) plus ``beta`` times the KL term.
+
+    Subclasses give :meth:`_input_channels` (``input`` has ``K * C`` channels for a ``C``-channel target) and
+    :meth:`_reconstruction` (the per-sample ``(B,)`` term and extra ``parts`` for logging).
+    """
+
+    def __init__(self, beta: float, reduction: LossReduction | str) -> None:
+        super().__init__(reduction=LossReduction(reduction).value)
+        self.beta = float(beta)
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def _input_channels(self) -> tuple[int, str]:
+        """``(K, what)``: ``input`` has ``K`` channels per target channel; ``what`` describes them for errors."""
+        raise NotImplementedError
+
+    def _reconstruction(
+        self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            input: the decoder output (see the class: quantiles ``(B, Q*C, spatial...)``, ``[mean, logvar]``
+                ``(B, 2C, spatial...)`` or the mean ``(B, C, spatial...)``).
+            target: ``(B, C, spatial...)``.
+            mu: posterior means ``(B, latent)``.
+            logvar: posterior log-variances ``(B, latent)``.
+            mask: ``(B, 1 or C, spatial...)`` brain mask or None.
+
+        Raises:
+            ValueError: mismatched shapes, NaN values, or an all-zero mask ("empty brain mask").
+        """
+        _check_pair(input, target, *self._input_channels())
+        check_finite(input, "input", nan_only=True)
+        check_finite(target, "target", nan_only=True)
+        _check_latent(mu, input)
+        recon, parts = self._reconstruction(input, target, _prepare_mask(mask, target))
+        kl = kl_divergence(mu, logvar)
+        total = recon + self.beta * kl
+        self.parts = {"recon": _log_part(recon, self.reduction), "kl": _log_part(kl, self.reduction), **parts}
+        return _reduce_batch(total, self.reduction)
+
+
+class QRVAELoss(_VAELoss):
     """Negative ELBO of a quantile-regression VAE: pinball loss of every quantile plus ``beta`` times the KL term.
 
     Per sample, the pinball loss is **summed** over masked pixels, channels and quantiles and
@@ -217,48 +273,25 @@ class QRVAELoss(_Loss):
             beta: weight of the KL term.
             reduction: {``"none"``, ``"mean"``, ``"sum"``} over the batch; ``"none"`` returns ``(B,)``.
         """
-        super().__init__(reduction=LossReduction(reduction).value)
+        super().__init__(beta, reduction)
         self.quantiles = check_quantiles(quantiles)
-        self.beta = float(beta)
-        self.parts: dict[str, torch.Tensor] = {}
 
-    def forward(
-        self,
-        input: torch.Tensor,
-        target: torch.Tensor,
-        mu: torch.Tensor,
-        logvar: torch.Tensor,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """
-        Args:
-            input: predicted quantiles ``(B, Q*C, spatial...)``.
-            target: ``(B, C, spatial...)``.
-            mu: posterior means ``(B, latent)``.
-            logvar: posterior log-variances ``(B, latent)``.
-            mask: ``(B, 1 or C, spatial...)`` brain mask or None.
+    def _input_channels(self) -> tuple[int, str]:
+        return len(self.quantiles), _quantile_channels(self.quantiles)
 
-        Raises:
-            ValueError: mismatched shapes, NaN values, or an all-zero mask ("empty brain mask").
-        """
-        loss = pinball_loss(input, target, self.quantiles)
-        _check_latent(mu, input)
-        m = _prepare_mask(mask, target)
+    def _reconstruction(
+        self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         num_q = len(self.quantiles)
-        groups = split_quantiles(loss, num_q)  # (B, Q, C, ...)
-        if m is not None:
-            groups = torch.where(m.unsqueeze(1), groups, torch.zeros_like(groups))
+        groups = split_quantiles(_pinball(input, target, self.quantiles), num_q)  # (B, Q, C, ...)
+        if mask is not None:
+            groups = torch.where(mask.unsqueeze(1), groups, torch.zeros_like(groups))
         per_quantile = groups.reshape(groups.shape[0], num_q, -1).sum(2)  # (B, Q)
-        recon = per_quantile.sum(1)
-        kl = kl_divergence(mu, logvar)
-        total = recon + self.beta * kl
-        self.parts = {"recon": _log_part(recon, self.reduction), "kl": _log_part(kl, self.reduction)}
-        for k, tau in enumerate(self.quantiles):
-            self.parts[f"q{tau:g}"] = _log_part(per_quantile[:, k], self.reduction)
-        return _reduce_batch(total, self.reduction)
+        parts = {f"q{tau:g}": _log_part(per_quantile[:, k], self.reduction) for k, tau in enumerate(self.quantiles)}
+        return per_quantile.sum(1), parts
 
 
-class GaussianVAELoss(_Loss):
+class GaussianVAELoss(_VAELoss):
     """Negative ELBO of a Gaussian VAE (the baseline QR-VAE is compared with).
 
     With ``learn_variance=True`` ``input`` is ``BNHW[D]`` with ``N = 2C`` channels ``[mean (C), logvar (C)]`` and
@@ -288,38 +321,18 @@ class GaussianVAELoss(_Loss):
             reduction: {``"none"``, ``"mean"``, ``"sum"``} over the batch; ``"none"`` returns ``(B,)``.
             min_logvar: lower clamp of the predicted log-variance, keeps the NLL bounded.
         """
-        super().__init__(reduction=LossReduction(reduction).value)
-        self.beta = float(beta)
+        super().__init__(beta, reduction)
         self.learn_variance = bool(learn_variance)
         self.min_logvar = float(min_logvar)
-        self.parts: dict[str, torch.Tensor] = {}
 
-    def forward(
-        self,
-        input: torch.Tensor,
-        target: torch.Tensor,
-        mu: torch.Tensor,
-        logvar: torch.Tensor,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """
-        Args:
-            input: ``(B, 2C, spatial...)`` ``[mean, logvar]`` when ``learn_variance`` else ``(B, C, spatial...)``.
-            target: ``(B, C, spatial...)``.
-            mu: posterior means ``(B, latent)``.
-            logvar: posterior log-variances ``(B, latent)``.
-            mask: ``(B, 1 or C, spatial...)`` brain mask or None.
+    def _input_channels(self) -> tuple[int, str]:
+        if self.learn_variance:
+            return 2, "[mean, logvar] = 2C channels"
+        return 1, "C mean channels, learn_variance=False"
 
-        Raises:
-            ValueError: mismatched shapes, NaN values, or an all-zero mask ("empty brain mask").
-        """
-        k = 2 if self.learn_variance else 1
-        what = "[mean, logvar] = 2C channels" if self.learn_variance else "C mean channels, learn_variance=False"
-        _check_pair(input, target, k, what)
-        _check_finite("input", input)
-        _check_finite("target", target)
-        _check_latent(mu, input)
-        m = _prepare_mask(mask, target)
+    def _reconstruction(
+        self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = target.shape[1]
         mean = input[:, :c]
         sq = (target.to(mean.dtype) - mean).pow(2)
@@ -328,10 +341,6 @@ class GaussianVAELoss(_Loss):
             err = 0.5 * (out_logvar + sq * torch.exp(-out_logvar)) + _HALF_LOG_2PI
         else:
             err = sq
-        if m is not None:
-            err = torch.where(m, err, torch.zeros_like(err))
-        recon = err.reshape(err.shape[0], -1).sum(1)
-        kl = kl_divergence(mu, logvar)
-        total = recon + self.beta * kl
-        self.parts = {"recon": _log_part(recon, self.reduction), "kl": _log_part(kl, self.reduction)}
-        return _reduce_batch(total, self.reduction)
+        if mask is not None:
+            err = torch.where(mask, err, torch.zeros_like(err))
+        return err.reshape(err.shape[0], -1).sum(1), {}

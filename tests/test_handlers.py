@@ -133,3 +133,33 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write(path, _fail)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_old_import_paths_name_the_moved_handlers():
+    """The handlers moved into the handlers/ package; the old paths give the very same objects."""
+    from monai_qrvae import checkpoints, engines, handlers, utils
+    from monai_qrvae.handlers import checkpoint, maps, metrics, savers, training
+
+    assert handlers.atomic_write is utils.atomic_write
+    assert handlers.AnomalyMapHandler is maps.AnomalyMapHandler and handlers.ThresholdHandler is maps.ThresholdHandler
+    assert handlers.AnomalyMapSaver is savers.AnomalyMapSaver and handlers.invert_to_input is savers.invert_to_input
+    assert handlers.LesionDice is metrics.LesionDice
+    for name in ("LossPartsHandler", "LossHistory", "EpochSeedHandler"):
+        assert getattr(engines, name) is getattr(training, name) and name in engines.__all__
+    for name in checkpoints.__all__:
+        assert getattr(checkpoints, name) is getattr(checkpoint, name)
+
+
+def test_metric_handlers_read_items_with_from_engine():
+    """One output item or a list of them gives lists per key; LesionDice reads ``lesion`` by default."""
+    item = {"lesion": torch.ones(1, 2, 2, 2), "z": torch.zeros(1, 2, 2, 2), "label": torch.ones(1, 2, 2, 2)}
+    item["roi"] = torch.ones(1, 2, 2, 2)
+    dice = LesionDice(save_details=False)
+    picked = dice._output_transform([item, item])
+    assert len(picked) == 3 and all(len(v) == 2 for v in picked) and picked[0][0] is item["lesion"]
+    assert [len(v) for v in dice._output_transform(item)] == [1, 1, 1]
+    assert len(LesionDice("z", "label", None)._output_transform(item)) == 2
+    dice.update(picked)
+    assert float(dice.compute()) == pytest.approx(1.0)
+    with pytest.raises(TypeError):
+        LesionDice(lesion_key="lesion", unknown=1)

@@ -228,3 +228,15 @@ def test_errors():
         kl_divergence(torch.zeros(1, 2), torch.zeros(1, 3))
     with pytest.raises(ValueError):
         QuantileLoss(QUANTILES, reduction="median")
+
+
+def test_check_finite_serves_transforms_and_losses():
+    from monai_qrvae.utils import check_finite
+
+    inf = torch.tensor([1.0, float("inf"), float("nan")])
+    with pytest.raises(ValueError, match=r"^Norm: the input of shape \(3,\) contains 2 NaN/Inf values"):
+        check_finite(inf, "Norm")
+    with pytest.raises(ValueError, match=r"^x contains NaN values \(shape \(3,\)\); expected finite numbers\.$"):
+        check_finite(inf, "x", nan_only=True)
+    check_finite(torch.tensor([1.0, float("inf")]), "x", nan_only=True)  # Inf passes in the losses
+    check_finite(torch.tensor([1, 2]), "ints")  # integers hold neither

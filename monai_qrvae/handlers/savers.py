@@ -1,200 +1,31 @@
-"""Ignite handlers that turn an evaluator's output into anomaly maps, lesion masks, files and metrics.
+"""Handlers that write each evaluated volume to disk: anomaly maps as NIfTI, overlays as PNG.
 
-The maths lives in :mod:`monai_qrvae.anomaly` and :mod:`monai_qrvae.metrics`; the dictionary transforms in
-:mod:`monai_qrvae.postprocessing`. The handlers here only attach that work to an engine:
-
-- :class:`AnomalyMapHandler`, :class:`FDRHandler`, :class:`LesionFilterHandler` run at ``MODEL_COMPLETED``
-  (before the metrics) and add ``z``/``p``/``lesion`` to each output item;
-- :class:`AnomalyMapSaver` puts the maps back on the input's grid and writes NIfTI files atomically;
-- :class:`OverlaySaver` writes PNG overlays of the maps on the scan;
-- metric handlers wrap :mod:`monai_qrvae.metrics` like ``monai.handlers.ROCAUC`` wraps ``ROCAUCMetric``; they
-  read the brain mask from the output key ``roi`` that :class:`AnomalyMapHandler` writes.
+:class:`AnomalyMapSaver` puts the maps back on the input's grid (:func:`invert_to_input`) and writes NIfTI files
+atomically; :class:`OverlaySaver` writes PNG overlays of the maps on the scan.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Events
 from monai.data import MetaTensor, NibabelWriter
-from monai.handlers import IgniteMetricHandler, PostProcessing
 from monai.transforms import Invertd
 from monai.utils import ImageMetaKey
 
 from monai_qrvae.anomaly import FLAIR_CHANNEL
-from monai_qrvae.metrics import (
-    BestDiceMetric,
-    DiceScoreMetric,
-    MaskedAveragePrecisionMetric,
-    MaskedROCAUCMetric,
-)
-from monai_qrvae.postprocessing import AnomalyMapsd, FDRMaskd, LesionFilterd, label_free_transforms
+from monai_qrvae.utils import atomic_write
 
-__all__ = [
-    "AnomalyMapHandler",
-    "FDRHandler",
-    "LesionFilterHandler",
-    "ThresholdHandler",
-    "AnomalyMapSaver",
-    "OverlaySaver",
-    "BestDice",
-    "LesionDice",
-    "MaskedROCAUC",
-    "MaskedAveragePrecision",
-    "atomic_write",
-    "invert_to_input",
-]
+__all__ = ["AnomalyMapSaver", "OverlaySaver", "invert_to_input"]
 
 
 def _identity(x: Any) -> Any:
     return x
-
-
-class AnomalyMapHandler(PostProcessing):
-    """Add the z-map and one-sided p-map of the FLAIR channel to each output item (``z``, ``p``).
-
-    Args:
-        pred_key: key of the ``[mu, sigma, z]`` prediction.
-        mask_key: brain mask key; outside it ``z = 0`` and ``p = 1``.
-        channel: input channel to score.
-        alternative: ``"greater"`` (hyperintense), ``"less"`` or ``"two-sided"``.
-        keep_mu_sigma: also add ``mu`` and ``sigma`` of the channel.
-        median_size: in-plane median filter of the z-map before the p-values (1 = off).
-        event: ``"MODEL_COMPLETED"`` (default, before metrics) or ``"ITERATION_COMPLETED"``.
-    """
-
-    def __init__(
-        self,
-        pred_key: str = "pred",
-        mask_key: str | None = "brain_mask",
-        channel: int = FLAIR_CHANNEL,
-        alternative: str = "greater",
-        keep_mu_sigma: bool = False,
-        median_size: int = 1,
-        event: str = "MODEL_COMPLETED",
-    ) -> None:
-        super().__init__(
-            AnomalyMapsd(
-                pred_key, mask_key, channel, alternative, keep_mu_sigma=keep_mu_sigma, median_size=median_size
-            ),
-            event=event,
-        )
-
-
-class FDRHandler(PostProcessing):
-    """Add the Benjamini-Hochberg lesion mask (``lesion``) at false discovery rate ``alpha`` inside the brain."""
-
-    def __init__(
-        self,
-        p_key: str = "p",
-        mask_key: str | None = "brain_mask",
-        alpha: float = 0.05,
-        per: str = "volume",
-        output_key: str = "lesion",
-        event: str = "MODEL_COMPLETED",
-    ) -> None:
-        super().__init__(FDRMaskd(p_key, mask_key, alpha, per, output_key), event=event)
-
-
-class ThresholdHandler(PostProcessing):
-    """Add the label-free lesion mask (``lesion``) with one of the thresholds of
-    :func:`~monai_qrvae.postprocessing.label_free_transforms`: ``"gaussian"`` (BH on N(0, 1) p-values, as
-    :class:`FDRHandler`), ``"conformal"`` (conformal BH; also replaces ``p`` by the conformal p-map), ``"volume"``
-    (volume-level threshold) or ``"cluster"`` (volume-level cluster size).
-
-    Args:
-        threshold: the threshold kind.
-        calibration: a :class:`~monai_qrvae.calibration.Calibration` or the path of ``calibration.pt`` (or of its
-            model folder); needed by every kind but ``"gaussian"``.
-        alpha: the FDR (BH kinds) or the tolerated fraction of healthy volumes with any detection (volume kinds).
-        per: BH family, ``"volume"`` or ``"slice"``.
-        score: the score definition in use, checked against the calibration's (e.g. ``{"score_median": 3}``).
-    """
-
-    def __init__(
-        self,
-        threshold: str = "gaussian",
-        calibration: Any = None,
-        alpha: float = 0.05,
-        per: str = "volume",
-        score: dict[str, Any] | None = None,
-        score_key: str = "z",
-        p_key: str = "p",
-        mask_key: str | None = "brain_mask",
-        output_key: str = "lesion",
-        event: str = "MODEL_COMPLETED",
-    ) -> None:
-        from monai.transforms import Compose
-
-        transforms = label_free_transforms(
-            threshold, calibration, alpha, per, score_key, p_key, mask_key, output_key, score=score
-        )
-        super().__init__(Compose(transforms), event=event)
-
-
-class LesionFilterHandler(PostProcessing):
-    """Median-filter the lesion mask in-plane and drop connected components smaller than ``min_size`` voxels."""
-
-    def __init__(
-        self,
-        lesion_key: str = "lesion",
-        median_size: int = 1,
-        min_size: int = 0,
-        connectivity: int = 1,
-        event: str = "MODEL_COMPLETED",
-    ) -> None:
-        super().__init__(LesionFilterd(lesion_key, median_size, min_size, connectivity), event=event)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over ``path``.
-
-    A crash part-way leaves either the old file or none, never a truncated one.
-
-    Raises:
-        OSError: the folder cannot be created or written (read-only, permissions, disk full); the message names
-            ``path`` and the cause, and no temporary file is left behind.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        suffix = "".join(path.suffixes)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-        os.close(fd)
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files: give results the usual permissions
-        os.replace(tmp, path)
-    except OSError as e:
-        _remove_quietly(tmp)
-        raise OSError(
-            e.errno,
-            f"cannot write {path}: {e.strerror or e}; expected a writable output folder with free space "
-            "(nothing was replaced)",
-        ) from e
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return path
-
-
-def _remove_quietly(path: str | None) -> None:
-    if path is not None and os.path.exists(path):
-        try:
-            os.remove(path)
-        except OSError:  # pragma: no cover - the folder became unwritable meanwhile
-            pass
 
 
 def _stem(meta: dict, fallback: str) -> str:
@@ -268,13 +99,14 @@ def invert_to_input(
 class _ItemSaver:
     """Ignite glue shared by the savers: at ``ITERATION_COMPLETED``, hand each decollated item to ``_save``."""
 
-    output_transform: Callable
-    batch_transform: Callable
+    def __init__(self, output_dir: str | os.PathLike, output_transform: Callable, batch_transform: Callable) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_transform = output_transform
+        self.batch_transform = batch_transform
+        self.saved: list[Path] = []
 
     def attach(self, engine: Any) -> None:
         """Save at the end of every iteration."""
-        from ignite.engine import Events
-
         if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
@@ -322,7 +154,7 @@ class AnomalyMapSaver(_ItemSaver):
         batch_transform: Callable = _identity,
         one_outside: Sequence[str] = ("p",),
     ) -> None:
-        self.output_dir = Path(output_dir)
+        super().__init__(output_dir, output_transform, batch_transform)
         self.preprocessing = preprocessing
         self.keys = list(keys)
         self.one_outside = set(one_outside)
@@ -330,9 +162,6 @@ class AnomalyMapSaver(_ItemSaver):
         self.nearest_interp = list(nearest_interp)
         default = {"z": "zmap", "p": "pmap", "lesion": "lesion"}
         self.postfixes = list(postfixes) if postfixes is not None else [default.get(k, k) for k in self.keys]
-        self.output_transform = output_transform
-        self.batch_transform = batch_transform
-        self.saved: list[Path] = []
 
     def _save(self, out: dict, batch: dict, fallback: str) -> None:
         self.save_item(out, batch, fallback=fallback)
@@ -401,7 +230,7 @@ class OverlaySaver(_ItemSaver):
         output_transform: Callable = _identity,
         batch_transform: Callable = _identity,
     ) -> None:
-        self.output_dir = Path(output_dir)
+        super().__init__(output_dir, output_transform, batch_transform)
         self.image_key = image_key
         self.score_key = score_key
         self.lesion_key = lesion_key
@@ -409,9 +238,6 @@ class OverlaySaver(_ItemSaver):
         self.channel = channel
         self.num_slices = num_slices
         self.z_max = z_max
-        self.output_transform = output_transform
-        self.batch_transform = batch_transform
-        self.saved: list[Path] = []
 
     def _save(self, out: dict, batch: dict, fallback: str) -> None:
         merged = {**batch, **out}
@@ -466,83 +292,3 @@ class OverlaySaver(_ItemSaver):
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         self.saved.append(path)
         return path
-
-
-def _from_items(pred_key: str, label_key: str, mask_key: str | None) -> Callable:
-    def transform(output: Any) -> tuple:
-        items = output if isinstance(output, list) else [output]
-        preds = [item[pred_key] for item in items]
-        labels = [item[label_key] for item in items]
-        if mask_key is None:
-            return preds, labels
-        return preds, labels, [item[mask_key] for item in items]
-
-    return transform
-
-
-class _MaskedMetricHandler(IgniteMetricHandler):
-    """``IgniteMetricHandler`` around a masked metric: ``output_transform`` returns ``(y_pred, y, mask)``.
-
-    By default it reads ``score_key``, ``label_key`` and ``mask_key`` from each decollated output item.
-    """
-
-    metric_class: type = BestDiceMetric
-    save_details_default: bool = True
-
-    def __init__(
-        self,
-        score_key: str = "z",
-        label_key: str = "label",
-        mask_key: str | None = "roi",
-        output_transform: Callable | None = None,
-        save_details: bool | None = None,
-    ) -> None:
-        super().__init__(
-            metric_fn=self.metric_class(),
-            output_transform=output_transform or _from_items(score_key, label_key, mask_key),
-            save_details=self.save_details_default if save_details is None else save_details,
-        )
-        self._skip_unrolling = True  # the transform returns lists of whole items, not a batch to unroll
-
-    def update(self, output: Sequence[Any]) -> None:
-        if len(output) == 3:
-            y_pred, y, mask = output
-            self.metric_fn(y_pred, y, mask=mask)
-        else:
-            super().update(output)
-
-
-class BestDice(_MaskedMetricHandler):
-    """Best Dice over all thresholds of a score map, pooled over the data (an upper bound: it uses the labels)."""
-
-    metric_class = BestDiceMetric
-
-
-class LesionDice(_MaskedMetricHandler):
-    """Dice of the label-free lesion mask (e.g. the FDR mask), pooled over the data."""
-
-    metric_class = DiceScoreMetric
-
-    def __init__(
-        self,
-        lesion_key: str = "lesion",
-        label_key: str = "label",
-        mask_key: str | None = "roi",
-        output_transform: Callable | None = None,
-        save_details: bool | None = None,
-    ) -> None:
-        super().__init__(lesion_key, label_key, mask_key, output_transform, save_details)
-
-
-class MaskedROCAUC(_MaskedMetricHandler):
-    """Voxel-wise AUROC of a score map inside the brain mask, pooled over the data."""
-
-    metric_class = MaskedROCAUCMetric
-    save_details_default = False
-
-
-class MaskedAveragePrecision(_MaskedMetricHandler):
-    """Voxel-wise AUPRC (average precision) of a score map inside the brain mask, pooled over the data."""
-
-    metric_class = MaskedAveragePrecisionMetric
-    save_details_default = False

@@ -1,0 +1,111 @@
+"""Handlers that add anomaly maps and lesion masks to each output item of an evaluator.
+
+Each one is a ``monai.handlers.PostProcessing`` around a dictionary transform of :mod:`monai_qrvae.postprocessing`;
+they run at ``MODEL_COMPLETED`` by default, so the metric handlers see ``z``, ``p``, ``roi`` and ``lesion``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monai.handlers import PostProcessing
+from monai.transforms import Compose
+
+from monai_qrvae.anomaly import FLAIR_CHANNEL
+from monai_qrvae.postprocessing import AnomalyMapsd, FDRMaskd, LesionFilterd, label_free_transforms
+
+__all__ = ["AnomalyMapHandler", "FDRHandler", "LesionFilterHandler", "ThresholdHandler"]
+
+
+class AnomalyMapHandler(PostProcessing):
+    """Add the z-map and one-sided p-map of the FLAIR channel to each output item (``z``, ``p``).
+
+    Args:
+        pred_key: key of the ``[mu, sigma, z]`` prediction.
+        mask_key: brain mask key; outside it ``z = 0`` and ``p = 1``.
+        channel: input channel to score.
+        alternative: ``"greater"`` (hyperintense), ``"less"`` or ``"two-sided"``.
+        keep_mu_sigma: also add ``mu`` and ``sigma`` of the channel.
+        median_size: in-plane median filter of the z-map before the p-values (1 = off).
+        event: ``"MODEL_COMPLETED"`` (default, before metrics) or ``"ITERATION_COMPLETED"``.
+    """
+
+    def __init__(
+        self,
+        pred_key: str = "pred",
+        mask_key: str | None = "brain_mask",
+        channel: int = FLAIR_CHANNEL,
+        alternative: str = "greater",
+        keep_mu_sigma: bool = False,
+        median_size: int = 1,
+        event: str = "MODEL_COMPLETED",
+    ) -> None:
+        super().__init__(
+            AnomalyMapsd(
+                pred_key, mask_key, channel, alternative, keep_mu_sigma=keep_mu_sigma, median_size=median_size
+            ),
+            event=event,
+        )
+
+
+class FDRHandler(PostProcessing):
+    """Add the Benjamini-Hochberg lesion mask (``lesion``) at false discovery rate ``alpha`` inside the brain."""
+
+    def __init__(
+        self,
+        p_key: str = "p",
+        mask_key: str | None = "brain_mask",
+        alpha: float = 0.05,
+        per: str = "volume",
+        output_key: str = "lesion",
+        event: str = "MODEL_COMPLETED",
+    ) -> None:
+        super().__init__(FDRMaskd(p_key, mask_key, alpha, per, output_key), event=event)
+
+
+class ThresholdHandler(PostProcessing):
+    """Add the label-free lesion mask (``lesion``) with one of the thresholds of
+    :func:`~monai_qrvae.postprocessing.label_free_transforms`: ``"gaussian"`` (BH on N(0, 1) p-values, as
+    :class:`FDRHandler`), ``"conformal"`` (conformal BH; also replaces ``p`` by the conformal p-map), ``"volume"``
+    (volume-level threshold) or ``"cluster"`` (volume-level cluster size).
+
+    Args:
+        threshold: the threshold kind.
+        calibration: a :class:`~monai_qrvae.calibration.Calibration` or the path of ``calibration.pt`` (or of its
+            model folder); needed by every kind but ``"gaussian"``.
+        alpha: the FDR (BH kinds) or the tolerated fraction of healthy volumes with any detection (volume kinds).
+        per: BH family, ``"volume"`` or ``"slice"``.
+        score: the score definition in use, checked against the calibration's (e.g. ``{"score_median": 3}``).
+    """
+
+    def __init__(
+        self,
+        threshold: str = "gaussian",
+        calibration: Any = None,
+        alpha: float = 0.05,
+        per: str = "volume",
+        score: dict[str, Any] | None = None,
+        score_key: str = "z",
+        p_key: str = "p",
+        mask_key: str | None = "brain_mask",
+        output_key: str = "lesion",
+        event: str = "MODEL_COMPLETED",
+    ) -> None:
+        transforms = label_free_transforms(
+            threshold, calibration, alpha, per, score_key, p_key, mask_key, output_key, score=score
+        )
+        super().__init__(Compose(transforms), event=event)
+
+
+class LesionFilterHandler(PostProcessing):
+    """Median-filter the lesion mask in-plane and drop connected components smaller than ``min_size`` voxels."""
+
+    def __init__(
+        self,
+        lesion_key: str = "lesion",
+        median_size: int = 1,
+        min_size: int = 0,
+        connectivity: int = 1,
+        event: str = "MODEL_COMPLETED",
+    ) -> None:
+        super().__init__(LesionFilterd(lesion_key, median_size, min_size, connectivity), event=event)
