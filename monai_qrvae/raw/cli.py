@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from monai_qrvae.cli_utils import POST_ARGS, run_command
+
 __all__ = [
     "add_preprocess_parser",
     "add_infer_raw_parser",
@@ -69,11 +71,7 @@ def run_infer_raw(args: argparse.Namespace) -> int:
     """Handler of the raw form of ``qrvae infer`` (``--model --t1 --t2 --flair --out``)."""
     from monai_qrvae.raw.inverse import infer_raw
 
-    kwargs = {
-        k: getattr(args, k)
-        for k in ("alpha", "per", "median_size", "min_size", "score_median", "device")
-        if hasattr(args, k)
-    }
+    kwargs = {k: getattr(args, k) for k in (*POST_ARGS, "device") if hasattr(args, k)}
     if hasattr(args, "no_png"):
         kwargs["save_png"] = not args.no_png
     try:
@@ -143,11 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one raw sub-command; input errors print one line and return 2."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"qrvae {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return run_command(args, f"qrvae {args.command}", (ValueError, FileNotFoundError, RuntimeError))
 
 
 if __name__ == "__main__":  # pragma: no cover
