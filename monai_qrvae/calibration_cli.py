@@ -7,10 +7,9 @@ datalist section and its null distribution is stored beside the weights (see :mo
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from monai_qrvae.cli_utils import add_device_option, arg_values
+from monai_qrvae.cli_utils import add_device_option, arg_values, print_json
 
 __all__ = ["add_parser", "run_calibrate"]
 
@@ -28,8 +27,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         f"calibrated {summary['score'].get('score_name', 'the score')} of {summary['score'].get('method')} on "
         f"n = {cal.n_volumes} healthy volumes ({cal.n_voxels} brain voxels); wrote {args.model}/{CALIBRATION_FILE}"
     )
-    print(json.dumps(summary, indent=2))
-    return 0
+    return print_json(summary)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

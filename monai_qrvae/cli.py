@@ -7,7 +7,6 @@ trace, and the command exits with status 2. ``--debug`` shows the full trace.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -19,9 +18,10 @@ from monai_qrvae.cli_utils import (
     add_common_options,
     add_post_options,
     arg_values,
+    print_json,
     run_command,
+    show_progress,
 )
-from monai_qrvae.logging_utils import progress_enabled
 
 __all__ = ["main", "build_parser", "OneLineArgumentParser"]
 
@@ -38,7 +38,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         update_docs=args.update_docs or (),
         block="pinned" if args.pinned else "demo",
         **settings,
-        progress=progress_enabled(not args.no_progress),
+        progress=show_progress(args),
         preset=args.preset,
     )
     return 0
@@ -54,10 +54,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         num_slices="default" if args.num_slices is None else args.num_slices,
         image_size="default" if args.image_size is None else args.image_size,
         resume=not args.no_resume,
-        progress=progress_enabled(not args.no_progress),
+        progress=show_progress(args),
     )
-    print(json.dumps(summary, indent=2))
-    return 0
+    return print_json(summary)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -73,8 +72,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         save_png=not args.no_png,
     )
     result.pop("per_volume", None)
-    print(json.dumps(result, indent=2))
-    return 0
+    return print_json(result)
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
@@ -132,12 +130,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from monai_qrvae.study import sweep
 
-    result = sweep(
-        args.datalist,
-        args.out,
-        **arg_values(args, "methods", "lrs", "epochs", "score_medians", "seed"),
-        progress=progress_enabled(not args.no_progress),
-    )
+    options = ("methods", "lrs", "epochs", "score_medians", "seed")
+    result = sweep(args.datalist, args.out, **arg_values(args, *options), progress=show_progress(args))
     print(result["table"])
     for method, row in result["picked"].items():
         print(f"picked for {method}: lr {row['lr']}, epochs {row['epochs']}, z-map median {row['score_median']}")
@@ -147,12 +141,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from monai_qrvae.study import benchmark, update_doc_block
 
-    result = benchmark(
-        args.datalist,
-        args.out,
-        **arg_values(args, "methods", "seeds", "section"),
-        progress=progress_enabled(not args.no_progress),
-    )
+    options = ("methods", "seeds", "section")
+    result = benchmark(args.datalist, args.out, **arg_values(args, *options), progress=show_progress(args))
     print(result["table"])
     for doc in args.update_docs or []:
         update_doc_block(doc, args.block, result["table"])

@@ -8,8 +8,11 @@ Used by :mod:`monai_qrvae.cli`, :mod:`monai_qrvae.calibration_cli`, :mod:`monai_
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any, NoReturn
+
+from monai_qrvae.logging_utils import progress_enabled
 
 __all__ = [
     "OneLineArgumentParser",
@@ -18,7 +21,9 @@ __all__ = [
     "add_device_option",
     "add_post_options",
     "arg_values",
+    "print_json",
     "run_command",
+    "show_progress",
 ]
 
 #: the post-processing options of ``evaluate``/``infer`` (see :func:`add_post_options`), as namespace attributes.
@@ -71,6 +76,17 @@ def arg_values(args: argparse.Namespace, *names: str, **renamed: str) -> dict[st
     Example: ``train(**arg_values(args, "lr", "seed", n_healthy="healthy"))``.
     """
     return {**{n: getattr(args, n) for n in names}, **{k: getattr(args, a) for k, a in renamed.items()}}
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether to draw progress bars: not with ``--no-progress``, and only when stderr is a terminal."""
+    return progress_enabled(not args.no_progress)
+
+
+def print_json(result: Any) -> int:
+    """Print ``result`` as indented JSON on stdout; returns 0, the handler's exit status."""
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def run_command(

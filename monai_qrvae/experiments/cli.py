@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_qrvae.cli_utils import arg_values, run_command
-from monai_qrvae.logging_utils import progress_enabled
+from monai_qrvae.cli_utils import arg_values, run_command, show_progress
 
 __all__ = [
     "add_parsers",
@@ -65,7 +64,7 @@ def _brain_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "quick": _quick(args),
         "epochs": args.epochs,
         "seed": args.seed,
-        "progress": progress_enabled(not args.no_progress),
+        "progress": show_progress(args),
     }
 
 

@@ -9,12 +9,11 @@ line with exit status 2. Stand-alone: ``python -m monai_qrvae.raw.cli preprocess
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from monai_qrvae.cli_utils import POST_ARGS, run_command
+from monai_qrvae.cli_utils import POST_ARGS, print_json, run_command
 
 __all__ = [
     "add_preprocess_parser",
@@ -50,8 +49,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
     except ImportError as e:  # the raw extra is missing: one line (qrvae maps RuntimeError to exit status 2)
         raise RuntimeError(str(e)) from e
     summary = {k: result[k] for k in ("similarity", "brain_volume_ml", "timing", "files")}
-    print(json.dumps(summary, indent=2))
-    return 0
+    return print_json(summary)
 
 
 def add_preprocess_parser(subparsers: Any) -> argparse.ArgumentParser:
