@@ -7,8 +7,9 @@ datalist section and its null distribution is stored beside the weights (see :mo
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
+
+from monai_qrvae.cli_utils import add_device_option, arg_values, print_json
 
 __all__ = ["add_parser", "run_calibrate"]
 
@@ -17,18 +18,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     """Run ``qrvae calibrate`` and print a short summary."""
     from monai_qrvae.calibration import CALIBRATION_FILE, fit_calibration
 
-    cal = fit_calibration(
-        args.model,
-        args.datalist,
-        section=args.section,
-        alpha=args.alpha,
-        score_median=args.score_median,
-        stratify=args.stratify,
-        num_strata=args.num_strata,
-        max_voxels=args.max_voxels,
-        cluster_p=args.cluster_p,
-        device=args.device,
-    )
+    options = ("section", "alpha", "score_median", "stratify", "num_strata", "max_voxels", "cluster_p", "device")
+    cal = fit_calibration(args.model, args.datalist, **arg_values(args, *options))
     summary: dict[str, Any] = cal.summary()
     summary.pop("volume_maxima", None)
     summary.pop("max_cluster_sizes", None)
@@ -36,8 +27,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         f"calibrated {summary['score'].get('score_name', 'the score')} of {summary['score'].get('method')} on "
         f"n = {cal.n_volumes} healthy volumes ({cal.n_voxels} brain voxels); wrote {args.model}/{CALIBRATION_FILE}"
     )
-    print(json.dumps(summary, indent=2))
-    return 0
+    return print_json(summary)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -72,6 +62,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="also calibrate a minimum lesion size: clusters of voxels with conformal p <= this (e.g. 0.001)",
     )
     p.add_argument("--max-voxels", type=int, default=2_000_000, help="voxel scores kept (thinned above)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_option(p)
     p.set_defaults(func=run_calibrate)
     return p

@@ -7,61 +7,29 @@ trace, and the command exits with status 2. ``--debug`` shows the full trace.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
-from monai_qrvae.logging_utils import progress_enabled
+from monai_qrvae.cli_utils import (
+    POST_ARGS,
+    OneLineArgumentParser,
+    add_common_options,
+    add_post_options,
+    arg_values,
+    print_json,
+    run_command,
+    show_progress,
+)
 
 __all__ = ["main", "build_parser", "OneLineArgumentParser"]
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line on stderr (exit status 2), like the other errors.
-
-    argparse prints the usage and then the error on a second line; ``qrvae`` prints
-    ``qrvae <command>: error: <what>; see 'qrvae <command> --help'`` instead.
-    """
-
-    def error(self, message: str) -> NoReturn:
-        """Print one line naming the program and the problem, then exit with status 2."""
-        message = " ".join(message.split())
-        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'.\n")
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument(
-        "--no-progress", action="store_true", help="hide progress bars (shown only when stderr is a terminal)"
-    )
-
-
-def _add_post(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--alpha", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate (0.05)")
-    p.add_argument("--per", choices=("volume", "slice"), default="volume", help="FDR per volume or per slice")
-    p.add_argument(
-        "--score-median",
-        type=int,
-        default=None,
-        help="in-plane median filter of the z-map (1 = off; default: the method's, chosen on the tuning split)",
-    )
-    p.add_argument("--median-size", type=int, default=1, help="median filter of the lesion mask (1 = off)")
-    p.add_argument("--min-size", type=int, default=0, help="drop lesion components smaller than this (voxels)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monai_qrvae.workflows import PINNED_DEMO, demo
 
-    settings = {
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "n_healthy": args.healthy,
-        "n_lesion": args.lesion,
-        "spacing": args.spacing,
-    }
+    settings = arg_values(args, "epochs", "seed", "spacing", n_healthy="healthy", n_lesion="lesion")
     if args.pinned:
         settings.update(PINNED_DEMO)
     demo(
@@ -70,7 +38,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         update_docs=args.update_docs or (),
         block="pinned" if args.pinned else "demo",
         **settings,
-        progress=progress_enabled(not args.no_progress),
+        progress=show_progress(args),
         preset=args.preset,
     )
     return 0
@@ -82,22 +50,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = train(
         args.datalist,
         args.out,
-        method=args.method,
-        preset=args.preset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
+        **arg_values(args, "method", "preset", "epochs", "batch_size", "lr", "seed", "device", "quantiles", "beta"),
         num_slices="default" if args.num_slices is None else args.num_slices,
         image_size="default" if args.image_size is None else args.image_size,
-        quantiles=args.quantiles,
-        beta=args.beta,
         resume=not args.no_resume,
-        progress=progress_enabled(not args.no_progress),
+        progress=show_progress(args),
     )
-    print(json.dumps(summary, indent=2))
-    return 0
+    return print_json(summary)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -108,18 +67,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.datalist,
         args.out,
         section=args.section,
-        alpha=args.alpha,
-        per=args.per,
-        median_size=args.median_size,
-        min_size=args.min_size,
-        score_median=args.score_median,
+        **arg_values(args, *POST_ARGS, "device"),
         save_maps=not args.no_maps,
         save_png=not args.no_png,
-        device=args.device,
     )
     result.pop("per_volume", None)
-    print(json.dumps(result, indent=2))
-    return 0
+    return print_json(result)
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
@@ -140,6 +93,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         return run_infer_raw(args)
 
     images: list = list(args.images)
+    post_kwargs = {**arg_values(args, *POST_ARGS, "device"), "save_png": not args.no_png}
     if args.datalist:
         from monai.data import load_decathlon_datalist
 
@@ -159,34 +113,15 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                 raise ValueError(f"give either image paths or a datalist of raw series, not both; got {images}.")
             from monai_qrvae.raw.inverse import infer_raw_items
 
-            kwargs = {
-                "alpha": args.alpha,
-                "per": args.per,
-                "median_size": args.median_size,
-                "min_size": args.min_size,
-                "score_median": args.score_median,
-                "device": args.device,
-                "save_png": not args.no_png,
-            }
-            for result in infer_raw_items(args.model, entries, args.out, base_dir=Path(args.datalist).parent, **kwargs):
+            base_dir = Path(args.datalist).parent
+            for result in infer_raw_items(args.model, entries, args.out, base_dir=base_dir, **post_kwargs):
                 for path in (*result["maps"].values(), result["report"]):
                     print(path)
             return 0
         images += load_decathlon_datalist(args.datalist, is_segmentation=False, data_list_key=args.section)
     if not images:
         raise ValueError("no input: give image paths or --datalist.")
-    written = infer(
-        args.model,
-        images,
-        args.out,
-        alpha=args.alpha,
-        per=args.per,
-        median_size=args.median_size,
-        min_size=args.min_size,
-        score_median=args.score_median,
-        save_png=not args.no_png,
-        device=args.device,
-    )
+    written = infer(args.model, images, args.out, **post_kwargs)
     for path in written:
         print(path)
     return 0
@@ -195,16 +130,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from monai_qrvae.study import sweep
 
-    result = sweep(
-        args.datalist,
-        args.out,
-        methods=args.methods,
-        lrs=args.lrs,
-        epochs=args.epochs,
-        score_medians=args.score_medians,
-        seed=args.seed,
-        progress=progress_enabled(not args.no_progress),
-    )
+    options = ("methods", "lrs", "epochs", "score_medians", "seed")
+    result = sweep(args.datalist, args.out, **arg_values(args, *options), progress=show_progress(args))
     print(result["table"])
     for method, row in result["picked"].items():
         print(f"picked for {method}: lr {row['lr']}, epochs {row['epochs']}, z-map median {row['score_median']}")
@@ -214,14 +141,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from monai_qrvae.study import benchmark, update_doc_block
 
-    result = benchmark(
-        args.datalist,
-        args.out,
-        methods=args.methods,
-        seeds=args.seeds,
-        section=args.section,
-        progress=progress_enabled(not args.no_progress),
-    )
+    options = ("methods", "seeds", "section")
+    result = benchmark(args.datalist, args.out, **arg_values(args, *options), progress=show_progress(args))
     print(result["table"])
     for doc in args.update_docs or []:
         update_doc_block(doc, args.block, result["table"])
@@ -257,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--update-docs", nargs="*", help="Markdown files whose marked 'demo' (or 'pinned') block gets the table"
     )
-    _add_common(p)
+    add_common_options(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("train", help="train a model on the healthy training section of a datalist")
@@ -278,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantiles", type=float, nargs="+", default=[0.15, 0.5])
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
-    _add_common(p)
+    add_common_options(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="score a labelled datalist section; write metrics, maps, overlays")
@@ -288,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--section", default="test")
     p.add_argument("--no-maps", action="store_true")
     p.add_argument("--no-png", action="store_true")
-    _add_post(p)
-    _add_common(p)
+    add_post_options(p)
+    add_common_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("infer", help="find lesions in new volumes (no labels); write NIfTI maps and masks")
@@ -307,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     from monai_qrvae.raw.cli import add_raw_series_arguments
 
     add_raw_series_arguments(p, required=False)  # raw series instead of images: needs the raw extra (docs/raw.md)
-    _add_post(p)
-    _add_common(p)
+    add_post_options(p)
+    add_common_options(p)
     p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("sweep", help="choose each method's lr, epochs and z-map filter on the tuning split")
@@ -319,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, nargs="+", default=[10, 20], help="epoch counts tried")
     p.add_argument("--score-medians", type=int, nargs="+", default=[1, 3], help="z-map median filters tried")
     p.add_argument("--seed", type=int, default=0)
-    _add_common(p)
+    add_common_options(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("benchmark", help="the headline table: every method, its defaults, several seeds, on test")
@@ -330,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--section", default="test", help="split scored (default: test)")
     p.add_argument("--update-docs", nargs="*", help="Markdown files whose marked block gets the table")
     p.add_argument("--block", default="headline", help="name of the marked block (default: headline)")
-    _add_common(p)
+    add_common_options(p)
     p.set_defaults(func=_cmd_benchmark)
 
     try:
@@ -355,17 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as e:
-        if args.debug:
-            raise
-        message = " ".join(str(e).split())  # one line, whatever the exception's formatting
-        print(f"qrvae {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"qrvae {args.command}: interrupted; run the same command again to resume.", file=sys.stderr)
-        return 130
+    errors = (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError)
+    return run_command(args, f"qrvae {args.command}", errors, debug=args.debug, resume_hint=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_qrvae.cli_utils import arg_values, run_command
+
 __all__ = [
     "add_parsers",
     "build_parser",
@@ -43,18 +45,8 @@ def run_make_data(args: argparse.Namespace) -> int:
     from .synthetic import make_cohort
 
     start = time.perf_counter()
-    path = make_cohort(
-        args.out,
-        n_healthy=args.healthy,
-        n_lesion=args.lesion,
-        seed=args.seed,
-        spacing=args.spacing,
-        subtle_fraction=args.subtle_fraction,
-        n_validation=args.validation,
-        n_calibration=args.calibration,
-        n_test_healthy=args.test_healthy,
-        n_tuning=args.tuning,
-    )
+    counts = {f"n_{k}": k for k in ("healthy", "lesion", "validation", "calibration", "test_healthy", "tuning")}
+    path = make_cohort(args.out, **arg_values(args, "seed", "spacing", "subtle_fraction", **counts))
     seconds = time.perf_counter() - start
     size = _dir_size(Path(args.out)) / 2**20
     counts = json.loads(path.read_text())["metadata"]["counts"]
@@ -82,21 +74,13 @@ def run_make_data(args: argparse.Namespace) -> int:
 def run_make_datalist(args: argparse.Namespace) -> int:
     from .datalist import DATALIST_SECTIONS, make_datalist
 
+    options = ("brain_mask", "label", "section", "val_fraction", "seed", "skip_incomplete", "update")
     datalist = make_datalist(
         args.root,
         args.image[0] if len(args.image) == 1 else args.image,
         args.out,
-        brain_mask=args.brain_mask,
-        label=args.label,
-        section=args.section,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        num_channels=args.channels,
+        **arg_values(args, *options, "calibration_fraction", "test_healthy_fraction", num_channels="channels"),
         check=not args.no_check,
-        skip_incomplete=args.skip_incomplete,
-        update=args.update,
-        calibration_fraction=args.calibration_fraction,
-        test_healthy_fraction=args.test_healthy_fraction,
     )
     counts = {k: len(datalist[k]) for k in DATALIST_SECTIONS if k in datalist}
     print(f"wrote {args.out} ({_format_counts(counts)})")
@@ -269,13 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--debug`` shows the full trace instead.
     """
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as err:
-        if args.debug:
-            raise
-        print(f"qrvae {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(args, f"qrvae {args.command}", (FileNotFoundError, ValueError), debug=args.debug, one_line=False)
 
 
 def main_make_data(argv: Sequence[str] | None = None) -> int:

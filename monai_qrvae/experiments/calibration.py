@@ -30,10 +30,10 @@ from scipy.stats import norm
 from monai_qrvae.anomaly import FLAIR_CHANNEL
 from monai_qrvae.experiments.common import (
     VolumePrediction,
+    experiment_models,
     markdown_table,
     new_figure,
     predict_volumes,
-    prepare_models,
     save_figure,
     write_json,
     write_text,
@@ -301,18 +301,8 @@ def run_calibration(
         "files", "seconds"}``.
     """
     start = time.perf_counter()
-    work = (
-        Path(work_dir) if work_dir is not None else (Path(out_dir) / "work" if out_dir else Path("qrvae-experiments"))
-    )
-    datalist, model_dirs = prepare_models(
-        work,
-        datalist=datalist,
-        models=models,
-        methods=methods,
-        quick=quick,
-        epochs=epochs,
-        seed=seed,
-        progress=progress,
+    datalist, model_dirs = experiment_models(
+        out_dir, work_dir, datalist, models, methods, quick, epochs, seed, progress
     )
     from monai_qrvae.workflows import ModelConfig
 

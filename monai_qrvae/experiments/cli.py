@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_qrvae.logging_utils import progress_enabled
+from monai_qrvae.cli_utils import arg_values, run_command, show_progress
 
 __all__ = [
     "add_parsers",
@@ -53,18 +53,31 @@ def _quick(args: argparse.Namespace) -> bool:
     return bool(args.quick) or quick_from_env()
 
 
+def _brain_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments the brain experiments (``calibration``, ``fdr``) take from :func:`_add_brain_args`."""
+    datalist, models = _models_from_args(args)
+    return {
+        "out_dir": args.out,
+        "work_dir": args.work_dir,
+        "datalist": datalist,
+        "models": models,
+        "quick": _quick(args),
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "progress": show_progress(args),
+    }
+
+
+def _print_figure(result: dict[str, Any]) -> None:
+    print(f"figure: {result['files']['figure']}  ({result['seconds']:.0f} s)")
+
+
 def run_simulation_cmd(args: argparse.Namespace) -> int:
     """``qrvae experiment simulation``."""
     from monai_qrvae.experiments.simulation import run_simulation
 
     result = run_simulation(
-        out_dir=args.out,
-        quick=_quick(args),
-        epochs=args.epochs,
-        n_train=args.n_train,
-        betas=args.betas,
-        main_beta=args.main_beta,
-        seed=args.seed,
+        out_dir=args.out, quick=_quick(args), **arg_values(args, "epochs", "n_train", "betas", "main_beta", "seed")
     )
     main = result["main"]
     print(result["table"])
@@ -72,7 +85,7 @@ def run_simulation_cmd(args: argparse.Namespace) -> int:
         f"median predicted / true sigma at beta {result['config']['main_beta']:g}: "
         f"Gaussian VAE {main['ratio_gaussian_over_true']:.3f}, QR-VAE {main['ratio_qrvae_over_true']:.3f}"
     )
-    print(f"figure: {result['files']['figure']}  ({result['seconds']:.0f} s)")
+    _print_figure(result)
     return 0
 
 
@@ -80,21 +93,10 @@ def run_calibration_cmd(args: argparse.Namespace) -> int:
     """``qrvae experiment calibration``."""
     from monai_qrvae.experiments.calibration import run_calibration
 
-    datalist, models = _models_from_args(args)
-    result = run_calibration(
-        out_dir=args.out,
-        work_dir=args.work_dir,
-        datalist=datalist,
-        models=models,
-        quick=_quick(args),
-        epochs=args.epochs,
-        section=args.section,
-        seed=args.seed,
-        progress=progress_enabled(not args.no_progress),
-    )
+    result = run_calibration(**_brain_kwargs(args), section=args.section)
     print(result["coverage_table"])
     print(result["z_table"])
-    print(f"figure: {result['files']['figure']}  ({result['seconds']:.0f} s)")
+    _print_figure(result)
     return 0
 
 
@@ -102,22 +104,11 @@ def run_fdr_cmd(args: argparse.Namespace) -> int:
     """``qrvae experiment fdr``."""
     from monai_qrvae.experiments.fdr import run_fdr
 
-    datalist, models = _models_from_args(args)
-    result = run_fdr(
-        out_dir=args.out,
-        work_dir=args.work_dir,
-        datalist=datalist,
-        models=models,
-        quick=_quick(args),
-        epochs=args.epochs,
-        alphas=args.alphas,
-        seed=args.seed,
-        progress=progress_enabled(not args.no_progress),
-    )
+    result = run_fdr(**_brain_kwargs(args), alphas=args.alphas)
     print(result["table"])
     for line in result["verdict"]:
         print(f"- {line}")
-    print(f"figure: {result['files']['figure']}  ({result['seconds']:.0f} s)")
+    _print_figure(result)
     return 0
 
 
@@ -125,20 +116,13 @@ def run_thresholds_cmd(args: argparse.Namespace) -> int:
     """``qrvae experiment thresholds``."""
     from monai_qrvae.experiments.thresholds import run_thresholds
 
+    options = ("section", "calibration_section", "alphas", "stratify", "num_strata", "quantile_score")
     result = run_thresholds(
         args.model,
         args.datalist,
-        section=args.section,
-        calibration_section=args.calibration_section,
-        alphas=args.alphas,
+        **arg_values(args, *options, "score_median", "device", out_dir="out"),
         cluster_p=None if args.cluster_p <= 0 else args.cluster_p,
         loo=not args.no_loo,
-        out_dir=args.out,
-        stratify=args.stratify,
-        num_strata=args.num_strata,
-        quantile_score=args.quantile_score,
-        score_median=args.score_median,
-        device=args.device,
     )
     print(result["table"])
     print(f"table: {result['files']['table']}  ({result['seconds']:.0f} s)")
@@ -227,12 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one experiment; errors in the input are printed as one line (exit status 2)."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"qrvae experiment: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(build_parser().parse_args(argv), "qrvae experiment", one_line=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

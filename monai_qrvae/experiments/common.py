@@ -32,6 +32,7 @@ __all__ = [
     "ensure_cohort",
     "ensure_model",
     "prepare_models",
+    "experiment_models",
     "load_volumes",
     "predict_slices",
     "VolumePrediction",
@@ -195,6 +196,34 @@ def prepare_models(
                 datalist, work_dir / method / "model", method, epochs=n_epochs, seed=seed, progress=progress
             )
     return datalist, out
+
+
+def experiment_models(
+    out_dir: str | os.PathLike | None,
+    work_dir: str | os.PathLike | None,
+    datalist: str | os.PathLike | None,
+    models: dict[str, str | os.PathLike | None] | None,
+    methods: Sequence[str],
+    quick: bool,
+    epochs: int | None,
+    seed: int,
+    progress: bool,
+) -> tuple[Path, dict[str, Path]]:
+    """:func:`prepare_models` for an experiment writing to ``out_dir``: cohort and models are made in ``work_dir``,
+    by default ``out_dir/work`` (``qrvae-experiments`` when ``out_dir`` is ``None``)."""
+    work = (
+        Path(work_dir) if work_dir is not None else (Path(out_dir) / "work" if out_dir else Path("qrvae-experiments"))
+    )
+    return prepare_models(
+        work,
+        datalist=datalist,
+        models=models,
+        methods=methods,
+        quick=quick,
+        epochs=epochs,
+        seed=seed,
+        progress=progress,
+    )
 
 
 def load_volumes(

@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from monai_qrvae.anomaly import FLAIR_CHANNEL, anomaly_maps, benjamini_hochberg
 from monai_qrvae.experiments.common import (
     VolumePrediction,
+    experiment_models,
     markdown_table,
     new_figure,
     predict_volumes,
-    prepare_models,
     save_figure,
     write_json,
     write_text,
@@ -132,40 +132,30 @@ def fdr_stats(detected: torch.Tensor, brain: torch.Tensor, label: torch.Tensor |
     }
 
 
+#: columns of :func:`fdr_table` and their headers.
+_TABLE_COLUMNS = {
+    "model": "model",
+    "per": "BH per",
+    "alpha": "alpha",
+    "fdr": "FDR (mean FDP)",
+    "fdr_sem": "s.e.",
+    "fdr_no_border": "FDR, lesion borders excluded",
+    "fdp_pooled": "pooled FDP",
+    "sensitivity": "sensitivity",
+    "dice": "Dice",
+    "detections": "detections",
+    "border_fp": "FP at lesion border",
+    "null_any": "healthy: P(any detection)",
+    "null_voxel_rate": "healthy: voxel FP rate",
+}
+
+
 def fdr_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of :func:`run_fdr` rows."""
     return markdown_table(
         rows,
-        [
-            "model",
-            "per",
-            "alpha",
-            "fdr",
-            "fdr_sem",
-            "fdr_no_border",
-            "fdp_pooled",
-            "sensitivity",
-            "dice",
-            "detections",
-            "border_fp",
-            "null_any",
-            "null_voxel_rate",
-        ],
-        headers=[
-            "model",
-            "BH per",
-            "alpha",
-            "FDR (mean FDP)",
-            "s.e.",
-            "FDR, lesion borders excluded",
-            "pooled FDP",
-            "sensitivity",
-            "Dice",
-            "detections",
-            "FP at lesion border",
-            "healthy: P(any detection)",
-            "healthy: voxel FP rate",
-        ],
+        list(_TABLE_COLUMNS),
+        headers=list(_TABLE_COLUMNS.values()),
         formats={
             "model": lambda m: _LABELS.get(m, str(m)),
             "alpha": lambda a: f"{a:g}",
@@ -313,18 +303,8 @@ def run_fdr(
     for per in families:
         if per not in FAMILIES:
             raise ValueError(f"families must be among {FAMILIES}, got {per!r}.")
-    work = (
-        Path(work_dir) if work_dir is not None else (Path(out_dir) / "work" if out_dir else Path("qrvae-experiments"))
-    )
-    datalist, model_dirs = prepare_models(
-        work,
-        datalist=datalist,
-        models=models,
-        methods=methods,
-        quick=quick,
-        epochs=epochs,
-        seed=seed,
-        progress=progress,
+    datalist, model_dirs = experiment_models(
+        out_dir, work_dir, datalist, models, methods, quick, epochs, seed, progress
     )
     rows: list[dict[str, Any]] = []
     example_preds: dict[str, list[VolumePrediction]] = {}

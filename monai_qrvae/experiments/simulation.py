@@ -34,11 +34,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from monai_qrvae.anomaly import check_quantiles, quantiles_to_mu_sigma
+from monai_qrvae.anomaly import check_quantiles
 from monai_qrvae.experiments.common import markdown_table, new_figure, save_figure, write_json, write_text
+from monai_qrvae.experiments.manifold import make_manifold_data, sigma_summary
+from monai_qrvae.experiments.mlp_vae import MLPVAE, predict_mu_sigma, train_mlp_vae
 from monai_qrvae.losses import GaussianVAELoss, QRVAELoss
 
 __all__ = [
@@ -53,6 +54,8 @@ __all__ = [
     "SIMULATION_DEFAULTS",
     "SIMULATION_QUICK",
 ]
+# make_manifold_data, sigma_summary (.manifold) and MLPVAE, train_mlp_vae, predict_mu_sigma (.mlp_vae) are
+# re-exported here, where they were first defined.
 
 #: default settings of :func:`run_simulation` (about 1-2 minutes on 2 CPU cores).
 SIMULATION_DEFAULTS: dict[str, Any] = {
@@ -78,183 +81,19 @@ SIMULATION_QUICK: dict[str, Any] = {
 _MODELS = ("gaussian", "qrvae")
 _LABELS = {"gaussian": "Gaussian VAE", "qrvae": "QR-VAE"}
 _COLOURS = {"gaussian": "tab:red", "qrvae": "tab:blue"}
-
-
-def make_manifold_data(
-    n: int, seed: int = 0, sigma_min: float = 0.05, sigma_max: float = 0.30
-) -> dict[str, torch.Tensor]:
-    """Noisy points on a 2-D manifold embedded in 4-D, with their known noise level.
-
-    Args:
-        n: number of points.
-        seed: seed of the coordinates and the noise.
-        sigma_min: noise standard deviation at ``t1 = -1``.
-        sigma_max: noise standard deviation at ``t1 = +1``.
-
-    Returns:
-        ``{"x", "clean", "sigma", "t"}``: noisy points ``(n, 4)``, noise-free points ``f(t)`` ``(n, 4)``, the true
-        noise standard deviation ``(n, 4)`` and the manifold coordinates ``(n, 2)``, float32.
-
-    Raises:
-        ValueError: for ``n < 1`` or noise levels that are not ``0 < sigma_min <= sigma_max``.
-    """
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}.")
-    if not 0 < sigma_min <= sigma_max:
-        raise ValueError(f"expected 0 < sigma_min <= sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
-    rng = np.random.default_rng(seed)
-    t = rng.uniform(-1.0, 1.0, size=(int(n), 2))
-    t1, t2 = t[:, 0], t[:, 1]
-    clean = np.stack([t1, t2, 0.5 * np.sin(np.pi * t1) + 0.5 * t2**2, 0.5 * np.cos(np.pi * t2) + 0.5 * t1 * t2], axis=1)
-    sigma = np.repeat((sigma_min + (sigma_max - sigma_min) * (1.0 + t1) / 2.0)[:, None], 4, axis=1)
-    x = clean + sigma * rng.standard_normal(clean.shape)
-    return {
-        k: torch.as_tensor(v, dtype=torch.float32) for k, v in (("x", x), ("clean", clean), ("sigma", sigma), ("t", t))
-    }
-
-
-class MLPVAE(nn.Module):
-    """A small fully connected VAE for vectors, with a Gaussian or a quantile decoder.
-
-    ``forward(x)`` takes ``(B, D)`` and returns ``(out, mu, logvar, z)`` like :class:`~monai_qrvae.networks.QRVAE`,
-    with ``out`` shaped ``(B, K*D, 1)`` (one dummy spatial axis, so the package's losses apply unchanged):
-    ``[mean (D), logvar (D)]`` for the Gaussian decoder (``quantiles=None``), or ``Q`` non-crossing quantiles
-    (quantile-major; the head nearest 0.5 is the anchor, the others cumulative softplus offsets from it).
-    In ``eval()`` mode the latent is the posterior mean.
-
-    Args:
-        in_features: ``D``.
-        latent_size: latent dimension.
-        hidden_size: width of the two hidden layers of the encoder and of the decoder.
-        quantiles: quantile levels of a QR-VAE decoder, or ``None`` for the Gaussian decoder.
-    """
-
-    def __init__(
-        self,
-        in_features: int = 4,
-        latent_size: int = 2,
-        hidden_size: int = 64,
-        quantiles: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__()
-        self.in_features = int(in_features)
-        self.quantiles = None if quantiles is None else check_quantiles(quantiles)
-        n_out = 2 if self.quantiles is None else len(self.quantiles)
-        self.encoder = nn.Sequential(
-            nn.Linear(in_features, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size), nn.ReLU()
-        )
-        self.mu = nn.Linear(hidden_size, latent_size)
-        self.logvar = nn.Linear(hidden_size, latent_size)
-        self.decoder = nn.Sequential(
-            nn.Linear(latent_size, hidden_size),
-            nn.ReLU(),
-            nn.Linear(hidden_size, hidden_size),
-            nn.ReLU(),
-            nn.Linear(hidden_size, n_out * in_features),
-        )
-        self.anchor = 0 if self.quantiles is None else int(np.argmin([abs(t - 0.5) for t in self.quantiles]))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """``(B, K*D, 1)`` decoder output for latent codes ``(B, latent)``."""
-        raw = self.decoder(z)
-        if self.quantiles is not None:
-            groups = raw.reshape(raw.shape[0], len(self.quantiles), self.in_features)
-            out = [groups[:, self.anchor]]
-            for k in range(self.anchor - 1, -1, -1):
-                out.insert(0, out[0] - F.softplus(groups[:, k]))
-            for k in range(self.anchor + 1, len(self.quantiles)):
-                out.append(out[-1] + F.softplus(groups[:, k]))
-            raw = torch.stack(out, dim=1).reshape(raw.shape)
-        return raw.unsqueeze(-1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"expected x of shape (B, {self.in_features}), got {tuple(x.shape)}.")
-        h = self.encoder(x)
-        mu, logvar = self.mu(h), self.logvar(h)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
-        return self.decode(z), mu, logvar, z
-
-
-def train_mlp_vae(
-    model: MLPVAE,
-    loss: nn.Module,
-    x: torch.Tensor,
-    epochs: int = 150,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    seed: int = 0,
-) -> list[float]:
-    """Train with Adam on the rows of ``x`` ``(n, D)``; ``loss(out, target, mu, logvar)`` as the package's VAE losses.
-
-    Returns:
-        the mean training loss of each epoch.
-    """
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    target_all = x.unsqueeze(-1)
-    history = []
-    model.train()
-    for _ in range(int(epochs)):
-        order = torch.randperm(x.shape[0], generator=generator)
-        total, count = 0.0, 0
-        for start in range(0, x.shape[0], batch_size):
-            index = order[start : start + batch_size]
-            out, mu, logvar, _ = model(x[index])
-            value = loss(out, target_all[index], mu, logvar)
-            optimizer.zero_grad()
-            value.backward()
-            optimizer.step()
-            total += float(value.detach()) * len(index)
-            count += len(index)
-        history.append(total / count)
-    model.eval()
-    return history
-
-
-@torch.no_grad()
-def predict_mu_sigma(model: MLPVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior-mean reconstruction of ``x`` ``(n, D)``: the predicted mean and standard deviation, each ``(n, D)``."""
-    model.eval()
-    out = model(x)[0]
-    if model.quantiles is None:
-        d = model.in_features
-        return out[:, :d, 0], torch.exp(0.5 * out[:, d:, 0])
-    mu, sigma = quantiles_to_mu_sigma(out, model.quantiles, sigma_floor=1e-6)
-    return mu[..., 0], sigma[..., 0]
-
-
-def sigma_summary(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, true_sigma: torch.Tensor) -> dict[str, float]:
-    """How a predicted sigma compares with the true noise sigma (all ``(n, D)``).
-
-    Returns:
-        ``sigma_ratio_median`` (median of predicted / true over points and dimensions), ``sigma_ratio_geomean``
-        (geometric mean of the ratio), ``sigma_ratio_of_means`` (mean predicted / mean true), ``sigma_corr``
-        (Pearson correlation of predicted and true sigma: does it follow the heteroscedasticity?),
-        ``residual_ratio`` (RMS of ``x - mu`` over the RMS true sigma: below 1 when the reconstruction has absorbed
-        part of the noise), ``z_std`` (standard deviation of ``(x - mu) / sigma``), ``coverage_15`` and
-        ``coverage_50`` (fraction of ``x`` below ``mu + sigma Phi^-1(tau)``: 0.15 and 0.5 when calibrated),
-        ``mean_sigma`` and ``mean_true_sigma``.
-    """
-    ratio = (sigma / true_sigma).double().flatten()
-    residual = (x - mu).double()
-    z = residual / sigma.double()
-    ppf_15 = float(torch.special.ndtri(torch.tensor(0.15, dtype=torch.float64)))
-    s, t = sigma.double().flatten(), true_sigma.double().flatten()
-    corr = float(torch.corrcoef(torch.stack([s, t]))[0, 1]) if float(s.std()) > 0 else float("nan")
-    return {
-        "sigma_ratio_median": float(ratio.median()),
-        "sigma_ratio_geomean": float(ratio.log().mean().exp()),
-        "sigma_ratio_of_means": float(s.mean() / t.mean()),
-        "sigma_corr": corr,
-        "residual_ratio": float(residual.pow(2).mean().sqrt() / t.pow(2).mean().sqrt()),
-        "z_std": float(z.std()),
-        "coverage_15": float((z < ppf_15).double().mean()),
-        "coverage_50": float((z < 0).double().mean()),
-        "mean_sigma": float(s.mean()),
-        "mean_true_sigma": float(t.mean()),
-    }
+#: columns of :func:`simulation_table` and their headers.
+_TABLE_COLUMNS = {
+    "model": "model",
+    "beta": "beta",
+    "sigma_ratio_median": "median sigma/true",
+    "sigma_ratio_geomean": "geo-mean sigma/true",
+    "sigma_ratio_of_means": "mean sigma / mean true",
+    "sigma_corr": "corr(sigma, true)",
+    "residual_ratio": "RMS residual / true",
+    "z_std": "std z",
+    "coverage_15": "P(x < q0.15)",
+    "at_clamp": "at logvar clamp",
+}
 
 
 def _fit_one(
@@ -297,30 +136,8 @@ def simulation_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of :func:`run_simulation` rows."""
     return markdown_table(
         rows,
-        [
-            "model",
-            "beta",
-            "sigma_ratio_median",
-            "sigma_ratio_geomean",
-            "sigma_ratio_of_means",
-            "sigma_corr",
-            "residual_ratio",
-            "z_std",
-            "coverage_15",
-            "at_clamp",
-        ],
-        headers=[
-            "model",
-            "beta",
-            "median sigma/true",
-            "geo-mean sigma/true",
-            "mean sigma / mean true",
-            "corr(sigma, true)",
-            "RMS residual / true",
-            "std z",
-            "P(x < q0.15)",
-            "at logvar clamp",
-        ],
+        list(_TABLE_COLUMNS),
+        headers=list(_TABLE_COLUMNS.values()),
         formats={"model": lambda m: _LABELS.get(m, str(m)), "beta": lambda b: f"{b:g}"},
     )
 

@@ -9,10 +9,11 @@ line with exit status 2. Stand-alone: ``python -m monai_qrvae.raw.cli preprocess
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from monai_qrvae.cli_utils import POST_ARGS, print_json, run_command
 
 __all__ = [
     "add_preprocess_parser",
@@ -48,8 +49,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
     except ImportError as e:  # the raw extra is missing: one line (qrvae maps RuntimeError to exit status 2)
         raise RuntimeError(str(e)) from e
     summary = {k: result[k] for k in ("similarity", "brain_volume_ml", "timing", "files")}
-    print(json.dumps(summary, indent=2))
-    return 0
+    return print_json(summary)
 
 
 def add_preprocess_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -69,11 +69,7 @@ def run_infer_raw(args: argparse.Namespace) -> int:
     """Handler of the raw form of ``qrvae infer`` (``--model --t1 --t2 --flair --out``)."""
     from monai_qrvae.raw.inverse import infer_raw
 
-    kwargs = {
-        k: getattr(args, k)
-        for k in ("alpha", "per", "median_size", "min_size", "score_median", "device")
-        if hasattr(args, k)
-    }
+    kwargs = {k: getattr(args, k) for k in (*POST_ARGS, "device") if hasattr(args, k)}
     if hasattr(args, "no_png"):
         kwargs["save_png"] = not args.no_png
     try:
@@ -143,11 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one raw sub-command; input errors print one line and return 2."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"qrvae {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return run_command(args, f"qrvae {args.command}", (ValueError, FileNotFoundError, RuntimeError))
 
 
 if __name__ == "__main__":  # pragma: no cover

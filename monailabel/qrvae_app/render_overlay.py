@@ -53,9 +53,13 @@ def render(study: Path, result: Path, out: Path, truth: Path | None = None, n: i
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", type=Path, help="the 4D T1/T2/FLAIR study")
-    parser.add_argument("result", type=Path, help="the label volume the server returned")
-    parser.add_argument("out", type=Path, help="PNG to write")
+    positional = {
+        "study": "the 4D T1/T2/FLAIR study",
+        "result": "the label volume the server returned",
+        "out": "PNG to write",
+    }
+    for name, help_text in positional.items():
+        parser.add_argument(name, type=Path, help=help_text)
     parser.add_argument("--truth", type=Path, default=None, help="ground-truth lesion label (outlined)")
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)

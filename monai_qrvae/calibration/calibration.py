@@ -1,0 +1,337 @@
+"""The :class:`Calibration` object (healthy null distribution of a score, saved as ``calibration.pt``) and
+conformal Benjamini-Hochberg on it."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monai_qrvae.calibration.conformal import (
+    _flat,
+    _sorted_strata,
+    conformal_p_values,
+    slice_strata,
+    stratified_p_values,
+)
+from monai_qrvae.calibration.thresholds import max_cluster_size, order_statistic_index, volume_threshold
+
+__all__ = ["CALIBRATION_FILE", "MAX_VOXELS", "STRATIFY", "Calibration", "load_calibration", "conformal_bh"]
+
+#: file name of a model's calibration, beside ``model.pt``.
+CALIBRATION_FILE = "calibration.pt"
+#: voxel scores kept: above this the sorted scores are thinned to evenly spaced order statistics.
+MAX_VOXELS = 2_000_000
+#: stratifications of the voxel scores: ``"none"`` (pooled) or ``"slice"`` (bins of slice position in the stack).
+STRATIFY = ("none", "slice")
+_FORMAT_VERSION = 1
+
+
+@dataclass(eq=False)  # tensors: compare fields explicitly
+class Calibration:
+    """Healthy-calibrated null distribution of one score definition, saved beside a model's weights.
+
+    Attributes:
+        voxel_scores: float32 calibration brain-voxel scores, sorted ascending within each stratum, strata one
+            after the other (thinned to evenly spaced order statistics above :data:`MAX_VOXELS`).
+        offsets: ``K + 1`` int64 stratum boundaries in ``voxel_scores`` (``[0, len]`` when pooled).
+        volume_maxima: float32 maximum brain score of each calibration volume, in datalist order.
+        score: the score definition it was computed for: ``method``, ``score_median``, ``channel``, ``score_key``
+            and ``score_name`` (e.g. ``"z[FLAIR]"``).
+        stratify: ``"none"`` or ``"slice"`` (``K`` bins of slice position of the analysed stack).
+        n_voxels: calibration brain voxels before thinning.
+        cluster_threshold: cluster-forming score threshold of the cluster-size calibration (``None``: not fitted).
+        max_cluster_sizes: largest component above ``cluster_threshold`` of each calibration volume (int64).
+        names: the calibration volumes (file names), for the record.
+    """
+
+    voxel_scores: torch.Tensor
+    offsets: torch.Tensor
+    volume_maxima: torch.Tensor
+    score: dict[str, Any] = field(default_factory=dict)
+    stratify: str = "none"
+    n_voxels: int = 0
+    cluster_threshold: float | None = None
+    max_cluster_sizes: torch.Tensor | None = None
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.stratify not in STRATIFY:
+            raise ValueError(f"stratify must be one of {STRATIFY}, got {self.stratify!r}.")
+        self.voxel_scores = torch.as_tensor(self.voxel_scores, dtype=torch.float32).flatten()
+        self.offsets = torch.as_tensor(self.offsets, dtype=torch.int64).flatten()
+        self.volume_maxima = torch.as_tensor(self.volume_maxima, dtype=torch.float32).flatten()
+        if self.max_cluster_sizes is not None:
+            self.max_cluster_sizes = torch.as_tensor(self.max_cluster_sizes, dtype=torch.int64).flatten()
+        if len(self.offsets) < 2 or int(self.offsets[0]) != 0 or int(self.offsets[-1]) != self.voxel_scores.numel():
+            raise ValueError(
+                f"offsets must run from 0 to the {self.voxel_scores.numel()} voxel scores, got {self.offsets.tolist()}."
+            )
+        if bool((self.offsets[1:] < self.offsets[:-1]).any()):
+            raise ValueError(f"offsets must be non-decreasing, got {self.offsets.tolist()}.")
+        if self.stratify == "none" and self.num_strata != 1:
+            raise ValueError(f"stratify 'none' needs one stratum, got {self.num_strata}.")
+        if self.voxel_scores.numel() == 0:
+            raise ValueError("a calibration needs at least one voxel score, got none.")
+        if not bool(torch.isfinite(self.voxel_scores).all()):
+            raise ValueError("calibration voxel scores must be finite (NaN or Inf found).")
+
+    @property
+    def n_volumes(self) -> int:
+        """``n``: the number of calibration volumes."""
+        return self.volume_maxima.numel()
+
+    @property
+    def num_strata(self) -> int:
+        """``K``: the number of strata (1 when pooled)."""
+        return len(self.offsets) - 1
+
+    @classmethod
+    def from_scores(
+        cls,
+        volumes: Sequence[Any],
+        masks: Sequence[Any] | None = None,
+        score: dict[str, Any] | None = None,
+        stratify: str = "none",
+        num_strata: int = 1,
+        max_voxels: int = MAX_VOXELS,
+        cluster_p: float | None = None,
+        connectivity: int = 1,
+        names: Sequence[str] = (),
+    ) -> Calibration:
+        """Build a calibration from the score maps of healthy volumes.
+
+        Args:
+            volumes: one score map per calibration volume (any shape; the last axis is the slice axis).
+            masks: the brain (analysis) mask of each, same shapes; ``None`` uses every voxel.
+            score: the score definition (see the class attributes).
+            stratify: ``"none"`` or ``"slice"``.
+            num_strata: slice-position bins for ``stratify="slice"``.
+            max_voxels: most voxel scores kept (evenly spaced order statistics beyond).
+            cluster_p: also calibrate the largest cluster size: components of voxels whose pooled conformal
+                p-value is ``<= cluster_p`` (``None``: skip).
+            connectivity: connectivity of those clusters.
+            names: volume names for the record.
+
+        Raises:
+            ValueError: for no volume, mismatched masks, an empty brain mask or a bad stratification.
+        """
+        if not volumes:
+            raise ValueError("a calibration needs at least one healthy volume, got none.")
+        if stratify not in STRATIFY:
+            raise ValueError(f"stratify must be one of {STRATIFY}, got {stratify!r}.")
+        if stratify == "none":
+            num_strata = 1
+        if masks is not None and len(masks) != len(volumes):
+            raise ValueError(f"got {len(masks)} masks for {len(volumes)} volumes.")
+        values, strata, maxima, maps = [], [], [], []
+        for i, vol in enumerate(volumes):
+            s = _flat(vol).detach().cpu().float()
+            m = torch.ones_like(s, dtype=torch.bool) if masks is None else _flat(masks[i]).cpu() > 0
+            if m.shape != s.shape:
+                raise ValueError(f"volume {i}: mask shape {tuple(m.shape)} does not match the scores {tuple(s.shape)}.")
+            if not bool(m.any()):
+                raise ValueError(f"volume {i}: the brain mask is empty; expected brain voxels to calibrate on.")
+            values.append(s[m])
+            maxima.append(float(s[m].max()))
+            if stratify == "slice":
+                strata.append(slice_strata(s.shape, num_strata)[m])
+            maps.append(torch.where(m, s, torch.full_like(s, -torch.inf)))
+        pooled = torch.cat(values)
+        sorted_scores, offsets = _sorted_strata(pooled, torch.cat(strata) if strata else None, num_strata, max_voxels)
+        cal = cls(
+            voxel_scores=sorted_scores,
+            offsets=offsets,
+            volume_maxima=torch.tensor(maxima),
+            score=dict(score or {}),
+            stratify=stratify,
+            n_voxels=pooled.numel(),
+            names=list(names),
+        )
+        if cluster_p is not None:
+            cal.fit_clusters(maps, cluster_p, connectivity)
+        return cal
+
+    def fit_clusters(self, maps: Sequence[torch.Tensor], cluster_p: float, connectivity: int = 1) -> None:
+        """Calibrate the largest cluster size above the pooled ``1 - cluster_p`` voxel quantile (see ``from_scores``).
+
+        ``maps`` are the calibration score maps with ``-inf`` outside the brain.
+        """
+        if not 0.0 < cluster_p < 1.0:
+            raise ValueError(f"cluster_p must be in (0, 1), got {cluster_p}.")
+        pooled = torch.sort(self.voxel_scores).values
+        # smallest t with conformal p(s) <= cluster_p for every s > t: (1 + #{c >= s}) / (n + 1) <= cluster_p
+        n = pooled.numel()
+        allowed = int(math.floor(cluster_p * (n + 1) + 1e-9)) - 1  # most calibration scores >= s allowed
+        self.cluster_threshold = float(pooled[max(n - 1 - allowed, 0)]) if allowed >= 0 else float(pooled[-1])
+        self.max_cluster_sizes = torch.tensor(
+            [max_cluster_size(m > self.cluster_threshold, connectivity) for m in maps], dtype=torch.int64
+        )
+        self.score["cluster_p"] = float(cluster_p)
+        self.score["cluster_connectivity"] = int(connectivity)
+
+    # --- using it -----------------------------------------------------------------------------------------------
+    def p_values(self, scores: Any, strata: torch.Tensor | None = None) -> torch.Tensor:
+        """Conformal p-values of ``scores`` (pooled, or per stratum; ``strata`` defaults to slice bins)."""
+        if self.num_strata == 1:
+            return conformal_p_values(scores, self.voxel_scores)
+        s = _flat(scores)
+        if strata is None:
+            strata = slice_strata(s.shape, self.num_strata)
+        return stratified_p_values(s, strata, self.voxel_scores, self.offsets)
+
+    def volume_threshold(self, alpha: float) -> float:
+        """The volume-level threshold at ``alpha`` (see :func:`volume_threshold`)."""
+        return volume_threshold(self.volume_maxima, alpha)
+
+    def volume_p_values(self, scores: Any) -> torch.Tensor:
+        """Max-statistic adjusted p-values ``(1 + #{M_i >= s}) / (n + 1)``: ``p <= alpha`` iff above the threshold."""
+        return conformal_p_values(scores, torch.sort(self.volume_maxima).values)
+
+    def cluster_size_threshold(self, alpha: float) -> int:
+        """Smallest cluster size a healthy volume exceeds with probability at most ``alpha`` (keep ``size > it``)."""
+        if self.max_cluster_sizes is None or self.cluster_threshold is None:
+            raise ValueError("this calibration has no cluster-size calibration; run it with a cluster_p.")
+        return int(volume_threshold(self.max_cluster_sizes.float(), alpha))
+
+    def check_score(self, **expected: Any) -> None:
+        """Raise ``ValueError`` when the calibration was computed for another score definition.
+
+        Example: ``cal.check_score(method="qrvae", score_median=3)``; keys the calibration does not record are
+        not checked.
+        """
+        wrong = {k: (self.score[k], v) for k, v in expected.items() if k in self.score and self.score[k] != v}
+        if wrong:
+            details = ", ".join(f"{k}: calibrated {a!r}, used {b!r}" for k, (a, b) in wrong.items())
+            raise ValueError(
+                f"the calibration was computed for another score ({details}); run 'qrvae calibrate' again for the "
+                "post-processing in use."
+            )
+
+    def summary(self, alphas: Sequence[float] = (0.01, 0.05, 0.1)) -> dict[str, Any]:
+        """A short description: sizes, score definition, smallest p-value, volume thresholds where ``n`` allows."""
+        pooled = torch.sort(self.voxel_scores).values
+        out: dict[str, Any] = {
+            "n_volumes": self.n_volumes,
+            "n_voxels": self.n_voxels,
+            "voxel_scores_kept": self.voxel_scores.numel(),
+            "smallest_p": 1.0 / (self.voxel_scores.numel() + 1),
+            "stratify": self.stratify,
+            "num_strata": self.num_strata,
+            "score": dict(self.score),
+            "voxel_quantiles": {str(q): float(pooled[int(q * (pooled.numel() - 1))]) for q in (0.5, 0.99, 0.999)},
+            "volume_maxima": [round(float(v), 4) for v in self.volume_maxima],
+        }
+        thresholds = {}
+        for a in alphas:
+            thresholds[str(a)] = (
+                self.volume_threshold(a) if order_statistic_index(self.n_volumes, a) <= self.n_volumes else None
+            )
+        out["volume_thresholds"] = thresholds
+        if self.max_cluster_sizes is not None:
+            out["cluster_threshold"] = self.cluster_threshold
+            out["max_cluster_sizes"] = self.max_cluster_sizes.tolist()
+        return out
+
+    # --- files --------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and Python values only (loadable with ``torch.load(weights_only=True)``)."""
+        return {
+            "format_version": _FORMAT_VERSION,
+            "voxel_scores": self.voxel_scores.contiguous(),
+            "offsets": self.offsets.contiguous(),
+            "volume_maxima": self.volume_maxima.contiguous(),
+            "max_cluster_sizes": None if self.max_cluster_sizes is None else self.max_cluster_sizes.contiguous(),
+            "meta": {
+                "score": dict(self.score),
+                "stratify": self.stratify,
+                "n_voxels": int(self.n_voxels),
+                "cluster_threshold": self.cluster_threshold,
+                "names": list(self.names),
+            },
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the calibration atomically (``torch.save`` of :meth:`state_dict`); a folder gets ``calibration.pt``."""
+        from monai_qrvae.handlers import atomic_write
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / CALIBRATION_FILE
+        state = self.state_dict()
+        return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Calibration:
+        """Read a calibration written by :meth:`save` (a file, or a model folder holding ``calibration.pt``).
+
+        Raises:
+            FileNotFoundError: when there is no such file.
+            ValueError: when the file is not a calibration of a known format.
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / CALIBRATION_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"calibration file {path} does not exist; run 'qrvae calibrate --model <model folder> --datalist "
+                "<datalist>' on healthy scans first."
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt file
+            raise ValueError(f"cannot read calibration {path}: {e}") from e
+        if not isinstance(state, dict) or state.get("format_version") != _FORMAT_VERSION:
+            found = state.get("format_version") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{path} is not a calibration of format {_FORMAT_VERSION} (found {found!r}).")
+        meta = state["meta"]
+        return cls(
+            voxel_scores=state["voxel_scores"],
+            offsets=state["offsets"],
+            volume_maxima=state["volume_maxima"],
+            score=dict(meta["score"]),
+            stratify=meta["stratify"],
+            n_voxels=int(meta["n_voxels"]),
+            cluster_threshold=meta["cluster_threshold"],
+            max_cluster_sizes=state["max_cluster_sizes"],
+            names=list(meta["names"]),
+        )
+
+
+def load_calibration(model_dir: str | os.PathLike, required: bool = False) -> Calibration | None:
+    """The calibration beside a model's weights, or ``None`` when there is none (``required``: raise instead)."""
+    path = Path(model_dir) / CALIBRATION_FILE
+    if not path.is_file() and not required:
+        return None
+    return Calibration.load(path)
+
+
+def conformal_bh(
+    scores: Any,
+    calibration: Calibration,
+    alpha: float = 0.05,
+    mask: Any = None,
+    per: str = "volume",
+    strata: torch.Tensor | None = None,
+) -> Any:
+    """Conformal Benjamini-Hochberg: BH (:func:`monai_qrvae.anomaly.benjamini_hochberg`) on conformal p-values.
+
+    Args:
+        scores: ``(B, 1, H, W, D)`` (or ``(B, 1, H, W)``) score maps.
+        calibration: the healthy calibration of that score.
+        alpha: the false discovery rate.
+        mask: brain mask broadcastable to ``scores`` (voxels outside are not tested).
+        per: ``"volume"`` or ``"slice"``, see ``benjamini_hochberg``.
+        strata: stratum index per voxel for a stratified calibration (default: slice bins).
+
+    Returns:
+        Boolean detections of ``scores``' shape.
+    """
+    from monai_qrvae.anomaly import benjamini_hochberg
+
+    return benjamini_hochberg(calibration.p_values(scores, strata), alpha=alpha, mask=mask, per=per)
