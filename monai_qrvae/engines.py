@@ -47,11 +47,16 @@ class VAEPrepareBatch(PrepareBatch):
     Args:
         image_key: key of the image in the batch dictionary.
         mask_key: key of the brain mask; ``None`` or a missing key trains on every pixel.
+        target_channels: the target is the first ``target_channels`` image channels (``None``: all); the others
+            are context for the network only (e.g. neighbouring slices).
     """
 
-    def __init__(self, image_key: str = CommonKeys.IMAGE, mask_key: str | None = "brain_mask") -> None:
+    def __init__(
+        self, image_key: str = CommonKeys.IMAGE, mask_key: str | None = "brain_mask", target_channels: int | None = None
+    ) -> None:
         self.image_key = str(image_key)
         self.mask_key = mask_key
+        self.target_channels = target_channels
 
     def __call__(
         self,
@@ -67,7 +72,8 @@ class VAEPrepareBatch(PrepareBatch):
         mask = None
         if self.mask_key is not None and self.mask_key in batchdata:
             mask = batchdata[self.mask_key].to(device=device, non_blocking=non_blocking, **kwargs)
-        return image, (image, mask)
+        target = image if self.target_channels is None else image[:, : self.target_channels]
+        return image, (target, mask)
 
 
 class VAELossAdapter(nn.Module):
@@ -119,6 +125,7 @@ def create_trainer(
     train_handlers: Sequence[Any] = (),
     amp: bool = False,
     optimizer: torch.optim.Optimizer | None = None,
+    target_channels: int | None = None,
 ) -> SupervisedTrainer:
     """A ``SupervisedTrainer`` for label-free VAE training (Adam, the paper's lr 3e-4 by default).
 
@@ -134,6 +141,8 @@ def create_trainer(
         train_handlers: extra handlers (stats, checkpoints, validation, ...).
         amp: automatic mixed precision (a no-op on CPU).
         optimizer: an optimizer to use instead of Adam.
+        target_channels: reconstruct only the first image channels (the others are context), see
+            :class:`VAEPrepareBatch`.
     """
     network = network.to(device)
     if not isinstance(loss_function, VAELossAdapter):
@@ -147,7 +156,7 @@ def create_trainer(
         network=network,
         optimizer=optimizer,
         loss_function=loss_function,
-        prepare_batch=VAEPrepareBatch(image_key, mask_key),
+        prepare_batch=VAEPrepareBatch(image_key, mask_key, target_channels),
         inferer=SimpleInferer(),
         train_handlers=handlers,
         amp=amp and torch.device(device).type == "cuda",
@@ -163,6 +172,7 @@ def create_loss_evaluator(
     image_key: str = CommonKeys.IMAGE,
     mask_key: str | None = "brain_mask",
     val_handlers: Sequence[Any] = (),
+    target_channels: int | None = None,
 ) -> SupervisedEvaluator:
     """A ``SupervisedEvaluator`` whose key metric ``val_loss`` is the training loss on healthy validation slices."""
     if not isinstance(loss_function, VAELossAdapter):
@@ -177,7 +187,7 @@ def create_loss_evaluator(
         device=torch.device(device),
         val_data_loader=val_loader,
         network=network,
-        prepare_batch=VAEPrepareBatch(image_key, mask_key),
+        prepare_batch=VAEPrepareBatch(image_key, mask_key, target_channels),
         inferer=SimpleInferer(),
         key_val_metric={"val_loss": metric},
         metric_cmp_fn=lower_is_better,

@@ -130,6 +130,19 @@ class _LatentVAE(VarAutoEncoder):
         return self.decode_forward(z, self.use_sigmoid), mu, logvar, z
 
 
+def _target_channels(in_shape: Sequence[int], target_channels: int | None) -> int:
+    """The number of predicted channels: the first ``target_channels`` of the input (all when ``None``)."""
+    num_in = int(in_shape[0])
+    if target_channels is None:
+        return num_in
+    if int(target_channels) != target_channels or not 1 <= target_channels <= num_in:
+        raise ValueError(
+            f"target_channels must be an int in [1, {num_in}] (the input has {num_in} channels), "
+            f"got {target_channels!r}."
+        )
+    return int(target_channels)
+
+
 class QRVAE(_LatentVAE):
     """Quantile-regression VAE: the decoder predicts ``Q`` conditional quantiles of every input channel.
 
@@ -156,6 +169,9 @@ class QRVAE(_LatentVAE):
         norm: feature normalisation type.
         act: activation type.
         dropout: dropout ratio.
+        target_channels: number of leading input channels whose quantiles are predicted (``None``: all). The
+            remaining input channels are context only (e.g. neighbouring slices, see
+            :class:`~monai_qrvae.context.AdjacentSlices`).
 
     Reference:
         Akrami, Joshi, Aydore, Leahy. "Addressing Variance Shrinkage in Variational Autoencoders using
@@ -176,12 +192,14 @@ class QRVAE(_LatentVAE):
         norm: tuple | str = "batch",
         act: tuple | str | None = "relu",
         dropout: tuple | str | float | None = None,
+        target_channels: int | None = None,
     ) -> None:
         q = check_quantiles(quantiles)
+        target = _target_channels(in_shape, target_channels)
         super().__init__(
             spatial_dims,
             in_shape,
-            len(q) * int(in_shape[0]),
+            len(q) * target,
             latent_size,
             channels,
             strides,
@@ -194,6 +212,7 @@ class QRVAE(_LatentVAE):
         )
         self.quantiles: tuple[float, ...] = q
         self.num_quantiles = len(q)
+        self.target_channels = target
         self.anchor_index = int(np.argmin([abs(t - 0.5) for t in q]))
 
     def decode_forward(self, z: torch.Tensor, use_sigmoid: bool = False) -> torch.Tensor:
@@ -244,11 +263,13 @@ class GaussianVAE(_LatentVAE):
         act: tuple | str | None = "relu",
         dropout: tuple | str | float | None = None,
         learn_variance: bool = True,
+        target_channels: int | None = None,
     ) -> None:
+        target = _target_channels(in_shape, target_channels)
         super().__init__(
             spatial_dims,
             in_shape,
-            (2 if learn_variance else 1) * int(in_shape[0]),
+            (2 if learn_variance else 1) * target,
             latent_size,
             channels,
             strides,
@@ -260,6 +281,7 @@ class GaussianVAE(_LatentVAE):
             dropout,
         )
         self.learn_variance = bool(learn_variance)
+        self.target_channels = target
 
 
 def _mu_sigma_weights(quantiles: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,6 +353,7 @@ class AnomalyMapNet(nn.Module):
         self.register_buffer("sigma_weights", w_sigma, persistent=False)
         self.register_buffer("normal_scores", normal_scores, persistent=False)
         self.quantile_score = bool(quantile_score) and mode == 0
+        self.target_channels = int(network.target_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
@@ -341,6 +364,7 @@ class AnomalyMapNet(nn.Module):
             ``(B, 3C, spatial...)`` float tensor ``[mu, sigma, z]``, ``sigma >= sigma_floor``.
         """
         out = self.network(x)[0].float()
+        x = x[:, : self.target_channels]
         shape = out.shape
         if self.mode == 0:
             num_q = self.num_quantiles

@@ -22,6 +22,7 @@ from monai.transforms import (
 )
 from tqdm.auto import tqdm
 
+from monai_qrvae.context import context_transform
 from monai_qrvae.logging_utils import progress_enabled
 from monai_qrvae.transforms import BrainMaskd, MaskedScaleIntensityPercentilesd, SelectSlicesd, slices_to_items
 
@@ -43,6 +44,8 @@ def volume_transforms(
     upper: float = 99.0,
     clip: bool = False,
     load: bool = True,
+    context: str = "none",
+    num_neighbours: int = 1,
 ) -> Compose:
     """Load, reorient to RAS, normalise inside the brain, crop to the brain, resize in-plane and select slices.
 
@@ -63,6 +66,9 @@ def volume_transforms(
         clip: clip the scaled intensities to [0, 1]. Off by default: clipping at the 99th percentile would cap
             exactly the bright (lesion) voxels the detector looks for.
         load: include ``LoadImaged``/``EnsureChannelFirstd`` (set False for data already in memory).
+        context: through-plane context channels appended to the image after the slices are chosen: ``"none"``,
+            ``"neighbours"`` (2.5D) or ``"position"``, see :mod:`monai_qrvae.context`.
+        num_neighbours: slices on each side for ``context="neighbours"``.
     """
     keys = [image_key, mask_key, label_key]
     steps: list[Callable] = []
@@ -97,6 +103,9 @@ def volume_transforms(
         ),
         EnsureTyped(keys=[mask_key, label_key], dtype=torch.float32, allow_missing_keys=True),
     ]
+    extra = context_transform(context, image_key, num_neighbours)
+    if extra is not None:
+        steps.append(extra)
     return Compose(steps)
 
 

@@ -1,7 +1,8 @@
 """Pure tensor functions that turn predicted quantiles into anomaly maps.
 
 Quantiles -> (mu, sigma) under a Gaussian model of x given z, z-scores, p-values (:mod:`.gaussian`), the
-quantile-function score (:mod:`.quantile_score`), Benjamini-Hochberg false-discovery-rate masks (:mod:`.fdr`), and the
+quantile-function score (:mod:`.quantile_score`), multi-contrast scores
+(:mod:`.scores`), Benjamini-Hochberg false-discovery-rate masks (:mod:`.fdr`), and the
 usual post-processing filters (:mod:`.filters`); shared helpers in :mod:`.utils`. No engine or file handling lives here.
 
 Reference:
@@ -15,6 +16,7 @@ from monai_qrvae.anomaly.fdr import benjamini_hochberg
 from monai_qrvae.anomaly.filters import median_filter, remove_small_components
 from monai_qrvae.anomaly.gaussian import PPF_085, anomaly_maps, p_value, quantiles_to_mu_sigma, z_score
 from monai_qrvae.anomaly.quantile_score import interpolate_normal_score, quantile_function_score
+from monai_qrvae.anomaly.scores import LESION_DIRECTION, SCORES, combine_z, score_weights, signed_z
 from monai_qrvae.anomaly.utils import (  # noqa: F401 - imported by monai_qrvae.metrics
     FLAIR_CHANNEL,
     _as_tensor,
@@ -25,6 +27,11 @@ from monai_qrvae.anomaly.utils import (  # noqa: F401 - imported by monai_qrvae.
 
 __all__ = [
     "FLAIR_CHANNEL",
+    "SCORES",
+    "LESION_DIRECTION",
+    "score_weights",
+    "combine_z",
+    "signed_z",
     "PPF_085",
     "check_quantiles",
     "split_quantiles",

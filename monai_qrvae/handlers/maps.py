@@ -6,6 +6,7 @@ they run at ``MODEL_COMPLETED`` by default, so the metric handlers see ``z``, ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from monai.handlers import PostProcessing
@@ -28,6 +29,9 @@ class AnomalyMapHandler(PostProcessing):
         keep_mu_sigma: also add ``mu`` and ``sigma`` of the channel.
         median_size: in-plane median filter of the z-map before the p-values (1 = off).
         event: ``"MODEL_COMPLETED"`` (default, before metrics) or ``"ITERATION_COMPLETED"``.
+        score: combine the contrasts' z-maps (a name of :data:`~monai_qrvae.anomaly.SCORES` or weights), see
+            :class:`~monai_qrvae.transforms.AnomalyMapsd`; ``None``: ``channel`` alone.
+        contrast_key: also add every contrast's lesion-signed z-map under this key (for the lesion report).
     """
 
     def __init__(
@@ -39,10 +43,19 @@ class AnomalyMapHandler(PostProcessing):
         keep_mu_sigma: bool = False,
         median_size: int = 1,
         event: str = "MODEL_COMPLETED",
+        score: str | Sequence[float] | None = None,
+        contrast_key: str | None = None,
     ) -> None:
         super().__init__(
             AnomalyMapsd(
-                pred_key, mask_key, channel, alternative, keep_mu_sigma=keep_mu_sigma, median_size=median_size
+                pred_key,
+                mask_key,
+                channel,
+                alternative,
+                keep_mu_sigma=keep_mu_sigma,
+                median_size=median_size,
+                score=score,
+                contrast_key=contrast_key,
             ),
             event=event,
         )

@@ -8,13 +8,22 @@ and the bundle's ``postprocessing`` use them; the calibrated thresholds are in
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from monai_qrvae.anomaly import FLAIR_CHANNEL, benjamini_hochberg, median_filter, p_value, remove_small_components
+from monai_qrvae.anomaly import (
+    FLAIR_CHANNEL,
+    benjamini_hochberg,
+    combine_z,
+    median_filter,
+    p_value,
+    remove_small_components,
+    score_weights,
+    signed_z,
+)
 from monai_qrvae.transforms.utils import _like
 
 __all__ = [
@@ -56,6 +65,11 @@ class AnomalyMapsd(MapTransform):
             post-processing, Baur et al. 2021). Null p-values of a filtered map are conservative.
         roi_key: output key of the analysis mask actually used (a copy of the brain mask), so that metric
             handlers, which only see ``engine.state.output``, can restrict themselves to the brain.
+        score: combine the contrasts' z-maps instead of taking ``channel`` alone: a name of
+            :data:`~monai_qrvae.anomaly.SCORES` (``"flair"``, ``"flair_t2"``, ``"all"``) or signed weights, one per
+            channel (:func:`~monai_qrvae.anomaly.combine_z`); ``None``: the z-map of ``channel``.
+        contrast_key: also write every contrast's z-map, turned so that positive means "like a lesion"
+            (:func:`~monai_qrvae.anomaly.signed_z`), under this key (``(C, spatial...)``; for the lesion report).
     """
 
     def __init__(
@@ -70,8 +84,12 @@ class AnomalyMapsd(MapTransform):
         median_size: int = 1,
         roi_key: str = "roi",
         allow_missing_keys: bool = False,
+        score: str | Sequence[float] | None = None,
+        contrast_key: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.score = score
+        self.contrast_key = contrast_key
         self.median_size = median_size
         self.mask_key = mask_key
         self.roi_key = roi_key
@@ -90,7 +108,11 @@ class AnomalyMapsd(MapTransform):
             c = pred.shape[0] // 3
             if not 0 <= self.channel < c:
                 raise ValueError(f"channel {self.channel} is out of range for a prediction of {c} input channel(s).")
-            z = torch.as_tensor(pred[2 * c + self.channel : 2 * c + self.channel + 1]).float()
+            zc = torch.as_tensor(pred[2 * c : 3 * c]).float()
+            if self.score is None or (self.score == "flair" and self.channel == FLAIR_CHANNEL < c):
+                z = zc[self.channel : self.channel + 1]
+            else:
+                z = combine_z(zc, score_weights(self.score, c))
             if self.median_size > 1:
                 z = _median_in_plane(z, self.median_size)
             if self.mask_key is not None and self.mask_key in d:
@@ -101,12 +123,15 @@ class AnomalyMapsd(MapTransform):
                     )
                 z = torch.where(mask, z, torch.zeros_like(z))
                 p = torch.where(mask, p_value(z, self.alternative), torch.ones_like(z))
+                zc = torch.where(mask, zc, torch.zeros_like(zc))
             else:
                 mask = torch.ones_like(z, dtype=torch.bool)
                 p = p_value(z, self.alternative)
             d[self.roi_key] = _like(mask.float(), pred)
             d[self.z_key] = _like(z, pred)
             d[self.p_key] = _like(p, pred)
+            if self.contrast_key is not None:
+                d[self.contrast_key] = _like(signed_z(zc), pred)
             if self.keep_mu_sigma:
                 d["mu"] = _like(torch.as_tensor(pred[self.channel : self.channel + 1]).float(), pred)
                 d["sigma"] = _like(torch.as_tensor(pred[c + self.channel : c + self.channel + 1]).float(), pred)
