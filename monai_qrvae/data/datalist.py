@@ -42,28 +42,28 @@ from .io import (
     read_json,
 )
 
-__all__ = [
-    "NIFTI_SUFFIXES",
-    "ITK_SUFFIXES",
-    "SUPPORTED_SUFFIXES",
+__all__ = [  # sorted; the names defined in submodules are re-exported
     "DATALIST_SECTIONS",
-    "SECTION_PURPOSES",
-    "JOB_SECTIONS",
-    "allocate_splits",
-    "missing_section_message",
-    "require_sections",
-    "section_counts",
+    "ITK_SUFFIXES",
     "ImageInfo",
     "ImageTooLargeError",
+    "JOB_SECTIONS",
+    "NIFTI_SUFFIXES",
+    "SECTION_PURPOSES",
+    "SUPPORTED_SUFFIXES",
+    "allocate_splits",
     "available_memory_bytes",
-    "read_image_info",
-    "read_image",
-    "check_item",
     "check_datalist",
-    "load_datalist",
-    "read_datalist_json",
+    "check_item",
     "find_subjects",
+    "load_datalist",
     "make_datalist",
+    "missing_section_message",
+    "read_datalist_json",
+    "read_image",
+    "read_image_info",
+    "require_sections",
+    "section_counts",
 ]
 
 
@@ -302,13 +302,7 @@ def make_datalist(
     else:
         healthy = [s for s in subjects if "label" not in s]
         labelled = [s for s in subjects if "label" in s]
-        sizes = allocate_splits(
-            len(healthy),
-            len(labelled),
-            val_fraction=val_fraction,
-            calibration_fraction=calibration_fraction,
-            test_healthy_fraction=test_healthy_fraction,
-        )
+        sizes = allocate_splits(len(healthy), len(labelled), val_fraction, calibration_fraction, test_healthy_fraction)
         rng = np.random.default_rng(seed)
         h_order = rng.permutation(len(healthy)).tolist()
         l_order = rng.permutation(len(labelled)).tolist()
