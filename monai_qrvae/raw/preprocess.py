@@ -14,6 +14,9 @@ Steps (ANTs through ``antspyx`` for bias correction and registration, ``deepbet`
 6. **one resampling** of each corrected series (trilinear) and of the brain mask onto the analysis grid: the
    embedded data's 2 mm MNI grid (:func:`analysis_grid`), through the composed transforms; zero outside the brain.
 
+The steps live in :mod:`~monai_qrvae.raw.series` (1), :mod:`~monai_qrvae.raw.bias` (2),
+:mod:`~monai_qrvae.raw.registration` (3, 5) and :mod:`~monai_qrvae.raw.brain_extraction` (4); this module runs them.
+
 The intensity standardisation of training (percentiles inside the brain mask) is part of the model's own
 preprocessing (:func:`monai_qrvae.preprocessing.volume_transforms`), so it is applied at inference as in training.
 
@@ -48,8 +51,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from monai_qrvae.raw.errors import MissingSeriesError, RawInputError, RegistrationError
-from monai_qrvae.raw.geometry import affine_to_ants_geometry, ants_params_to_ras, resample_to_grid
+from monai_qrvae.raw.bias import _downsample, _n4, _work_grid  # noqa: F401 - steps, importable from here as before
+from monai_qrvae.raw.brain_extraction import _bet_model, _brain_extraction  # noqa: F401
+from monai_qrvae.raw.errors import RawInputError, RegistrationError
+from monai_qrvae.raw.geometry import resample_to_grid
+from monai_qrvae.raw.registration import _ants, _ants_affine, _register, _template, _to_ants  # noqa: F401
+from monai_qrvae.raw.series import _MIN_FOV_MM, _head_mask, load_series, normalised_mutual_information  # noqa: F401
 
 __all__ = [
     "SERIES",
@@ -78,18 +85,6 @@ TIMING_FILE = "timing.json"
 #: (head) and 1.163-1.234 (brain); another subject's T2/FLAIR 1.072-1.096 (head) and 1.074-1.127 (brain) after
 #: rigid registration; the T1 brain against the template 1.128-1.144.
 DEFAULT_THRESHOLDS: dict[str, float] = {"head": 1.15, "brain": 1.13, "template": 1.05}
-_MIN_FOV_MM = 80.0
-
-
-def _ants() -> Any:
-    try:
-        import ants
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "raw-series preprocessing needs ANTsPy and deepbet: pip install 'monai-qrvae[raw]' "
-            f"(antspyx, deepbet); import failed: {e}"
-        ) from e
-    return ants
 
 
 @functools.lru_cache(maxsize=4)
@@ -112,218 +107,6 @@ def analysis_grid(spacing: float = 2.0, margin_mm: float = 12.0) -> tuple[tuple[
     return shape, out  # type: ignore[return-value]
 
 
-@functools.lru_cache(maxsize=1)
-def _template() -> tuple[np.ndarray, np.ndarray]:
-    """nilearn's MNI152 2009 T1 template (brain, 2 mm) masked by its brain mask: ``(data, affine)``."""
-    from nilearn import datasets
-
-    img = datasets.load_mni152_template(resolution=2)
-    mask = datasets.load_mni152_brain_mask(resolution=2)
-    data = np.asarray(img.get_fdata(), dtype=np.float32) * (np.asarray(mask.dataobj) > 0)
-    return data, np.asarray(img.affine, dtype=np.float64)
-
-
-def load_series(path: str | os.PathLike, name: str) -> nib.Nifti1Image:
-    """Read one raw series and check it: exists, readable, 3D, finite, not constant, field of view >= 80 mm.
-
-    Raises:
-        MissingSeriesError: the file does not exist.
-        RawInputError: anything else, naming the file and what was expected.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingSeriesError(f"{name} series {path} does not exist; expected a NIfTI file of the {name} scan.")
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e:  # nibabel raises many types for corrupt files
-        raise RawInputError(f"{name} series {path} cannot be read as NIfTI: {e}") from e
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise RawInputError(f"{name} series {path} has shape {data.shape}; expected one 3D volume.")
-    if min(data.shape) < 8:
-        raise RawInputError(f"{name} series {path} has shape {data.shape}; expected at least 8 voxels per axis.")
-    if not np.all(np.isfinite(data)):
-        raise RawInputError(f"{name} series {path} has {int((~np.isfinite(data)).sum())} NaN/Inf voxels.")
-    if float(data.max()) <= float(data.min()):
-        raise RawInputError(f"{name} series {path} is constant ({float(data.min())}); expected an MR image.")
-    affine = np.asarray(img.affine, dtype=np.float64)
-    try:
-        affine_to_ants_geometry(affine)
-    except ValueError as e:
-        raise RawInputError(f"{name} series {path}: {e}") from e
-    fov = np.linalg.norm(affine[:3, :3], axis=0) * np.asarray(data.shape)
-    if np.any(fov < _MIN_FOV_MM):
-        raise RawInputError(
-            f"{name} series {path} covers {np.round(fov, 1).tolist()} mm; expected a head (>= {_MIN_FOV_MM:.0f} mm "
-            "along every axis)."
-        )
-    return nib.Nifti1Image(data, affine)
-
-
-def _to_ants(data: np.ndarray, affine: np.ndarray) -> Any:
-    origin, spacing, direction = affine_to_ants_geometry(affine)
-    return _ants().from_numpy(np.ascontiguousarray(data, dtype=np.float32), origin, spacing, direction)
-
-
-def _ants_affine(image: Any) -> np.ndarray:
-    """RAS voxel-to-world matrix of an ANTs image."""
-    lps = np.eye(4)
-    lps[:3, :3] = np.asarray(image.direction) * np.asarray(image.spacing)[None, :]
-    lps[:3, 3] = image.origin
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-
-
-def _work_grid(affine: np.ndarray, shape: tuple[int, ...], work_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
-    """An isotropic ``work_mm`` grid over the same field of view (same axes and corner)."""
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    new_shape = tuple(max(int(np.ceil(n * s / work_mm)), 2) for n, s in zip(shape, spacing))
-    out = affine.copy()
-    out[:3, :3] = affine[:3, :3] / spacing * work_mm
-    # keep the field of view's corner: voxel -0.5 of both grids coincide
-    out[:3, 3] = (affine @ np.r_[-0.5, -0.5, -0.5, 1.0])[:3] - out[:3, :3] @ np.full(3, -0.5)
-    return new_shape, out  # type: ignore[return-value]
-
-
-def _downsample(data: np.ndarray, affine: np.ndarray, work_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Anti-aliased copy on the isotropic ``work_mm`` grid."""
-    from scipy import ndimage
-
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    sigma = [max(0.0, (work_mm / s - 1.0) / 2.0) for s in spacing]
-    smooth = ndimage.gaussian_filter(data, sigma) if any(s > 0 for s in sigma) else data
-    shape, work_affine = _work_grid(affine, data.shape, work_mm)
-    return resample_to_grid(smooth, affine, shape, work_affine, order=1), work_affine
-
-
-def _head_mask(data: np.ndarray) -> np.ndarray:
-    """Foreground (head) mask: above a fraction of the robust maximum, largest component, holes filled."""
-    from scipy import ndimage
-
-    high = float(np.percentile(data, 99.5))
-    mask = data > 0.08 * high
-    mask = ndimage.binary_opening(mask, iterations=1)
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
-        mask = labels == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(mask)
-
-
-def normalised_mutual_information(
-    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, bins: int = 32
-) -> float:
-    """Studholme's normalised mutual information ``(H(A) + H(B)) / H(A, B)`` (1 = independent, 2 = identical)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if mask is not None:
-        a, b = a[mask > 0], b[mask > 0]
-    a, b = a.ravel(), b.ravel()
-    if a.size < 100:
-        return 1.0
-    ranges = [np.percentile(x, [0.5, 99.5]) for x in (a, b)]
-    if any(r[1] <= r[0] for r in ranges):
-        return 1.0
-    joint, _, _ = np.histogram2d(a, b, bins=bins, range=ranges)
-    joint /= max(joint.sum(), 1.0)
-    pa, pb = joint.sum(1), joint.sum(0)
-
-    def _h(p: np.ndarray) -> float:
-        p = p[p > 0]
-        return float(-(p * np.log(p)).sum())
-
-    return (_h(pa) + _h(pb)) / max(_h(joint.ravel()), 1e-12)
-
-
-def _n4(
-    data: np.ndarray, affine: np.ndarray, work_mm: float, n4_mm: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """N4 fitted on an ``n4_mm`` copy inside the head (the field is smooth), divided out of the full-resolution
-    series and of its ``work_mm`` copy; return ``(corrected full-res, corrected work copy, work affine)``."""
-    ants = _ants()
-    work, work_affine = _downsample(data, affine, work_mm)
-    coarse, coarse_affine = _downsample(work, work_affine, n4_mm)
-    head = _head_mask(coarse)
-    scale = float(np.percentile(coarse[head], 99.0)) if head.any() else 1.0
-    bias = ants.n4_bias_field_correction(
-        _to_ants(coarse / max(scale, 1e-6), coarse_affine),
-        mask=_to_ants(head.astype(np.float32), coarse_affine),
-        shrink_factor=1,
-        convergence={"iters": [30, 20], "tol": 1e-4},
-        return_bias_field=True,
-    ).numpy()
-    bias = np.where(bias > 1e-3, bias, 1.0).astype(np.float32)
-    if head.any():
-        bias /= float(np.median(bias[head]))  # keep the intensity scale
-
-    def _divide(x: np.ndarray, x_affine: np.ndarray) -> np.ndarray:
-        field = resample_to_grid(bias, coarse_affine, x.shape, x_affine, order=1, mode="nearest")
-        return x / np.where(field > 1e-3, field, 1.0)
-
-    return _divide(data, affine), _divide(work, work_affine), work_affine
-
-
-def _register(
-    fixed: np.ndarray,
-    fixed_affine: np.ndarray,
-    moving: np.ndarray,
-    moving_affine: np.ndarray,
-    kind: str,
-    save_to: Path,
-) -> np.ndarray:
-    """ANTs registration (``Rigid`` or ``Affine``, Mattes MI); copy the transform to ``save_to``, return RAS map.
-
-    The returned ``4 x 4`` matrix is the fixed -> moving world point map (RAS), as ANTs' own transform.
-    """
-    ants = _ants()
-    f = _to_ants(fixed, fixed_affine)
-    m = _to_ants(moving, moving_affine)
-    out_prefix = str(save_to.parent / f".{save_to.stem}_")
-    reg = ants.registration(
-        f,
-        m,
-        type_of_transform=kind,
-        aff_metric="mattes",
-        aff_sampling=32,
-        aff_random_sampling_rate=0.25,
-        aff_iterations=(200, 100),
-        aff_shrink_factors=(4, 2),
-        aff_smoothing_sigmas=(2, 1),
-        outprefix=out_prefix,
-    )
-    path = reg["fwdtransforms"][0]
-    tx = ants.read_transform(path)
-    shutil.move(path, save_to)
-    for leftover in save_to.parent.glob(f".{save_to.stem}_*"):
-        leftover.unlink()
-    return ants_params_to_ras(tx.parameters, tx.fixed_parameters)
-
-
-def _brain_extraction(data: np.ndarray, affine: np.ndarray, threads: int | None) -> np.ndarray:
-    """deepbet's brain mask of a T1 volume (CPU, weights from the installed wheel)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        bet = _bet_model()
-        _, mask_img, _ = bet.run(nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine))
-    finally:
-        torch.set_num_threads(previous)
-    return np.asarray(mask_img.dataobj) > 0
-
-
-@functools.lru_cache(maxsize=1)
-def _bet_model() -> Any:
-    try:
-        from deepbet import BrainExtraction
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(f"brain extraction needs deepbet: pip install 'monai-qrvae[raw]'; import failed: {e}") from e
-    return BrainExtraction(no_gpu=True)  # TorchScript weights from the installed wheel, nothing is downloaded
-
-
 def _timed(timing: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
     start = time.perf_counter()
     out = fn()
@@ -340,6 +123,38 @@ def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, descrip: str
     img.set_sform(affine, code="mni")
     img.header["descrip"] = descrip.encode()[:79]
     atomic_write(path, lambda tmp: img.to_filename(tmp))
+
+
+_HEAD_HINT = "is it a head scan of the same patient?"
+_BRAIN_HINT = "are both series of the same patient?"
+
+
+def _check_alignment(
+    name: str,
+    work: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    t1_to_series: np.ndarray,
+    mask: np.ndarray,
+    limit: float,
+    paths: Mapping[str, Path],
+    where: tuple[str, str],
+    hint: str,
+) -> float:
+    """Normalised mutual information of series ``name`` (mapped by ``t1_to_series``) and T1 inside ``mask``, on
+    their ``work`` copies, rounded to 4 decimals.
+
+    Raises:
+        RegistrationError: below ``limit``; ``where`` is the (region, stage) text of the message.
+    """
+    t1_work, t1_work_affine = work["T1"]
+    moving, moving_affine = work[name]
+    warped = resample_to_grid(moving, moving_affine, t1_work.shape, t1_work_affine, t1_to_series, order=1)
+    nmi = round(normalised_mutual_information(t1_work, warped, mask), 4)
+    if nmi < limit:
+        raise RegistrationError(
+            f"{name} series {paths[name]} does not align with the T1 series {paths['T1']}{where[0]}: normalised "
+            f"mutual information {nmi:.3f}{where[1]}, expected >= {limit:.2f}; {hint}"
+        )
+    return nmi
 
 
 def preprocess(
@@ -406,14 +221,9 @@ def preprocess(
                     t1_work, t1_work_affine, m, a, "Rigid", tmp / f"{n}_to_T1.mat"
                 ),
             )
-            warped = resample_to_grid(moving, moving_affine, t1_work.shape, t1_work_affine, maps[name], order=1)
-            similarity[f"{name}_head_nmi"] = round(normalised_mutual_information(t1_work, warped, t1_head), 4)
-            if similarity[f"{name}_head_nmi"] < limits["head"]:
-                raise RegistrationError(
-                    f"{name} series {paths[name]} does not align with the T1 series {paths['T1']}: normalised mutual "
-                    f"information {similarity[f'{name}_head_nmi']:.3f} after rigid registration, expected >= "
-                    f"{limits['head']:.2f}; is it a head scan of the same patient?"
-                )
+            similarity[f"{name}_head_nmi"] = _check_alignment(
+                name, work, maps[name], t1_head, limits["head"], paths, ("", " after rigid registration"), _HEAD_HINT
+            )
         mask_t1 = _timed(timing, "brain_extraction", lambda: _brain_extraction(corrected["T1"], affines["T1"], threads))
         if mask_t1.sum() * abs(np.linalg.det(affines["T1"][:3, :3])) < 200_000:  # 200 ml
             raise RawInputError(
@@ -423,15 +233,9 @@ def preprocess(
             )
         brain_work = resample_to_grid(mask_t1.astype(np.float32), affines["T1"], t1_work.shape, t1_work_affine) > 0.5
         for name in SERIES[1:]:
-            moving, moving_affine = work[name]
-            warped = resample_to_grid(moving, moving_affine, t1_work.shape, t1_work_affine, maps[name], order=1)
-            similarity[f"{name}_brain_nmi"] = round(normalised_mutual_information(t1_work, warped, brain_work), 4)
-            if similarity[f"{name}_brain_nmi"] < limits["brain"]:
-                raise RegistrationError(
-                    f"{name} series {paths[name]} does not align with the T1 series {paths['T1']} inside the brain: "
-                    f"normalised mutual information {similarity[f'{name}_brain_nmi']:.3f}, expected >= "
-                    f"{limits['brain']:.2f}; are both series of the same patient?"
-                )
+            similarity[f"{name}_brain_nmi"] = _check_alignment(
+                name, work, maps[name], brain_work, limits["brain"], paths, (" inside the brain", ""), _BRAIN_HINT
+            )
         tpl, tpl_affine = _template()
         mni_to_t1 = _timed(
             timing,

@@ -1,0 +1,95 @@
+"""Step 1 of :func:`~monai_qrvae.raw.preprocess.preprocess`: read and check a raw series; head masks and the
+normalised mutual information the registration checks use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from monai_qrvae.raw.errors import MissingSeriesError, RawInputError
+from monai_qrvae.raw.geometry import affine_to_ants_geometry
+
+__all__ = ["load_series", "normalised_mutual_information"]
+
+_MIN_FOV_MM = 80.0
+
+
+def load_series(path: str | os.PathLike, name: str) -> nib.Nifti1Image:
+    """Read one raw series and check it: exists, readable, 3D, finite, not constant, field of view >= 80 mm.
+
+    Raises:
+        MissingSeriesError: the file does not exist.
+        RawInputError: anything else, naming the file and what was expected.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingSeriesError(f"{name} series {path} does not exist; expected a NIfTI file of the {name} scan.")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e:  # nibabel raises many types for corrupt files
+        raise RawInputError(f"{name} series {path} cannot be read as NIfTI: {e}") from e
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise RawInputError(f"{name} series {path} has shape {data.shape}; expected one 3D volume.")
+    if min(data.shape) < 8:
+        raise RawInputError(f"{name} series {path} has shape {data.shape}; expected at least 8 voxels per axis.")
+    if not np.all(np.isfinite(data)):
+        raise RawInputError(f"{name} series {path} has {int((~np.isfinite(data)).sum())} NaN/Inf voxels.")
+    if float(data.max()) <= float(data.min()):
+        raise RawInputError(f"{name} series {path} is constant ({float(data.min())}); expected an MR image.")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    try:
+        affine_to_ants_geometry(affine)
+    except ValueError as e:
+        raise RawInputError(f"{name} series {path}: {e}") from e
+    fov = np.linalg.norm(affine[:3, :3], axis=0) * np.asarray(data.shape)
+    if np.any(fov < _MIN_FOV_MM):
+        raise RawInputError(
+            f"{name} series {path} covers {np.round(fov, 1).tolist()} mm; expected a head (>= {_MIN_FOV_MM:.0f} mm "
+            "along every axis)."
+        )
+    return nib.Nifti1Image(data, affine)
+
+
+def _head_mask(data: np.ndarray) -> np.ndarray:
+    """Foreground (head) mask: above a fraction of the robust maximum, largest component, holes filled."""
+    from scipy import ndimage
+
+    high = float(np.percentile(data, 99.5))
+    mask = data > 0.08 * high
+    mask = ndimage.binary_opening(mask, iterations=1)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    return ndimage.binary_fill_holes(mask)
+
+
+def normalised_mutual_information(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, bins: int = 32
+) -> float:
+    """Studholme's normalised mutual information ``(H(A) + H(B)) / H(A, B)`` (1 = independent, 2 = identical)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if mask is not None:
+        a, b = a[mask > 0], b[mask > 0]
+    a, b = a.ravel(), b.ravel()
+    if a.size < 100:
+        return 1.0
+    ranges = [np.percentile(x, [0.5, 99.5]) for x in (a, b)]
+    if any(r[1] <= r[0] for r in ranges):
+        return 1.0
+    joint, _, _ = np.histogram2d(a, b, bins=bins, range=ranges)
+    joint /= max(joint.sum(), 1.0)
+    pa, pb = joint.sum(1), joint.sum(0)
+
+    def _h(p: np.ndarray) -> float:
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
+    return (_h(pa) + _h(pb)) / max(_h(joint.ravel()), 1e-12)
