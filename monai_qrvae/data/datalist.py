@@ -231,14 +231,14 @@ def make_datalist(
     brain_mask: str | None = None,
     label: str | None = None,
     section: str = "auto",
-    val_fraction: float = 0.12,
+    val_fraction: float = 0.1,
     seed: int = 0,
     num_channels: int | None = 3,
     check: bool = True,
     skip_incomplete: bool = False,
     update: bool = False,
-    calibration_fraction: float = 0.2,
-    test_healthy_fraction: float = 0.1,
+    calibration_fraction: float = 0.33,
+    test_healthy_fraction: float = 0.09,
     empty_labels: bool = True,
 ) -> dict[str, Any]:
     """Build a Decathlon-style datalist from a folder of scans, by file-name patterns (see :func:`find_subjects`).

@@ -24,9 +24,9 @@ def split_share(fraction: float, n: int) -> int:
 def allocate_splits(
     n_healthy: int,
     n_lesion: int,
-    val_fraction: float = 0.12,
-    calibration_fraction: float = 0.2,
-    test_healthy_fraction: float = 0.1,
+    val_fraction: float = 0.1,
+    calibration_fraction: float = 0.33,
+    test_healthy_fraction: float = 0.09,
     n_validation: int | None = None,
     n_calibration: int | None = None,
     n_test_healthy: int | None = None,
@@ -42,7 +42,7 @@ def allocate_splits(
       order test_healthy, calibration, validation;
     - ``test_lesion = ceil(L / 2)`` (the test split is served first), ``tuning = L - test_lesion``.
 
-    The default cohort (``H = 51``, ``L = 20``) gives 30 / 6 / 10 / 5 healthy and 10 / 10 lesion subjects;
+    The default cohort (``H = 61``, ``L = 20``) gives 30 / 6 / 20 / 5 healthy and 10 / 10 lesion subjects;
     ``H = 5, L = 2`` gives training 3, validation 1, calibration 1, test_healthy 0, test_lesion 1, tuning 1.
 
     Returns:

@@ -105,7 +105,7 @@ __all__ = [  # sorted; the names defined in submodules are re-exported
 SECTIONS: tuple[str, ...] = ("training", "validation", "calibration", "tuning", "test")
 STRATA: tuple[str, ...] = ("healthy", "typical", "subtle")
 #: Default split fractions (see :func:`monai_qrvae.data.discovery.allocate_splits`).
-VAL_FRACTION, CALIBRATION_FRACTION, TEST_HEALTHY_FRACTION, SUBTLE_FRACTION = 0.12, 0.2, 0.1, 0.3
+VAL_FRACTION, CALIBRATION_FRACTION, TEST_HEALTHY_FRACTION, SUBTLE_FRACTION = 0.1, 0.33, 0.09, 0.3
 
 
 def subject_name(index: int, n_subjects: int = 999) -> str:
@@ -125,9 +125,9 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 def make_cohort(
     out_dir: str | os.PathLike,
-    n_healthy: int = 51,
+    n_healthy: int = 61,
     n_lesion: int = 20,
-    seed: int = 0,
+    seed: int = 1,
     spacing: float = 2.0,
     val_fraction: float = VAL_FRACTION,
     calibration_fraction: float = CALIBRATION_FRACTION,
@@ -143,7 +143,7 @@ def make_cohort(
     Subjects ``sub-001 ... sub-{n_healthy}`` are healthy and go, in this order, to ``training``, ``validation``,
     ``calibration`` and ``test`` (healthy test subjects, with an all-zero label); the next ``n_lesion`` subjects
     have lesions and go to ``test`` first, then ``tuning``. The split sizes follow :func:`allocate_splits`
-    (default cohort: 30 training, 6 validation, 10 calibration, 10 tuning, 10 + 5 test). In each lesion split the
+    (default cohort: 30 training, 6 validation, 20 calibration, 10 tuning, 10 + 5 test). In each lesion split the
     last ``floor(subtle_fraction * n)`` subjects form the ``subtle`` stratum (only faint lesions).
 
     Entries are ``{"image", "brain_mask", "label" (tuning and test), "stratum"}`` with paths relative to the JSON's
