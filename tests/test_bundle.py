@@ -338,11 +338,9 @@ def _run(cmd: list[str], timeout: int = 300) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_cohort(tmp_path_factory):
+def tiny_cohort(cohort_factory):
     """Three healthy subjects at 3 mm (two for training, one for validation)."""
-    from monai_qrvae.data import make_cohort
-
-    return make_cohort(tmp_path_factory.mktemp("tiny"), n_healthy=3, n_lesion=0, seed=3, spacing=3.0).parent
+    return cohort_factory("tiny", n_healthy=3, n_lesion=0, seed=3, spacing=3.0).parent
 
 
 @pytest.fixture(scope="module")
