@@ -15,21 +15,16 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    Context,
-    Section,
-    fmt_spread,
-    fmt_time,
-    interleave,
-    md_table,
-    paired_ratio,
-    standalone,
-    timed_section,
-)
+from benchmarks.cli import standalone
+from benchmarks.context import Context
+from benchmarks.report import timed
+from benchmarks.timing import fmt_spread, fmt_time, interleave, md_table, paired_ratio
+from benchmarks.workloads import default_model_and_batch, train_step
 
 
-def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
-    """Compile with an empty Inductor cache (a temporary folder), so the one-off cost is the cold one."""
+@timed("compile")
+def run(ctx: Context) -> tuple[str, dict[str, Any]]:
+    """Run the torch.compile benchmark, with an empty Inductor cache (a temporary folder): the one-off cost is cold."""
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="bench_inductor_") as cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
@@ -44,17 +39,14 @@ def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
 
 
-def _measure(ctx: Context) -> tuple[str, dict[str, Any]]:
-    from monai_qrvae.workflows import ModelConfig, build_loss, build_networks
+def _row(what: str, compile_s: float, t: dict[str, list[float]]) -> list[str]:
+    """A table row: the one-off compile, the eager and compiled times and the speed-up."""
+    speedup = f"**x{paired_ratio(t['eager'], t['compiled']):.2f}**"
+    return [what, fmt_time(compile_s), fmt_spread(t["eager"]), fmt_spread(t["compiled"]), speedup]
 
-    cfg = ModelConfig()
-    torch.manual_seed(0)
-    vae, net = build_networks(cfg)
-    net.eval()
-    loss = build_loss(cfg)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(32, 3, 64, 64, generator=g)
-    mask = torch.ones(32, 1, 64, 64)
+
+def _measure(ctx: Context) -> tuple[str, dict[str, Any]]:
+    vae, net, loss, x, mask = default_model_and_batch(32)
     x20 = x[:20]
     rows, data = [], {}
 
@@ -73,15 +65,7 @@ def _measure(ctx: Context) -> tuple[str, dict[str, Any]]:
             model(x20)
 
     t = interleave({"eager": lambda: fwd(net), "compiled": lambda: fwd(net_c)}, repeats=max(ctx.repeats, 7))
-    rows.append(
-        [
-            "forward, 20 slices (inference)",
-            fmt_time(compile_fwd),
-            fmt_spread(t["eager"]),
-            fmt_spread(t["compiled"]),
-            f"**x{paired_ratio(t['eager'], t['compiled']):.2f}**",
-        ]
-    )
+    rows.append(_row("forward, 20 slices (inference)", compile_fwd, t))
     data["forward"] = {"compile_s": compile_fwd, **t}
 
     # training step
@@ -90,26 +74,13 @@ def _measure(ctx: Context) -> tuple[str, dict[str, Any]]:
     opt_e, opt_c = torch.optim.Adam(vae_e.parameters()), torch.optim.Adam(vae_c.parameters())
 
     def step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-        model.train()
-        out, mu, logvar, _ = model(x)
-        value = loss(out, x, mu, logvar, mask=mask)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
+        train_step(model, loss, x, mask, opt)
 
     start = time.perf_counter()
     step(vae_c, opt_c)
     compile_train = time.perf_counter() - start
     t = interleave({"eager": lambda: step(vae_e, opt_e), "compiled": lambda: step(vae_c, opt_c)}, repeats=ctx.repeats)
-    rows.append(
-        [
-            "training step, batch 32",
-            fmt_time(compile_train),
-            fmt_spread(t["eager"]),
-            fmt_spread(t["compiled"]),
-            f"**x{paired_ratio(t['eager'], t['compiled']):.2f}**",
-        ]
-    )
+    rows.append(_row("training step, batch 32", compile_train, t))
     data["train"] = {"compile_s": compile_train, **t}
     table = md_table(["what", "one-off compile", "eager", "compiled", "speed-up"], rows)
     fwd_gain = paired_ratio(data["forward"]["eager"], data["forward"]["compiled"])
@@ -134,11 +105,6 @@ def _measure(ctx: Context) -> tuple[str, dict[str, Any]]:
         f"- Training: {train_note}\n"
     )
     return body, data
-
-
-def run(ctx: Context) -> Section:
-    """Run the torch.compile benchmark."""
-    return timed_section("compile", lambda: _body(ctx))
 
 
 if __name__ == "__main__":

@@ -21,19 +21,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    Context,
-    Section,
-    anomaly_transforms,
-    fmt_spread,
-    fmt_time,
-    interleave,
-    md_table,
-    median,
-    paired_ratio,
-    standalone,
-    timed_section,
-)
+from benchmarks.cli import standalone
+from benchmarks.context import Context, anomaly_transforms
+from benchmarks.report import timed
+from benchmarks.timing import fmt_spread, fmt_time, interleave, md_table, median, paired_ratio
 
 FORWARD_CALLS = 5  # back-to-back forwards per timed repetition
 
@@ -108,12 +99,14 @@ def _stages(model_dir: Path, item: dict, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
+@timed("inference")
+def run(ctx: Context) -> tuple[str, dict[str, Any]]:
+    """Run the inference benchmark."""
     from monai_qrvae.preprocessing import volume_transforms
     from monai_qrvae.workflows import infer, load_model
 
     model_dir = ctx.model_dir("small")
-    items = [{k: v for k, v in it.items() if k != "label"} for it in ctx.items("test")]
+    items = ctx.inputs("test")
     item = items[0]
     config, net = load_model(model_dir)
     n = config.num_slices
@@ -222,11 +215,6 @@ def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
     )
     data = {"times": times, "cpu": cpu, "stages": stage_times, "stages_cpu": stage_cpu, "num_slices": n}
     return body, data
-
-
-def run(ctx: Context) -> Section:
-    """Run the inference benchmark."""
-    return timed_section("inference", lambda: _body(ctx))
 
 
 if __name__ == "__main__":

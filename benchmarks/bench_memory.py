@@ -20,18 +20,11 @@ import os
 import tempfile
 from typing import Any
 
-from benchmarks.common import (
-    ROOT,
-    Context,
-    Section,
-    md_table,
-    median,
-    pipeline_defaults,
-    python_exe,
-    run_process,
-    standalone,
-    timed_section,
-)
+from benchmarks.cli import standalone
+from benchmarks.context import Context, pipeline_defaults
+from benchmarks.processes import child_env, python_exe, run_process
+from benchmarks.report import timed
+from benchmarks.timing import md_table, median
 
 _PEAK = (
     "import atexit, re\n"
@@ -56,9 +49,7 @@ _INFER = (
 
 
 def _child(code: str, args: dict[str, Any]) -> dict[str, float]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    status, out, usage, wall = run_process([python_exe(), "-c", _PEAK + code, json.dumps(args)], env=env)
+    status, out, usage, wall = run_process([python_exe(), "-c", _PEAK + code, json.dumps(args)], env=child_env())
     peak = [ln.split()[1] for ln in out.splitlines() if ln.startswith("BENCH_PEAK_KIB ")]
     if status or not peak:
         raise RuntimeError(f"memory benchmark child failed (exit {status}):\n{out[-3000:]}")
@@ -73,10 +64,12 @@ def _params(preset: str) -> tuple[float, float]:
     return n / 1e6, n * 4 / 1024**2
 
 
-def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
+@timed("memory")
+def run(ctx: Context) -> tuple[str, dict[str, Any]]:
+    """Run the memory benchmark (one child process per job)."""
     presets = ("small",) if ctx.quick else ("small", "paper")
     datalist = str(ctx.datalist)
-    item = {k: v for k, v in ctx.items("test")[0].items() if k != "label"}
+    item = ctx.inputs("test")[0]
     repeats = 1  # peak RSS hardly varies between runs; each child costs ~20 s of imports on 2 busy cores
     jobs: dict[str, tuple[str, dict[str, Any]]] = {"import only": (_IMPORT, {})}
     with tempfile.TemporaryDirectory(prefix="bench_mem_") as tmp:
@@ -112,11 +105,6 @@ def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
         "- Most of an inference job's memory is the libraries; the volume and its maps are a few tens of MiB.\n"
     )
     return body, {"results": results, "floor_mb": floor}
-
-
-def run(ctx: Context) -> Section:
-    """Run the memory benchmark (one child process per job)."""
-    return timed_section("memory", lambda: _body(ctx))
 
 
 if __name__ == "__main__":

@@ -22,27 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import (
-    Context,
-    Section,
-    fmt_signed,
-    fmt_spread,
-    fmt_time,
-    interleave,
-    md_table,
-    median,
-    paired_ratio,
-    pipeline_defaults,
-    standalone,
-    timed_section,
-)
+from benchmarks.cli import standalone
+from benchmarks.context import Context, pipeline_defaults
+from benchmarks.report import timed
+from benchmarks.timing import fmt_signed, fmt_spread, fmt_time, interleave, md_table, median, paired_ratio
+from benchmarks.workloads import train_step
 
 
 def _slices_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
     from monai_qrvae.workflows import infer, load_model
 
     counts = [5, 20] if ctx.quick else [5, 10, 20, 40]
-    items = [{k: v for k, v in it.items() if k != "label"} for it in ctx.items("test")][:2]
+    items = ctx.inputs("test")[:2]
     models = {n: ctx.model_dir(f"small_n{n}", num_slices=n) for n in counts}
     _, net = load_model(models[counts[0]])
     g = torch.Generator().manual_seed(0)
@@ -114,7 +105,7 @@ def _size_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
     sizes = (64, 128)
     bs = pipeline_defaults()["batch_size"]
     train_items = ctx.items("training")[:2]
-    test_items = [{k: v for k, v in it.items() if k != "label"} for it in ctx.items("test")][:2]
+    test_items = ctx.inputs("test")[:2]
     state: dict[int, dict[str, Any]] = {}
     cases: dict[str, Any] = {}
     for size in sizes:
@@ -129,12 +120,7 @@ def _size_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
         state[size] = s
 
         def step(s: dict[str, Any] = s) -> None:
-            s["vae"].train()
-            out, mu, logvar, _ = s["vae"](s["x"])
-            value = s["loss"](out, s["x"], mu, logvar, mask=s["m"])
-            s["opt"].zero_grad()
-            value.backward()
-            s["opt"].step()
+            train_step(s["vae"], s["loss"], s["x"], s["m"], s["opt"])
 
         def forward(s: dict[str, Any] = s) -> None:
             with torch.no_grad():
@@ -189,7 +175,9 @@ def _size_table(ctx: Context, scratch: Path) -> tuple[str, dict[str, Any]]:
     return text, {"times": times, "cpu": cpu}
 
 
-def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
+@timed("scaling")
+def run(ctx: Context) -> tuple[str, dict[str, Any]]:
+    """Run the scaling benchmark."""
     scratch = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     try:
         text1, data1 = _slices_table(ctx, scratch)
@@ -205,11 +193,6 @@ def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
         "the per-volume part much less.\n"
     )
     return body, {"slices": data1, "size": data2}
-
-
-def run(ctx: Context) -> Section:
-    """Run the scaling benchmark."""
-    return timed_section("scaling", lambda: _body(ctx))
 
 
 if __name__ == "__main__":

@@ -25,18 +25,11 @@ import torch
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
-from benchmarks.common import (
-    Context,
-    Section,
-    fmt_spread,
-    fmt_time,
-    interleave,
-    md_table,
-    median,
-    paired_ratio,
-    standalone,
-    timed_section,
-)
+from benchmarks.cli import standalone
+from benchmarks.context import Context
+from benchmarks.report import timed
+from benchmarks.timing import fmt_spread, fmt_time, interleave, md_table, median, paired_ratio
+from benchmarks.workloads import default_model_and_batch, train_step
 
 
 class _LegacyMaskedScaleIntensityPercentiles:
@@ -123,28 +116,11 @@ def _normalisation_rows(ctx: Context) -> tuple[list[list[str]], dict[str, Any]]:
 def _network_rows(ctx: Context) -> tuple[list[list[str]], dict[str, Any]]:
     from monai.inferers import SliceInferer
 
-    from monai_qrvae.workflows import ModelConfig, build_loss, build_networks
-
-    cfg = ModelConfig()
-    torch.manual_seed(0)
-    vae, net = build_networks(cfg)
-    net.eval()
+    vae, net, loss, x, mask = default_model_and_batch(32)
     vae_cl = copy.deepcopy(vae).to(memory_format=torch.channels_last)
     net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last).eval()
-    loss = build_loss(cfg)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(32, 3, 64, 64, generator=g)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    mask = torch.ones(32, 1, 64, 64)
     opts = {"eager": torch.optim.Adam(vae.parameters()), "cl": torch.optim.Adam(vae_cl.parameters())}
-
-    def step(model: torch.nn.Module, inp: torch.Tensor, opt: torch.optim.Optimizer) -> None:
-        model.train()
-        out, mu, logvar, _ = model(inp)
-        value = loss(out, inp, mu, logvar, mask=mask)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
 
     x20, x20_cl = x[:20], x_cl[:20]
 
@@ -168,7 +144,10 @@ def _network_rows(ctx: Context) -> tuple[list[list[str]], dict[str, Any]]:
             net(vol[0].permute(3, 0, 1, 2)).permute(1, 2, 3, 0)[None]
 
     train = interleave(
-        {"before": lambda: step(vae, x, opts["eager"]), "after": lambda: step(vae_cl, x_cl, opts["cl"])},
+        {
+            "before": lambda: train_step(vae, loss, x, mask, opts["eager"]),
+            "after": lambda: train_step(vae_cl, loss, x_cl, mask, opts["cl"]),
+        },
         repeats=ctx.repeats,
     )
     infer_cl = interleave({"before": lambda: fwd(net, x20), "after": lambda: fwd(net_cl, x20_cl)}, repeats=ctx.repeats)
@@ -192,7 +171,7 @@ def _overlay_rows(ctx: Context) -> tuple[list[list[str]], dict[str, Any]]:
 
     from benchmarks.bench_inference import _stages
 
-    item = {k: v for k, v in ctx.items("test")[0].items() if k != "label"}
+    item = ctx.inputs("test")[0]
     with tempfile.TemporaryDirectory(prefix="bench_overlay_") as tmp:
         stages = _stages(ctx.model_dir("small"), item, Path(tmp))
         for fn in stages.values():  # one pass of the pipeline prepares the overlay's inputs
@@ -228,7 +207,9 @@ def _overlay_rows(ctx: Context) -> tuple[list[list[str]], dict[str, Any]]:
     return rows, {"overlay": t, "overlay_cpu": cpu}
 
 
-def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
+@timed("speedups")
+def run(ctx: Context) -> tuple[str, dict[str, Any]]:
+    """Run the speed-up comparisons."""
     rows1, data1 = _normalisation_rows(ctx)
     rows2, data2 = _network_rows(ctx)
     rows3, data3 = _overlay_rows(ctx)
@@ -247,11 +228,6 @@ def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
         "replacing `SliceInferer` change little on this CPU and would touch the engines and the bundle configs.\n"
     )
     return body, {**data1, **data2, **data3}
-
-
-def run(ctx: Context) -> Section:
-    """Run the speed-up comparisons."""
-    return timed_section("speedups", lambda: _body(ctx))
 
 
 if __name__ == "__main__":

@@ -30,19 +30,11 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.common import (
-    ROOT,
-    Context,
-    Section,
-    fmt_time,
-    md_table,
-    median,
-    paired_ratio,
-    python_exe,
-    run_process,
-    standalone,
-    timed_section,
-)
+from benchmarks.cli import standalone
+from benchmarks.context import Context
+from benchmarks.processes import child_env, python_exe, run_process
+from benchmarks.report import timed
+from benchmarks.timing import fmt_time, md_table, median, paired_ratio
 
 BUSY_PROCESSES = 2  # CPU-bound competitors in the "busy" condition: as many as this machine has cores
 
@@ -80,7 +72,8 @@ def child_main(spec: dict[str, Any]) -> None:
     """The fixed workload of one child; prints one JSON line with the median time of each part."""
     import torch
 
-    from benchmarks.common import anomaly_transforms
+    from benchmarks.context import anomaly_transforms
+    from benchmarks.workloads import train_step
     from monai_qrvae.transforms import MaskedScaleIntensityPercentiles
     from monai_qrvae.workflows import ModelConfig, build_loss, build_networks
 
@@ -97,13 +90,8 @@ def child_main(spec: dict[str, Any]) -> None:
     x = torch.rand(32, 3, 64, 64) * disc
     m = disc.expand(32, 1, 64, 64)
 
-    def train_step() -> None:
-        vae.train()
-        out, mu, logvar, _ = vae(x)
-        value = loss(out, x, mu, logvar, mask=m)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
+    def step() -> None:
+        train_step(vae, loss, x, m, opt)
 
     xs = x[:20]
 
@@ -136,7 +124,7 @@ def child_main(spec: dict[str, Any]) -> None:
 
     def workload() -> dict[str, float]:
         return {
-            "train_step": _time(train_step, n),
+            "train_step": _time(step, n),
             "forward_20": _time(forward, 2 * n),
             "post": _time(post, 2 * n),
             "prep": _time(prep, n),
@@ -159,14 +147,7 @@ def child_main(spec: dict[str, Any]) -> None:
 
 def run_child(spec: dict[str, Any], env_changes: dict[str, str | None]) -> dict[str, Any]:
     """Run one child; return its JSON result plus ``wall`` and ``cpu`` (user + system) seconds."""
-    env = dict(os.environ)
-    for k, v in env_changes.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    code, out, usage, wall = run_process([python_exe(), "-c", _BOOT, json.dumps(spec)], env=env)
+    code, out, usage, wall = run_process([python_exe(), "-c", _BOOT, json.dumps(spec)], env=child_env(env_changes))
     line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if line is None or code:
         raise RuntimeError(f"benchmark child failed (exit {code}): {out[-2000:]}")
@@ -189,7 +170,9 @@ def _run_children(ctx: Context) -> dict[str, list[dict[str, Any]]]:
     return results
 
 
-def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
+@timed("threads")
+def run(ctx: Context) -> tuple[str, dict[str, Any]]:
+    """Run the thread-settings benchmark (one child process per variant and round)."""
     results = _run_children(ctx)
     parts = [
         ("train_step", "training step (batch 32)", 32),
@@ -235,11 +218,6 @@ def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
         "- Every other section of this report ran with the new default (passive).\n"
     )
     return body, {"children": results}
-
-
-def run(ctx: Context) -> Section:
-    """Run the thread-settings benchmark (one child process per variant and round)."""
-    return timed_section("threads", lambda: _body(ctx))
 
 
 if __name__ == "__main__":

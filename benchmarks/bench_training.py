@@ -30,20 +30,10 @@ import torch
 from monai.data import DataLoader
 from torch.utils.data import DistributedSampler
 
-from benchmarks.common import (
-    Context,
-    Section,
-    fmt_signed,
-    fmt_spread,
-    fmt_time,
-    interleave,
-    md_table,
-    median,
-    paired_ratio,
-    pipeline_defaults,
-    standalone,
-    timed_section,
-)
+from benchmarks.cli import standalone
+from benchmarks.context import Context, pipeline_defaults
+from benchmarks.report import timed
+from benchmarks.timing import fmt_signed, fmt_spread, fmt_time, interleave, md_table, median, paired_ratio
 
 BATCH_SIZE = 16
 
@@ -201,7 +191,9 @@ def measure(
     return result
 
 
-def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
+@timed("training")
+def run(ctx: Context) -> tuple[str, dict[str, Any]]:
+    """Run the training-throughput benchmark."""
     from monai_qrvae.preprocessing import SliceDataset, volume_transforms
 
     items = ctx.items("training")[: 4 if ctx.quick else 8]
@@ -267,11 +259,6 @@ def _body(ctx: Context) -> tuple[str, dict[str, Any]]:
     )
     res["prep_seconds_per_volume"] = prep_per_volume
     return body, res
-
-
-def run(ctx: Context) -> Section:
-    """Run the training-throughput benchmark."""
-    return timed_section("training", lambda: _body(ctx))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ from benchmarks import (
     bench_threads,
     bench_training,
 )
-from benchmarks.common import Context, Section, add_common_args, context_from_args, save_section, update_doc
+from benchmarks.cli import add_common_args, context_from_args
+from benchmarks.context import Context
+from benchmarks.report import Section, save_section, update_doc
 
 BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "training": bench_training.run,

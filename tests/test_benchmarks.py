@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -12,15 +13,11 @@ import torch
 from monai.data import Dataset
 
 from benchmarks.bench_training import measure
-from benchmarks.common import (
-    Section,
-    interleave,
-    paired_ratio,
-    pipeline_defaults,
-    quartiles,
-    run_process,
-    update_doc,
-)
+from benchmarks.context import ROOT, Context, pipeline_defaults
+from benchmarks.processes import child_env, run_process
+from benchmarks.report import Section, timed, update_doc
+from benchmarks.timing import interleave, paired_ratio, quartiles
+from benchmarks.workloads import default_model_and_batch, train_step
 
 
 def test_interleave_alternates_order_and_uses_returned_times():
@@ -68,6 +65,50 @@ def test_run_process_reports_the_child_alone(tmp_path):
     code = "import sys; print('hello'); sys.exit(3)"
     status, out, usage, wall = run_process([sys.executable, "-c", code], cwd=tmp_path)
     assert status == 3 and "hello" in out and wall > 0 and usage.ru_utime >= 0
+
+
+def test_common_reexports_every_helper():
+    """``from benchmarks.common import X`` keeps working for every helper of the split modules."""
+    import benchmarks.common as common
+    import benchmarks.report
+
+    assert len(common.__all__) == 33 and all(getattr(common, name) is not None for name in common.__all__)
+    assert (
+        common.Section is Section and common.update_doc is update_doc and common.SECTIONS is benchmarks.report.SECTIONS
+    )
+
+
+def test_child_env_and_timed_sections(monkeypatch):
+    monkeypatch.setenv("BENCH_TEST_DROP", "1")
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = child_env({"BENCH_TEST_DROP": None, "BENCH_TEST_SET": "x"})
+    assert "BENCH_TEST_DROP" not in env and env["BENCH_TEST_SET"] == "x"
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/elsewhere"]
+
+    @timed("training")
+    def run(ctx):
+        """A benchmark body."""
+        return f"body of {ctx.repeats} repeats", {"x": 1}
+
+    section = run(Context(doc=None, repeats=2))
+    assert run.__doc__ == "A benchmark body."
+    assert (section.name, section.body, section.data) == ("training", "body of 2 repeats", {"x": 1})
+    assert section.title.startswith("Training throughput") and section.machine["usable_cpus"] >= 1
+
+
+def test_train_step_is_one_optimiser_step():
+    vae, net, loss, x, mask = default_model_and_batch(4)
+    assert x.shape == (4, 3, 64, 64) and mask.shape == (4, 1, 64, 64) and not net.training
+    again = default_model_and_batch(4)[3]
+    assert torch.equal(x, again)  # seeded
+    before = [p.detach().clone() for p in vae.parameters()]
+    opt = torch.optim.SGD(vae.parameters(), lr=0.0)
+    train_step(vae, loss, x, mask, opt)  # a zero learning rate: gradients, no change
+    assert vae.training and all(torch.equal(a, b) for a, b in zip(before, vae.parameters()))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.parameters())
+    opt = torch.optim.SGD(vae.parameters(), lr=1e-3)
+    train_step(vae, loss, x, mask, opt)
+    assert not all(torch.equal(a, b) for a, b in zip(before, vae.parameters()))
 
 
 class _SlowItems(Dataset):

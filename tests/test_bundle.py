@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -31,7 +32,12 @@ CONFIGS = BUNDLE / "configs"
 WEIGHTS = BUNDLE / "models" / "model.pt"
 # CI clones the repository with ../shared beside it
 SCHEMA = Path(__file__).parents[1].parent / "shared" / "reference" / "meta_schema_20240725.json"
-RUN_CONFIGS = ("train.json", "evaluate.json", "inference.json")
+#: the configs of each job, layered as `--config_file "['configs/inference.json','configs/evaluate.json']"` layers them
+RUN_CONFIGS = {
+    "train.json": ("train.json",),
+    "evaluate.json": ("inference.json", "evaluate.json"),
+    "inference.json": ("inference.json",),
+}
 
 
 def _parser(*names: str, **overrides) -> ConfigParser:
@@ -75,7 +81,7 @@ def test_bundle_layout():
 
 @pytest.mark.parametrize("name", RUN_CONFIGS)
 def test_configs_have_the_usual_keys(name):
-    parser = _parser(name)
+    parser = _parser(*RUN_CONFIGS[name])
     for key in ("imports", "bundle_root", "device", "dataset_dir", "network_def", "network", "preprocessing"):
         assert key in parser, f"{name} lacks {key}"
     assert "$import monai_qrvae" in parser["imports"]
@@ -90,15 +96,44 @@ def test_configs_have_the_usual_keys(name):
 
 
 def test_configs_share_network_and_preprocessing():
-    """One network and one preprocessing chain, written out the same way in every config."""
+    """One network and one preprocessing chain, written out the same way in train.json and inference.json."""
     train = json.loads((CONFIGS / "train.json").read_text())
-    for name in RUN_CONFIGS[1:]:
-        other = json.loads((CONFIGS / name).read_text())
-        assert other["network_def"] == train["network_def"], name
-        assert other["preprocessing"] == train["preprocessing"], name
-    evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
     inference = json.loads((CONFIGS / "inference.json").read_text())
-    assert evaluate["postprocessing"] == inference["postprocessing"]
+    assert inference["network_def"] == train["network_def"]
+    assert inference["preprocessing"] == train["preprocessing"]
+
+
+def test_evaluate_is_an_override_of_inference():
+    """evaluate.json holds only what differs from inference.json: labelled datalist, savers and metrics."""
+    evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
+    assert set(evaluate) == {
+        "datalist",
+        "save_png",
+        "handlers",
+        "key_metric",
+        "additional_metrics",
+        "evaluator#key_val_metric",
+        "evaluator#additional_metrics",
+    }
+    merged = ConfigParser.load_config_files([str(CONFIGS / n) for n in RUN_CONFIGS["evaluate.json"]])
+    inference = json.loads((CONFIGS / "inference.json").read_text())
+    for key in ("network_def", "preprocessing", "postprocessing", "inferer", "dataloader", "initialize", "run"):
+        assert merged[key] == inference[key], key
+    assert merged["evaluator"] == {
+        **inference["evaluator"],
+        "key_val_metric": "@key_metric",
+        "additional_metrics": "@additional_metrics",
+    }
+    assert merged["save_png"] is True and merged["datalist"].startswith("$monai_qrvae.data.load_datalist(")
+    parser = _parser(*RUN_CONFIGS["evaluate.json"])
+    assert [h["_target_"] for h in parser["handlers"]] == [
+        "CheckpointLoader",
+        "StatsHandler",
+        "InputGridCollector",
+        "AnomalyMapSaver",
+        "OverlaySaver",
+        "MetricsSaver",
+    ]
 
 
 def test_configs_mirror_the_command_line_defaults():
@@ -118,7 +153,7 @@ def test_configs_mirror_the_command_line_defaults():
     assert parser["image_size"] == shipped.image_size
     for name, job in (("evaluate.json", workflows.evaluate), ("inference.json", workflows.infer)):
         defaults = inspect.signature(job).parameters
-        parser = _parser(name)
+        parser = _parser(*RUN_CONFIGS[name])
         for key, arg in (("alpha", "alpha"), ("fdr_per", "per"), ("median_size", "median_size")):
             assert parser[key] == defaults[arg].default, (name, key)
         assert parser["min_size"] == defaults["min_size"].default
@@ -161,6 +196,32 @@ def test_inference_datalist_from_a_folder_or_the_datalist(tmp_path):
     assert items == [{"image": item["image"], "brain_mask": item["brain_mask"]}]
 
 
+@pytest.mark.parametrize("folder", ["empty", "missing", "other_files"])
+def test_inference_refuses_an_input_folder_without_scans(tmp_path, capsys, folder):
+    """``--input_dir`` without a matching scan: a one-line error naming the folder and the pattern, exit status 2."""
+    from monai_qrvae.bundle_inputs import check_input_dir
+
+    scans = tmp_path / "scans"
+    if folder != "missing":
+        scans.mkdir()
+    if folder == "other_files":
+        (scans / "notes.txt").write_text("not a scan")
+        (scans / "scan.nii").write_bytes(b"")  # the pattern asks for *.nii.gz
+    parser = _parser("inference.json", input_dir=str(scans))
+    expected = "no such folder" if folder == "missing" else "has no file matching '*.nii.gz'"
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps the error of a config expression
+        parser.get_parsed_content("datalist")
+    assert isinstance(info.value.__cause__, FileNotFoundError) and expected in str(info.value.__cause__)
+    with pytest.raises(SystemExit) as exit_info:  # the bundle's first `initialize` step
+        check_input_dir(str(scans), "*.nii.gz")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"monai.bundle run: error: input_dir {scans}"), err
+    assert expected in err and "NIfTI" in err
+    assert parser["initialize"][0] == "$monai_qrvae.bundle_inputs.check_input_dir(@input_dir, @input_pattern)"
+    check_input_dir(None)  # without --input_dir the datalist is used: nothing to check
+
+
 def test_multi_gpu_config_wires_ddp():
     parser = _parser("train.json", "multi_gpu_train.json")
     assert parser["train#trainer#network"] == "@ddp_network"
@@ -201,9 +262,8 @@ def test_verify_metadata_rejects_a_bad_file(tmp_path):
 
 @pytest.mark.parametrize("name", RUN_CONFIGS)
 def test_verify_net_in_out(name):
-    verify_net_in_out(
-        net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / name), n=2
-    )
+    files = [str(CONFIGS / n) for n in RUN_CONFIGS[name]]
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=files, n=2)
 
 
 def test_shipped_weights():
@@ -258,6 +318,17 @@ def _bundle_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "monai.bundle", *args]
 
 
+def _run_cmd(*configs: str, **overrides: Any) -> list[str]:
+    """``python -m monai.bundle run`` of the layered ``configs`` with the bundle's root and ``--key value`` overrides
+    (``__`` in a key stands for ``#``), as bundle/docs/README.md writes them."""
+    files = [str(CONFIGS / n) for n in configs]
+    config_file = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
+    cmd = _bundle_cmd("run", "--config_file", config_file, "--bundle_root", str(BUNDLE))
+    for key, value in overrides.items():
+        cmd += [f"--{key.replace('__', '#')}", str(value)]
+    return cmd
+
+
 def _run(cmd: list[str], timeout: int = 300) -> str:
     env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -267,11 +338,9 @@ def _run(cmd: list[str], timeout: int = 300) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_cohort(tmp_path_factory):
+def tiny_cohort(cohort_factory):
     """Three healthy subjects at 3 mm (two for training, one for validation)."""
-    from monai_qrvae.data import make_cohort
-
-    return make_cohort(tmp_path_factory.mktemp("tiny"), n_healthy=3, n_lesion=0, seed=3, spacing=3.0).parent
+    return cohort_factory("tiny", n_healthy=3, n_lesion=0, seed=3, spacing=3.0).parent
 
 
 @pytest.fixture(scope="module")
@@ -337,20 +406,9 @@ def _check_maps(out_dir: Path, data_dir: Path, names=("sub-041", "sub-042")) -> 
 
 @pytest.mark.slow
 def test_bundle_train_run(tiny_cohort, tmp_path):
-    cmd = _bundle_cmd(
-        "run",
-        "--config_file",
-        str(CONFIGS / "train.json"),
-        "--bundle_root",
-        str(BUNDLE),
-        "--dataset_dir",
-        str(tiny_cohort),
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        "--output_dir",
-        str(tmp_path / "eval"),
-        "--train#trainer#max_epochs",
-        "1",
+    models, logs = tmp_path / "models", tmp_path / "eval"
+    cmd = _run_cmd(
+        "train.json", dataset_dir=tiny_cohort, ckpt_dir=models, output_dir=logs, train__trainer__max_epochs=1
     )
     out = _run(cmd)
     assert "Epoch[1] Metrics -- val_loss" in out and "loss_q0.15" in out
@@ -371,29 +429,9 @@ def test_bundle_train_run(tiny_cohort, tmp_path):
 def test_bundle_multi_gpu_train_with_torchrun_on_cpu(tiny_cohort, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
-    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
-    out = _run(
-        [
-            *launcher,
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            configs,
-            "--bundle_root",
-            str(BUNDLE),
-            "--dataset_dir",
-            str(tiny_cohort),
-            "--ckpt_dir",
-            str(tmp_path / "models"),
-            "--output_dir",
-            str(tmp_path / "eval"),
-            "--train#trainer#max_epochs",
-            "1",
-        ]
-    )
+    job = dict(dataset_dir=tiny_cohort, ckpt_dir=tmp_path / "models", output_dir=tmp_path / "eval")
+    cmd = _run_cmd("train.json", "multi_gpu_train.json", **job, train__trainer__max_epochs=1)
+    out = _run([*launcher, "--standalone", "--nproc_per_node=2", *cmd[1:]])  # cmd[0] is the interpreter
     # two processes trained, one (rank 0) logged and saved
     assert out.count("SupervisedTrainer - INFO - Engine run finished") == 2
     assert out.count("Epoch[1] Metrics -- loss") == 1
@@ -406,19 +444,7 @@ def test_bundle_multi_gpu_train_with_torchrun_on_cpu(tiny_cohort, tmp_path):
 @pytest.mark.slow
 def test_bundle_inference_finds_lesions_with_shipped_weights(embedded_lesion_subjects, tmp_path):
     """A folder of scans (no labels, no brain masks): maps on each input's grid that overlap the lesions."""
-    out = _run(
-        _bundle_cmd(
-            "run",
-            "--config_file",
-            str(CONFIGS / "inference.json"),
-            "--bundle_root",
-            str(BUNDLE),
-            "--input_dir",
-            str(embedded_lesion_subjects / "scans"),
-            "--output_dir",
-            str(tmp_path / "infer"),
-        )
-    )
+    out = _run(_run_cmd("inference.json", input_dir=embedded_lesion_subjects / "scans", output_dir=tmp_path / "infer"))
     assert sorted(p.name for p in (tmp_path / "infer").iterdir()) == [
         f"{s}_{m}.nii.gz" for s in ("sub-041", "sub-042") for m in ("lesion", "pmap", "zmap")
     ]
@@ -430,21 +456,27 @@ def test_bundle_inference_finds_lesions_with_shipped_weights(embedded_lesion_sub
 
 
 @pytest.mark.slow
+def test_bundle_inference_on_an_empty_folder_fails_cleanly(tmp_path):
+    """The real command on an empty ``--input_dir``: exit status 2, the reason on one line, nothing written."""
+    (tmp_path / "scans").mkdir()
+    out_dir = tmp_path / "infer"
+    cmd = _run_cmd("inference.json", input_dir=tmp_path / "scans", output_dir=out_dir)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert error == (
+        f"monai.bundle run: error: input_dir {tmp_path / 'scans'} has no file matching '*.nii.gz' "
+        "(expected NIfTI images, e.g. sub-001.nii.gz)."
+    )
+    assert not out_dir.exists() and list(tmp_path.iterdir()) == [tmp_path / "scans"]
+
+
+@pytest.mark.slow
 def test_bundle_evaluate_run(embedded_lesion_subjects, tmp_path):
     out_dir = tmp_path / "evaluate"
-    _run(
-        _bundle_cmd(
-            "run",
-            "--config_file",
-            str(CONFIGS / "evaluate.json"),
-            "--bundle_root",
-            str(BUNDLE),
-            "--dataset_dir",
-            str(embedded_lesion_subjects),
-            "--output_dir",
-            str(out_dir),
-        )
-    )
+    _run(_run_cmd(*RUN_CONFIGS["evaluate.json"], dataset_dir=embedded_lesion_subjects, output_dir=out_dir))
     metrics = dict(line.split(",") for line in (out_dir / "metrics.csv").read_text().split())
     assert set(metrics) == {"best_dice", "dice_fdr", "auroc", "auprc"}
     assert {k: float(v) for k, v in metrics.items()} == pytest.approx(METRICS, abs=0.01), metrics

@@ -307,15 +307,14 @@ def test_collector_on_an_engine():
 
 
 @pytest.fixture(scope="module")
-def calibration_cohort(tmp_path_factory):
+def calibration_cohort(cohort_factory):
     """A tiny cohort with a 3-subject healthy ``calibration`` section and a FLAIR-threshold model (no training)."""
     import json
 
-    from monai_qrvae.data import make_cohort
     from monai_qrvae.workflows import train
 
-    root = tmp_path_factory.mktemp("calib")
-    datalist = make_cohort(root / "data", n_healthy=6, n_lesion=1, seed=3, spacing=3.0)
+    datalist = cohort_factory("calib", "data", n_healthy=6, n_lesion=1, seed=3, spacing=3.0)
+    root = datalist.parent.parent
     content = json.loads(datalist.read_text())
     content["calibration"] = content["training"][-3:]
     content["training"] = content["training"][:-3]

@@ -44,9 +44,9 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cohort(cohort_factory) -> Path:
     """2 healthy + 2 lesion subjects at 3 mm; returns the datalist path."""
-    return make_cohort(tmp_path_factory.mktemp("cohort"), n_healthy=2, n_lesion=2, seed=7, spacing=SPACING)
+    return cohort_factory("cohort", n_healthy=2, n_lesion=2, seed=7, spacing=SPACING)
 
 
 @pytest.fixture(scope="module")
@@ -267,11 +267,9 @@ def test_allocate_splits_rule() -> None:
 
 
 @pytest.fixture(scope="module")
-def split_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def split_cohort(cohort_factory) -> Path:
     """11 healthy + 4 lesion subjects at 3 mm, half the lesion subjects subtle: every section is populated."""
-    return make_cohort(
-        tmp_path_factory.mktemp("splits"), n_healthy=11, n_lesion=4, seed=5, spacing=SPACING, subtle_fraction=0.5
-    )
+    return cohort_factory("splits", n_healthy=11, n_lesion=4, seed=5, spacing=SPACING, subtle_fraction=0.5)
 
 
 def test_splits_disjoint_complete_and_labelled(split_cohort: Path) -> None:

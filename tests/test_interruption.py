@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from monai_qrvae.checkpoints import list_checkpoints, load_state_dict_file
-from monai_qrvae.data import make_cohort
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +59,8 @@ def _assert_checkpoints_good(ckpt_dir):
 
 
 @pytest.fixture(scope="module")
-def datalist(tmp_path_factory):
-    return make_cohort(tmp_path_factory.mktemp("kill") / "data", n_healthy=5, n_lesion=1, seed=2, spacing=3.0)
+def datalist(cohort_factory):
+    return cohort_factory("kill", "data", n_healthy=5, n_lesion=1, seed=2, spacing=3.0)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])

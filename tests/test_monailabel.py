@@ -29,7 +29,6 @@ import numpy as np
 import pytest
 
 import monai_qrvae
-from monai_qrvae.data import make_cohort
 from monai_qrvae.workflows import ModelConfig, build_networks, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,9 +60,9 @@ studies_tool = _load("qrvae_app_make_studies", APP_DIR / "make_studies.py")
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cohort(cohort_factory) -> Path:
     """A small embedded cohort (2 mm, seed 3): 6 healthy subjects and 2 with lesions; returns the datalist."""
-    return make_cohort(tmp_path_factory.mktemp("cohort"), n_healthy=6, n_lesion=2, seed=3, n_tuning=0)
+    return cohort_factory("cohort", n_healthy=6, n_lesion=2, seed=3, n_tuning=0)
 
 
 def _lesion_subject(datalist: Path) -> tuple[Path, Path]:
@@ -187,7 +186,7 @@ def ml_python() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server_model(ml_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def server_model(ml_python: Path, cohort_factory, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """``--conf`` for the server and the Dice it must reach on the test subject.
 
     The repository's trained bundle when it has weights (Dice measured: :data:`SHIPPED_BUNDLE_DICE`), else a model
@@ -197,7 +196,7 @@ def server_model(ml_python: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     if (REPO_BUNDLE / "models" / "model.pt").is_file() and (REPO_BUNDLE / "configs" / "inference.json").is_file():
         shipped = REPO_BUNDLE.resolve() == (REPO / "bundle").resolve()
         return {"conf": ["--conf", "bundle", str(REPO_BUNDLE)], "dice": SHIPPED_BUNDLE_DICE if shipped else None}
-    healthy = make_cohort(tmp_path_factory.mktemp("healthy"), n_healthy=16, n_lesion=0, seed=4)
+    healthy = cohort_factory("healthy", n_healthy=16, n_lesion=0, seed=4)
     out = tmp_path_factory.mktemp("model")
     train(healthy, out, epochs=30, progress=False)
     return {"conf": ["--conf", "model_dir", str(out)], "dice": None}

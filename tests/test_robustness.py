@@ -13,15 +13,14 @@ import torch
 
 from monai_qrvae.checkpoints import load_state_dict_file
 from monai_qrvae.cli import main
-from monai_qrvae.data import make_cohort
 from monai_qrvae.workflows import load_model
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
+def cohort(cohort_factory):
     """A tiny cohort and a FLAIR-threshold model (no training: fitted in seconds), shared by the tests."""
-    root = tmp_path_factory.mktemp("robust")
-    datalist = make_cohort(root / "data", n_healthy=3, n_lesion=1, seed=0, spacing=3.0)
+    datalist = cohort_factory("robust", "data", n_healthy=3, n_lesion=1, seed=0, spacing=3.0)
+    root = datalist.parent.parent
     assert (
         main(
             [

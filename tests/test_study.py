@@ -8,13 +8,12 @@ import json
 import pytest
 
 from monai_qrvae.cli import main
-from monai_qrvae.data import make_cohort
 from monai_qrvae.study import read_doc_block
 
 
 @pytest.fixture(scope="module")
-def tiny_cohort(tmp_path_factory):
-    return make_cohort(tmp_path_factory.mktemp("study") / "data", n_healthy=6, n_lesion=4, seed=1, spacing=3.0)
+def tiny_cohort(cohort_factory):
+    return cohort_factory("study", "data", n_healthy=6, n_lesion=4, seed=1, spacing=3.0)
 
 
 @pytest.mark.slow

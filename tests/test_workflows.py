@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from monai_qrvae.cli import main
-from monai_qrvae.data import make_cohort
 from monai_qrvae.study import METHOD_NAMES
 from monai_qrvae.workflows import METHODS, ModelConfig, build_networks, load_model, train, write_table
 
@@ -47,9 +46,8 @@ def test_write_table(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wf")
-    return make_cohort(root / "data", n_healthy=5, n_lesion=2, seed=1, spacing=3.0, n_tuning=0)
+def small_cohort(cohort_factory):
+    return cohort_factory("wf", "data", n_healthy=5, n_lesion=2, seed=1, spacing=3.0, n_tuning=0)
 
 
 @pytest.mark.slow

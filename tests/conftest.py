@@ -1,0 +1,26 @@
+"""Fixtures shared by the test files: the synthetic cohort maker.
+
+Each test file keeps its own module-scoped cohort fixture (its name, size, seed and spacing are its own) and builds
+it with :func:`cohort_factory`, so the cohort is made once per module in its own temporary folder, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cohort_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``make(basename, subfolder=None, **settings) -> datalist``: :func:`monai_qrvae.data.make_cohort` with
+    ``settings`` in a new temporary folder named after ``basename`` (in its ``subfolder`` when given)."""
+    from monai_qrvae.data import make_cohort
+
+    def make(basename: str, subfolder: str | None = None, **settings: Any) -> Path:
+        root = tmp_path_factory.mktemp(basename)
+        return Path(make_cohort(root / subfolder if subfolder else root, **settings))
+
+    return make
