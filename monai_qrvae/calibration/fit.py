@@ -18,6 +18,7 @@ import torch
 from monai_qrvae.calibration.calibration import CALIBRATION_FILE, MAX_VOXELS, Calibration
 from monai_qrvae.calibration.conformal import _flat
 from monai_qrvae.calibration.thresholds import min_volumes
+from monai_qrvae.utils import CONTRAST_NAMES
 
 __all__ = ["CalibrationCollector", "run_shipped_score", "fit_calibration"]
 
@@ -153,7 +154,10 @@ def run_shipped_score(
         loader,
         device=device,
         roi_size=(config.image_size, config.image_size),
-        val_handlers=[AnomalyMapHandler(median_size=score_median, channel=FLAIR_CHANNEL), *handlers],
+        val_handlers=[
+            AnomalyMapHandler(median_size=score_median, channel=FLAIR_CHANNEL, score=getattr(config, "score", None)),
+            *handlers,
+        ],
     )
     evaluator.run()
     return config
@@ -221,13 +225,14 @@ def fit_calibration(
     items = [{k: v for k, v in item.items() if k != "label"} for item in items]
     collector = CalibrationCollector(score_key="z", mask_key="roi")
     run_shipped_score(model_dir, items, [collector], score_median=score_median, device=device, model=(config, net))
-    channel_names = ("T1", "T2", "FLAIR")
     quantile_score = bool(getattr(net, "quantile_score", False))
-    contrast = channel_names[FLAIR_CHANNEL] if config.in_channels == 3 else str(FLAIR_CHANNEL)
+    combination = getattr(config, "score", "flair")
+    contrast = CONTRAST_NAMES[FLAIR_CHANNEL] if combination == "flair" else combination
     score = {
         "method": config.method,
         "score_median": int(score_median),
         "channel": FLAIR_CHANNEL,
+        "score": combination,
         "score_key": "z",
         "quantile_score": quantile_score,
         "score_name": f"{'qf' if quantile_score else 'z'}[{contrast}]",

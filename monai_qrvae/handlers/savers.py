@@ -19,7 +19,8 @@ from monai.transforms import Invertd
 from monai.utils import ImageMetaKey
 
 from monai_qrvae.anomaly import FLAIR_CHANNEL
-from monai_qrvae.utils import atomic_write
+from monai_qrvae.report import lesion_report, write_lesion_report
+from monai_qrvae.utils import CONTRAST_NAMES, atomic_write
 
 __all__ = ["AnomalyMapSaver", "OverlaySaver", "invert_to_input"]
 
@@ -140,6 +141,13 @@ class AnomalyMapSaver(_ItemSaver):
         batch_transform: picks the list of batch items from ``engine.state.batch``.
         one_outside: keys whose value outside the analysed slices and crop is 1, not 0 (p-maps: nothing was
             tested there, so nothing is significant).
+        report: also write the lesion report ``<input name>_lesions.json`` and ``.csv`` (:mod:`monai_qrvae.report`)
+            from the inverted ``lesion`` and ``z`` maps: count, volume in mL, world-mm centroids, peak score and,
+            when the output has ``contrast_key`` (:class:`~monai_qrvae.transforms.AnomalyMapsd`), the contrasts that
+            drive each lesion.
+        contrast_key: the per-contrast lesion-signed z-maps used by the report (inverted, not saved).
+
+    Outside the brain the written maps are ``z = 0``, ``p = 1`` and ``lesion = 0`` (nothing was tested there).
     """
 
     def __init__(
@@ -153,8 +161,12 @@ class AnomalyMapSaver(_ItemSaver):
         output_transform: Callable = _identity,
         batch_transform: Callable = _identity,
         one_outside: Sequence[str] = ("p",),
+        report: bool = False,
+        contrast_key: str = "zc",
     ) -> None:
         super().__init__(output_dir, output_transform, batch_transform)
+        self.report = bool(report)
+        self.contrast_key = contrast_key
         self.preprocessing = preprocessing
         self.keys = list(keys)
         self.one_outside = set(one_outside)
@@ -173,12 +185,13 @@ class AnomalyMapSaver(_ItemSaver):
         if missing:
             raise KeyError(f"AnomalyMapSaver: output is missing {missing}; attach the anomaly handlers first.")
         meta = dict(orig.meta) if isinstance(orig, MetaTensor) else {}
+        extra = [self.contrast_key] if self.report and self.contrast_key in out else []
         data = invert_to_input(
-            {k: out[k] for k in self.keys},
+            {k: out[k] for k in [*self.keys, *extra]},
             orig,
             self.preprocessing,
             orig_key=self.orig_key,
-            nearest_interp=dict(zip(self.keys, self.nearest_interp)),
+            nearest_interp={**dict(zip(self.keys, self.nearest_interp)), **{k: False for k in extra}},
             one_outside=self.one_outside,
         )
         stem = _stem(meta, fallback)
@@ -198,8 +211,32 @@ class AnomalyMapSaver(_ItemSaver):
                 writer.write(tmp, verbose=False)
 
             written.append(atomic_write(path, _write))
+        if self.report:
+            written.extend(self._write_report(data, stem, meta, extra))
         self.saved.extend(written)
         return written
+
+    def _write_report(self, data: dict, stem: str, meta: dict, extra: list[str]) -> tuple[Path, Path]:
+        """The lesion report of one item, on the grid of its written maps."""
+        for key in ("lesion", "z"):
+            if key not in data:
+                raise KeyError(f"AnomalyMapSaver(report=True) needs {key!r} among its keys, got {self.keys}.")
+        lesion = data["lesion"]
+        affine = lesion.affine if isinstance(lesion, MetaTensor) else meta.get("affine", torch.eye(4))
+
+        def as_np(x: Any) -> np.ndarray:
+            return torch.as_tensor(x).detach().cpu().float().numpy()
+
+        contrast_z = as_np(data[extra[0]]) if extra else None
+        names = CONTRAST_NAMES if contrast_z is not None and contrast_z.shape[0] == 3 else None
+        report = lesion_report(
+            as_np(lesion)[0] > 0.5,
+            as_np(affine).astype(np.float64),
+            as_np(data["z"])[0],
+            contrast_z,
+            contrast_names=names or [str(c) for c in range(0 if contrast_z is None else contrast_z.shape[0])],
+        )
+        return write_lesion_report(report, self.output_dir, stem)
 
 
 class OverlaySaver(_ItemSaver):
