@@ -95,6 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         beta=args.beta,
         resume=not args.no_resume,
         progress=progress_enabled(not args.no_progress),
+        cache_dir=args.cache_dir,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -278,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantiles", type=float, nargs="+", default=[0.15, 0.5])
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="bounded memory for large cohorts: prepare each volume's slices once into this folder and read them "
+        "back from disk (default: every slice in memory)",
+    )
     _add_common(p)
     p.set_defaults(func=_cmd_train)
 

@@ -4,7 +4,8 @@ Each job wires the package's pieces (transforms, networks, losses, engines, hand
 configs do, and writes everything atomically into one output folder. One module per concern:
 
 - :mod:`~monai_qrvae.workflows.models`: methods, presets, :class:`ModelConfig`, networks, losses, model folders;
-- :mod:`~monai_qrvae.workflows.datasets`: checked datalist sections and the training slices;
+- :mod:`~monai_qrvae.workflows.datasets`: checked datalist sections and the training slices (in memory, or
+  :class:`PersistentSliceDataset`: bounded memory, for large cohorts);
 - :mod:`~monai_qrvae.workflows.training`: :func:`train`;
 - :mod:`~monai_qrvae.workflows.evaluation`: :func:`evaluate` and :func:`write_table`;
 - :mod:`~monai_qrvae.workflows.inference`: :func:`infer`;
@@ -17,6 +18,7 @@ import logging
 
 from monai_qrvae.workflows import datasets, inference, models, training
 from monai_qrvae.workflows.comparison import PINNED_DEMO, demo
+from monai_qrvae.workflows.datasets import PersistentSliceDataset
 from monai_qrvae.workflows.evaluation import evaluate, write_table
 from monai_qrvae.workflows.inference import infer
 from monai_qrvae.workflows.models import (
@@ -57,6 +59,7 @@ __all__ = [
     "plot_history",
     "write_table",
     "PINNED_DEMO",
+    "PersistentSliceDataset",
 ]
 
 logger = logging.getLogger("monai_qrvae")

@@ -26,7 +26,7 @@ from monai_qrvae.engines import EpochSeedHandler, LossHistory, create_loss_evalu
 from monai_qrvae.handlers import atomic_write
 from monai_qrvae.logging_utils import progress_enabled
 from monai_qrvae.preprocessing import volume_transforms
-from monai_qrvae.workflows.datasets import _datalist, _slice_dataset
+from monai_qrvae.workflows.datasets import _datalist, _persistent_slice_dataset, _slice_dataset
 from monai_qrvae.workflows.models import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, build_loss, build_networks
 
 __all__ = ["plot_history", "train"]
@@ -69,6 +69,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
     num_workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train one method on the healthy ``training`` section, validating on ``validation``.
 
@@ -80,6 +81,12 @@ def train(
     Writes ``model_config.json``, ``model.pt`` (the anomaly network's plain state dict), ``history.json``,
     ``training_curve.png``, TensorBoard logs and resumable checkpoints (``checkpoints/``) into ``output_dir``.
     Running the same command again after an interruption resumes from the last checkpoint.
+
+    The training and validation slices are held in memory (prepared once per process) unless ``cache_dir`` is
+    given: then each volume's slices are prepared once into that folder (MONAI's ``PersistentDataset``, one
+    subfolder per ``image_size``/``num_slices``) and read back through a small LRU of volumes
+    (:class:`~monai_qrvae.workflows.datasets.PersistentSliceDataset`), so memory does not grow with the number of
+    subjects; the slices, their order and so the trained weights are the same.
 
     Returns:
         a summary with paths, final losses and timings.
@@ -112,8 +119,12 @@ def train(
         atomic_write(output_dir / WEIGHTS_FILE, lambda tmp: torch.save(net.state_dict(), tmp))
         return {"method": method, "model_dir": str(output_dir), "epochs": 0, "seconds": time.perf_counter() - start}
 
-    train_ds = _slice_dataset(train_items, image_size, num_slices, progress)
-    val_ds = _slice_dataset(val_items, image_size, num_slices, progress)
+    if cache_dir is None:
+        train_ds = _slice_dataset(train_items, image_size, num_slices, progress)
+        val_ds = _slice_dataset(val_items, image_size, num_slices, progress)
+    else:  # bounded memory: slices read from the on-disk cache of prepared volumes
+        train_ds = _persistent_slice_dataset(train_items, image_size, num_slices, cache_dir, progress)
+        val_ds = _persistent_slice_dataset(val_items, image_size, num_slices, cache_dir, progress)
 
     sampler = DistributedSampler(train_ds, num_replicas=1, rank=0, shuffle=True, seed=seed)
     train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
