@@ -163,3 +163,15 @@ def test_bounded_path_under_torchrun_ddp_with_a_distributed_sampler(tmp_path):
     assert len(list(cache.glob("*.pt"))) == 4 + 2  # every volume prepared once, shared by both processes
     state = load_state_dict_file(tmp_path / "models" / "model.pt")
     assert state and all(k.startswith("network.") for k in state)
+
+
+def test_qrvae_train_cache_dir_reaches_train(monkeypatch, tmp_path):
+    """``qrvae train --cache-dir DIR`` passes DIR to :func:`train`; without it the in-memory default (None)."""
+    from monai_qrvae import cli, workflows
+
+    calls = []
+    monkeypatch.setattr(workflows, "train", lambda *args, **kwargs: calls.append(kwargs) or {"model_dir": "m"})
+    argv = ["train", "--datalist", str(tmp_path / "d.json"), "--out", str(tmp_path / "m"), "--no-progress"]
+    assert cli.main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert cli.main(argv) == 0
+    assert [c["cache_dir"] for c in calls] == [str(tmp_path / "cache"), None]
