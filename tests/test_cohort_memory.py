@@ -134,26 +134,16 @@ def test_bounded_path_under_torchrun_ddp_with_a_distributed_sampler(tmp_path):
     configs = REPO / "bundle" / "configs"
     torchrun = Path(sys.executable).parent / "torchrun"
     launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
-    cmd = [
-        *launcher,
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}','{override}']",
-        "--bundle_root",
-        str(REPO / "bundle"),
-        "--dataset_dir",
-        str(datalist.parent),
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        "--output_dir",
-        str(tmp_path / "eval"),
-        "--train#trainer#max_epochs",
-        "1",
-    ]
+    options = {
+        "config_file": f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}','{override}']",
+        "bundle_root": REPO / "bundle",
+        "dataset_dir": datalist.parent,
+        "ckpt_dir": tmp_path / "models",
+        "output_dir": tmp_path / "eval",
+        "train#trainer#max_epochs": 1,
+    }
+    cmd = [*launcher, "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
+    cmd += [arg for key, value in options.items() for arg in (f"--{key}", str(value))]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     out = proc.stdout + proc.stderr
