@@ -55,6 +55,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         image_size="default" if args.image_size is None else args.image_size,
         resume=not args.no_resume,
         progress=show_progress(args),
+        cache_dir=args.cache_dir,
     )
     return print_json(summary)
 
@@ -199,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantiles", type=float, nargs="+", default=[0.15, 0.5])
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="bounded memory for large cohorts: prepare each volume's slices once into this folder and read them "
+        "back from disk (default: every slice in memory)",
+    )
     add_common_options(p)
     p.set_defaults(func=_cmd_train)
 
