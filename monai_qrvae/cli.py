@@ -51,13 +51,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.datalist,
         args.out,
         **arg_values(args, "method", "preset", "epochs", "batch_size", "lr", "seed", "device", "quantiles", "beta"),
-        num_slices="default" if args.num_slices is None else args.num_slices,
+        **arg_values(args, "context", "score"),
+        num_slices=_num_slices(args),
         image_size="default" if args.image_size is None else args.image_size,
         resume=not args.no_resume,
         progress=show_progress(args),
         cache_dir=args.cache_dir,
+        calibrate=not args.no_calibrate,
     )
     return print_json(summary)
+
+
+def _num_slices(args: argparse.Namespace) -> int | None | str:
+    """``--num-slices`` wins; ``--slices central`` is the paper's 20 central slices, ``all`` every brain slice."""
+    if args.num_slices is not None:
+        return args.num_slices
+    return {"central": 20, "all": None}.get(args.slices, "default")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -156,6 +165,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``qrvae``."""
+    from monai_qrvae.anomaly import SCORES
+    from monai_qrvae.context import CONTEXTS
     from monai_qrvae.workflows import METHODS, MODEL_PRESETS
 
     parser = OneLineArgumentParser(prog="qrvae", description=__doc__.splitlines()[0])
@@ -194,10 +205,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the method's; paper: 3e-4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--num-slices", type=int, default=None, help="central axial slices analysed (default: the method's; VAEs 20)"
+        "--slices",
+        choices=("all", "central"),
+        default=None,
+        help="axial slices trained on and analysed: 'all' (every slice with brain, the default) or 'central' (the "
+        "paper's 20 central slices)",
     )
-    p.add_argument("--image-size", type=int, default=None, help="in-plane size (default: the method's; VAEs 64)")
-    p.add_argument("--quantiles", type=float, nargs="+", default=[0.15, 0.5])
+    p.add_argument("--num-slices", type=int, default=None, help="N central axial slices (overrides --slices)")
+    p.add_argument("--image-size", type=int, default=None, help="in-plane size (default: the method's; VAEs 96)")
+    p.add_argument(
+        "--quantiles",
+        type=float,
+        nargs="+",
+        default=None,
+        help="QR-VAE quantile levels (default: 0.025 0.15 0.5 0.85 0.975; the paper: 0.15 0.5)",
+    )
+    p.add_argument(
+        "--context",
+        choices=CONTEXTS,
+        default=None,
+        help="through-plane context of the 2D model: none (default), neighbours (2.5D) or position",
+    )
+    p.add_argument(
+        "--score",
+        choices=tuple(SCORES),
+        default=None,
+        help="anomaly score: flair, flair_t2 (FLAIR and T2 brighter; the VAEs' default) or all (and T1 darker)",
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="do not calibrate the score on the datalist's healthy 'calibration' section after training",
+    )
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.add_argument(

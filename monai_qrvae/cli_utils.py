@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 #: the post-processing options of ``evaluate``/``infer`` (see :func:`add_post_options`), as namespace attributes.
-POST_ARGS = ("alpha", "per", "median_size", "min_size", "score_median")
+POST_ARGS = ("alpha", "per", "median_size", "min_size", "score_median", "threshold")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -57,8 +57,21 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_post_options(p: argparse.ArgumentParser) -> None:
-    """The lesion-mask post-processing options: ``--alpha --per --score-median --median-size --min-size``."""
-    p.add_argument("--alpha", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate (0.05)")
+    """The lesion-mask options: ``--threshold --alpha --per --score-median --median-size --min-size``."""
+    p.add_argument(
+        "--threshold",
+        choices=("conformal", "volume", "gaussian"),
+        default="conformal",
+        help="label-free threshold: 'conformal' (default; Benjamini-Hochberg on p-values calibrated on healthy scans, "
+        "calibration.pt beside the model), 'volume' (at most --alpha of healthy volumes get any detection) or "
+        "'gaussian' (the paper's N(0, 1) p-values, no calibration needed)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="false discovery rate (conformal, gaussian) or share of healthy volumes with a detection (volume); 0.05",
+    )
     p.add_argument("--per", choices=("volume", "slice"), default="volume", help="FDR per volume or per slice")
     p.add_argument(
         "--score-median",

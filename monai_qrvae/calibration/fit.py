@@ -142,18 +142,18 @@ def run_shipped_score(
     from monai_qrvae.defaults import method_defaults
     from monai_qrvae.engines import create_anomaly_evaluator
     from monai_qrvae.handlers import AnomalyMapHandler
-    from monai_qrvae.preprocessing import volume_transforms
     from monai_qrvae.workflows import load_model
+    from monai_qrvae.workflows.inference import _roi_size
 
     config, net = model if model is not None else load_model(model_dir, device)
     score_median = method_defaults(config.method).score_median if score_median is None else score_median
-    pre = volume_transforms(image_size=config.image_size, num_slices=config.num_slices)
+    pre = config.transforms()
     loader = DataLoader(Dataset(list(items), pre), batch_size=1, num_workers=0)
     evaluator = create_anomaly_evaluator(
         net,
         loader,
         device=device,
-        roi_size=(config.image_size, config.image_size),
+        roi_size=_roi_size(config),
         val_handlers=[
             AnomalyMapHandler(median_size=score_median, channel=FLAIR_CHANNEL, score=getattr(config, "score", None)),
             *handlers,

@@ -58,11 +58,13 @@ def _stamped(item: dict) -> dict:
     return {k: _stamp(v) for k, v in sorted(item.items())}
 
 
-_SLICE_CACHE: dict[tuple[str, int | None, int | None], SliceDataset] = {}
+_SLICE_CACHE: dict[tuple[str, int | None, int | None, str], SliceDataset] = {}
 _SLICE_CACHE_SIZE = 4
 
 
-def _slice_dataset(items: list[dict], image_size: int | None, num_slices: int | None, progress: bool) -> SliceDataset:
+def _slice_dataset(
+    items: list[dict], image_size: int | None, num_slices: int | None, progress: bool, context: str = "none"
+) -> SliceDataset:
     """The slices of ``items``, prepared once per process: the demo, the sweep and the benchmark train several
     methods and seeds on the same volumes (a small in-memory cache of the last few datasets, keyed by the entries,
     their files' modification times and the slice settings)."""
@@ -70,11 +72,12 @@ def _slice_dataset(items: list[dict], image_size: int | None, num_slices: int | 
         json.dumps([_stamped(item) for item in items], default=str),
         image_size,
         num_slices,
+        context,
     )
     if key not in _SLICE_CACHE:
         if len(_SLICE_CACHE) >= _SLICE_CACHE_SIZE:
             _SLICE_CACHE.pop(next(iter(_SLICE_CACHE)))
-        vt = volume_transforms(image_size=image_size, num_slices=num_slices)
+        vt = volume_transforms(image_size=image_size, num_slices=num_slices, context=context)
         _SLICE_CACHE[key] = SliceDataset(items, vt, progress=progress)
     return _SLICE_CACHE[key]
 
@@ -193,9 +196,15 @@ class PersistentSliceDataset(_TorchDataset):
 
 
 def _persistent_slice_dataset(
-    items: list[dict], image_size: int | None, num_slices: int | None, cache_dir: str | os.PathLike, progress: bool
+    items: list[dict],
+    image_size: int | None,
+    num_slices: int | None,
+    cache_dir: str | os.PathLike,
+    progress: bool,
+    context: str = "none",
 ) -> PersistentSliceDataset:
     """The bounded-memory slices of ``items``, cached under ``cache_dir`` in a subfolder per slice setting."""
-    vt = volume_transforms(image_size=image_size, num_slices=num_slices)
-    folder = Path(cache_dir) / f"slices_size-{image_size}_n-{num_slices}"
+    vt = volume_transforms(image_size=image_size, num_slices=num_slices, context=context)
+    suffix = "" if context == "none" else f"_{context}"
+    folder = Path(cache_dir) / f"slices_size-{image_size}_n-{num_slices}{suffix}"
     return PersistentSliceDataset(items, vt, folder, progress=progress)

@@ -18,9 +18,8 @@ from monai.data import DataLoader, Dataset
 from monai_qrvae.defaults import method_defaults
 from monai_qrvae.engines import create_anomaly_evaluator
 from monai_qrvae.handlers import AnomalyMapSaver, OverlaySaver, atomic_write
-from monai_qrvae.preprocessing import volume_transforms
 from monai_qrvae.workflows.datasets import _datalist
-from monai_qrvae.workflows.inference import _anomaly_handlers, _roi_size
+from monai_qrvae.workflows.inference import _anomaly_handlers, _calibration_for, _roi_size
 from monai_qrvae.workflows.models import load_model
 
 __all__ = ["evaluate", "write_table"]
@@ -39,6 +38,7 @@ def evaluate(
     save_png: bool = True,
     device: str = "cpu",
     score_median: int | None = None,
+    threshold: str = "conformal",
 ) -> dict[str, Any]:
     """Score a labelled ``section`` with a trained model on every brain voxel of every volume, on its input grid.
 
@@ -53,18 +53,20 @@ def evaluate(
     Args:
         score_median: in-plane median filter of the z-map before p-values (1 = off); ``None`` takes the method's
             default from :mod:`monai_qrvae.defaults` (chosen on the ``tuning`` split).
+        threshold: the label-free threshold of the lesion mask (see :func:`~monai_qrvae.workflows.infer`).
     """
     from monai_qrvae.evaluation import InputGridCollector, summarise
 
     config, net = load_model(model_dir, device)
+    _calibration_for(model_dir, threshold)  # a missing calibration is refused before anything is written
     if score_median is None:
         score_median = method_defaults(config.method).score_median
     items = _datalist(datalist, section, read_data=True)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    pre = volume_transforms(image_size=config.image_size, num_slices=config.num_slices)
+    pre = config.transforms()
     loader = DataLoader(Dataset(items, pre), batch_size=1, num_workers=0)
-    post = _anomaly_handlers(alpha, per, median_size, min_size, score_median)
+    post = _anomaly_handlers(config, model_dir, alpha, per, median_size, min_size, score_median, threshold)
     collector = InputGridCollector(pre)
     handlers: list[Any] = [*post, collector]
     if save_maps:
@@ -81,6 +83,8 @@ def evaluate(
         "alpha": alpha,
         "per": per,
         "score_median": score_median,
+        "score": config.score,
+        "threshold": threshold,
     }
     result.update(summarise(collector.records))
     result["seconds"] = seconds

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from monai_qrvae.anomaly import SCORES
+from monai_qrvae.context import CONTEXTS, context_channels
+from monai_qrvae.preprocessing import volume_transforms
 from monai_qrvae.baselines import IntensityBaseline
 from monai_qrvae.checkpoints import load_state_dict_file
 from monai_qrvae.handlers import atomic_write
@@ -76,6 +79,9 @@ class ModelConfig:
     beta: float = 1.0
     kernel_size: int = 5
     residual_sigma: float = 1.0
+    context: str = "none"
+    score: str = "flair"
+    quantile_score: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,6 +90,21 @@ class ModelConfig:
         if self.preset not in MODEL_PRESETS:
             raise ValueError(f"preset must be one of {tuple(MODEL_PRESETS)}, got {self.preset!r}.")
         self.quantiles = tuple(float(q) for q in self.quantiles)
+        if self.context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}, got {self.context!r}.")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {tuple(SCORES)}, got {self.score!r}.")
+
+    @property
+    def network_channels(self) -> int:
+        """Input channels of the network: the contrasts plus the through-plane context channels."""
+        return context_channels(self.context, self.in_channels)
+
+    def transforms(self, load: bool = True) -> Any:
+        """The volume chain of this model (:func:`~monai_qrvae.preprocessing.volume_transforms`)."""
+        return volume_transforms(
+            image_size=self.image_size, num_slices=self.num_slices, context=self.context, load=load
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the configuration as JSON (atomically)."""
@@ -119,15 +140,17 @@ def build_networks(config: ModelConfig) -> tuple[nn.Module | None, nn.Module]:
         return None, IntensityBaseline(config.in_channels)
     if config.image_size is None:
         raise ValueError(f"method {config.method!r} needs an image_size (the network's input size), got None.")
-    in_shape = (config.in_channels, config.image_size, config.image_size)
+    in_shape = (config.network_channels, config.image_size, config.image_size)
     arch = dict(MODEL_PRESETS[config.preset])
     arch.update(config.extra.get("arch", {}))
     common = dict(spatial_dims=2, in_shape=in_shape, kernel_size=config.kernel_size, up_kernel_size=config.kernel_size)
     if config.method == "qrvae":
-        vae: nn.Module = QRVAE(quantiles=config.quantiles, **common, **arch)
+        vae: nn.Module = QRVAE(quantiles=config.quantiles, target_channels=config.in_channels, **common, **arch)
     else:
-        vae = GaussianVAE(learn_variance=config.method == "gaussian", **common, **arch)
-    return vae, AnomalyMapNet(vae, residual_sigma=config.residual_sigma)
+        vae = GaussianVAE(
+            learn_variance=config.method == "gaussian", target_channels=config.in_channels, **common, **arch
+        )
+    return vae, AnomalyMapNet(vae, residual_sigma=config.residual_sigma, quantile_score=config.quantile_score)
 
 
 def build_loss(config: ModelConfig) -> nn.Module:

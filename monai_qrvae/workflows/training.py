@@ -7,6 +7,7 @@ written atomically into the model folder.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ from monai_qrvae.logging_utils import progress_enabled
 from monai_qrvae.preprocessing import volume_transforms
 from monai_qrvae.workflows.datasets import _datalist, _persistent_slice_dataset, _slice_dataset
 from monai_qrvae.workflows.models import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, build_loss, build_networks
+
+logger = logging.getLogger("monai_qrvae")
 
 __all__ = ["plot_history", "train"]
 
@@ -63,20 +66,30 @@ def train(
     device: str = "cpu",
     num_slices: int | None | str = "default",
     image_size: int | None | str = "default",
-    quantiles: Sequence[float] = (0.15, 0.5),
+    quantiles: Sequence[float] | None = None,
     beta: float = 1.0,
     val_interval: int = 1,
     resume: bool = True,
     progress: bool = True,
     num_workers: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    context: str | None = None,
+    score: str | None = None,
+    quantile_score: bool | None = None,
+    calibrate: bool = True,
 ) -> dict[str, Any]:
     """Train one method on the healthy ``training`` section, validating on ``validation``.
 
     ``epochs``, ``batch_size`` and ``lr`` left as ``None`` (``num_slices`` and ``image_size`` left as
     ``"default"``; ``None`` means every slice / the input's own grid) take the method's defaults from
     :mod:`monai_qrvae.defaults`, chosen on the ``tuning`` split (the paper used lr 3e-4 and batch 8: pass them to
-    reproduce its setting).
+    reproduce its setting). ``quantiles``, ``context`` (through-plane context channels, :mod:`monai_qrvae.context`),
+    ``score`` (how the contrasts' z-maps are combined, :data:`monai_qrvae.anomaly.SCORES`) and ``quantile_score``
+    left as ``None`` take the method's defaults too; all are stored in the model's configuration.
+
+    With ``calibrate`` and a non-empty healthy ``calibration`` section in the datalist, the model's score is
+    calibrated on it after training (``calibration.pt`` beside the weights, :func:`~monai_qrvae.calibration.
+    fit_calibration`): the label-free thresholds of ``qrvae evaluate``/``infer`` use it by default.
 
     Writes ``model_config.json``, ``model.pt`` (the anomaly network's plain state dict), ``history.json``,
     ``training_curve.png``, TensorBoard logs and resumable checkpoints (``checkpoints/``) into ``output_dir``.
@@ -105,8 +118,11 @@ def train(
         preset=preset,
         image_size=image_size,
         num_slices=num_slices,
-        quantiles=tuple(quantiles),
+        quantiles=tuple(defaults.quantiles if quantiles is None else quantiles),
         beta=beta,
+        context=defaults.context if context is None else context,
+        score=defaults.score if score is None else score,
+        quantile_score=defaults.quantile_score if quantile_score is None else quantile_score,
     )
     train_items = _datalist(datalist, "training")
     val_items = _datalist(datalist, "validation")
@@ -117,21 +133,29 @@ def train(
         net.fit(DataLoader(Dataset(train_items, vt), batch_size=1))
         config.save(output_dir / CONFIG_FILE)
         atomic_write(output_dir / WEIGHTS_FILE, lambda tmp: torch.save(net.state_dict(), tmp))
-        return {"method": method, "model_dir": str(output_dir), "epochs": 0, "seconds": time.perf_counter() - start}
+        seconds = time.perf_counter() - start
+        calibration = _calibrate(output_dir, datalist, config, net, device) if calibrate else None
+        return {
+            "method": method,
+            "model_dir": str(output_dir),
+            "epochs": 0,
+            "seconds": seconds,
+            "calibration_volumes": calibration,
+        }
 
     if cache_dir is None:
-        train_ds = _slice_dataset(train_items, image_size, num_slices, progress)
-        val_ds = _slice_dataset(val_items, image_size, num_slices, progress)
+        train_ds = _slice_dataset(train_items, image_size, num_slices, progress, config.context)
+        val_ds = _slice_dataset(val_items, image_size, num_slices, progress, config.context)
     else:  # bounded memory: slices read from the on-disk cache of prepared volumes
-        train_ds = _persistent_slice_dataset(train_items, image_size, num_slices, cache_dir, progress)
-        val_ds = _persistent_slice_dataset(val_items, image_size, num_slices, cache_dir, progress)
+        train_ds = _persistent_slice_dataset(train_items, image_size, num_slices, cache_dir, progress, config.context)
+        val_ds = _persistent_slice_dataset(val_items, image_size, num_slices, cache_dir, progress, config.context)
 
     sampler = DistributedSampler(train_ds, num_replicas=1, rank=0, shuffle=True, seed=seed)
     train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
     val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     loss = build_loss(config)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    validator = create_loss_evaluator(vae, loss, val_loader, device=device)
+    validator = create_loss_evaluator(vae, loss, val_loader, device=device, target_channels=config.in_channels)
     history = LossHistory(validator)
     ckpt_dir = output_dir / "checkpoints"
     save_dict = {"network": vae, "optimizer": optimizer}
@@ -145,7 +169,14 @@ def train(
         TensorBoardStatsHandler(log_dir=str(output_dir / "tensorboard"), output_transform=lambda o: o["loss"].item())
     )
     trainer = create_trainer(
-        vae, loss, train_loader, max_epochs=epochs, device=device, optimizer=optimizer, train_handlers=handlers
+        vae,
+        loss,
+        train_loader,
+        max_epochs=epochs,
+        device=device,
+        optimizer=optimizer,
+        train_handlers=handlers,
+        target_channels=config.in_channels,
     )
     save_dict["trainer"] = trainer
     if resume:
@@ -169,6 +200,8 @@ def train(
     atomic_write(output_dir / "history.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2)))
     if rows:
         plot_history(rows, output_dir / "training_curve.png", title=f"{method} ({preset})")
+    seconds = time.perf_counter() - start
+    calibration = _calibrate(output_dir, datalist, config, net, device) if calibrate else None
     return {
         "method": method,
         "model_dir": str(output_dir),
@@ -176,8 +209,34 @@ def train(
         "train_slices": len(train_ds),
         "final_loss": rows[-1].get("loss") if rows else None,
         "final_val_loss": rows[-1].get("val_loss") if rows else None,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
+        "calibration_volumes": calibration,
     }
+
+
+def _calibrate(
+    output_dir: Path, datalist: str | os.PathLike, config: ModelConfig, net: nn.Module, device: str
+) -> int | None:
+    """Calibrate the trained model's score on the datalist's healthy ``calibration`` section, when it has one.
+
+    The volume-level threshold needs ``n + 1 >= 1 / alpha`` volumes: with fewer than the default alpha needs, the
+    calibration is fitted for the smallest alpha ``n`` volumes support (the voxel-level conformal p-values are valid
+    for any ``n``). Returns the number of calibration volumes, or ``None`` when there is no such section.
+    """
+    from monai_qrvae.calibration import fit_calibration
+    from monai_qrvae.data.datalist import load_datalist
+
+    try:
+        items = load_datalist(datalist, section="calibration", check=False)
+    except (KeyError, ValueError):
+        items = []
+    if not items:
+        logger.info("no 'calibration' section in %s: the model is not calibrated (run 'qrvae calibrate')", datalist)
+        return None
+    alpha = max(method_defaults(config.method).alpha, 1.0 / (len(items) + 1))
+    fit_calibration(output_dir, datalist, alpha=alpha, device=device, model=(config, net.to(device).eval()))
+    net.cpu()
+    return len(items)
 
 
 @torch.no_grad()
@@ -192,8 +251,8 @@ def _residual_sigma(net: nn.Module, loader: Any, device: str) -> float:
         image = batch["image"].to(device)
         mask = batch["brain_mask"].to(device) > 0
         out = net(image)
-        c = image.shape[1]
-        residual = (image - out[:, :c])[:, FLAIR_CHANNEL : FLAIR_CHANNEL + 1][mask]
+        c = out.shape[1] // 3
+        residual = (image[:, :c] - out[:, :c])[:, FLAIR_CHANNEL : FLAIR_CHANNEL + 1][mask]
         total += residual.sum().item()
         total_sq += residual.pow(2).sum().item()
         count += residual.numel()
