@@ -233,11 +233,11 @@ def test_healthy_lookalikes_in_every_subject(generator: SyntheticBrainGenerator)
 
 
 def test_allocate_splits_rule() -> None:
-    default = allocate_splits(51, 20)
+    default = allocate_splits(61, 20)
     assert default == {
         "training": 30,
         "validation": 6,
-        "calibration": 10,
+        "calibration": 20,
         "test_healthy": 5,
         "test_lesion": 10,
         "tuning": 10,
@@ -269,7 +269,7 @@ def test_allocate_splits_rule() -> None:
 @pytest.fixture(scope="module")
 def split_cohort(cohort_factory) -> Path:
     """11 healthy + 4 lesion subjects at 3 mm, half the lesion subjects subtle: every section is populated."""
-    return cohort_factory("splits", n_healthy=11, n_lesion=4, seed=5, spacing=SPACING, subtle_fraction=0.5)
+    return cohort_factory("splits", n_healthy=12, n_lesion=4, seed=5, spacing=SPACING, subtle_fraction=0.5)
 
 
 def test_splits_disjoint_complete_and_labelled(split_cohort: Path) -> None:
@@ -278,11 +278,11 @@ def test_splits_disjoint_complete_and_labelled(split_cohort: Path) -> None:
     lists = [k for k, v in content.items() if isinstance(v, list)]
     assert lists == list(synthetic.SECTIONS)
     counts = {k: len(content[k]) for k in synthetic.SECTIONS}
-    assert counts == {"training": 7, "validation": 1, "calibration": 2, "tuning": 2, "test": 3}
-    assert content["metadata"]["counts"] == counts and content["numCalibration"] == 2
+    assert counts == {"training": 7, "validation": 1, "calibration": 3, "tuning": 2, "test": 3}
+    assert content["metadata"]["counts"] == counts and content["numCalibration"] == 3
     assert content["metadata"]["strata"]["test"] == {"healthy": 1, "typical": 1, "subtle": 1}
     subjects = [e["image"].split("/")[0] for k in synthetic.SECTIONS for e in content[k]]
-    assert len(subjects) == len(set(subjects)) == 15  # no subject in two splits
+    assert len(subjects) == len(set(subjects)) == 16  # no subject in two splits
     assert sorted(subjects) == sorted(p.name for p in root.glob("sub-*"))  # every subject in one split
     for key in synthetic.SECTIONS:
         for entry in content[key]:
@@ -538,7 +538,7 @@ def test_cli(tmp_path: Path, cohort: Path, capsys: pytest.CaptureFixture[str]) -
     parser = argparse.ArgumentParser(prog="qrvae")
     cli.add_parsers(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["make-data", "--out", str(tmp_path / "d"), "--healthy", "1", "--lesion", "1"])
-    assert args.func is cli.run_make_data and (args.seed, args.spacing) == (0, 2.0)
+    assert args.func is cli.run_make_data and (args.seed, args.spacing) == (1, 2.0)
 
     out = tmp_path / "d"
     code = cli.main(["make-data", "--out", str(out), "--healthy", "1", "--lesion", "1", "--spacing", "4"])
@@ -565,7 +565,7 @@ def test_make_datalist_auto_five_sections_and_missing_ones(tmp_path: Path, capsy
     kwargs = {"brain_mask": "{subject}/{subject}_mask.nii.gz", "label": "{subject}/{subject}_seg.nii.gz"}
     datalist = make_datalist(root, PATTERNS, out, test_healthy_fraction=0.2, **kwargs)
     counts = {k: len(datalist[k]) for k in synthetic.SECTIONS}
-    assert counts == {"training": 5, "validation": 1, "calibration": 1, "tuning": 2, "test": 3}
+    assert counts == {"training": 4, "validation": 1, "calibration": 2, "tuning": 2, "test": 3}
     assert [k for k in datalist if isinstance(datalist[k], list)] == list(synthetic.SECTIONS)
     names = [e["image"][0].split("/")[2] for k in synthetic.SECTIONS for e in datalist[k]]
     assert sorted(names) == sorted(f"case{i}" for i in range(12))  # disjoint and complete
@@ -593,6 +593,6 @@ def test_make_datalist_auto_five_sections_and_missing_ones(tmp_path: Path, capsy
     capsys.readouterr()
     assert cli.main(["check-datalist", str(out), "--job", "train", "calibrate", "tune", "evaluate"]) == 0
     printed = capsys.readouterr().out
-    assert "calibration: 1 entries OK (healthy: 1)" in printed and "tuning: 2 entries OK" in printed
+    assert "calibration: 2 entries OK (healthy: 2)" in printed and "tuning: 2 entries OK" in printed
     assert cli.main(["check-datalist", str(old), "--job", "tune"]) == 2
     assert "has no 'tuning' section (needed by 'tune')" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from monai_qrvae.workflows import load_model
 @pytest.fixture(scope="module")
 def cohort(cohort_factory):
     """A tiny cohort and a FLAIR-threshold model (no training: fitted in seconds), shared by the tests."""
-    datalist = cohort_factory("robust", "data", n_healthy=3, n_lesion=1, seed=0, spacing=3.0)
+    datalist = cohort_factory("robust", "data", n_healthy=4, n_lesion=1, seed=0, spacing=3.0)
     root = datalist.parent.parent
     assert (
         main(
@@ -317,6 +317,31 @@ def test_model_folder_without_or_with_broken_config(cohort, capsys, tmp_path):
     (model / "model_config.json").write_text('{"method": "qrvae", "layers": 7}')
     rc, err, out = _infer_with(model, image, tmp_path / "out_oddconfig", capsys)
     _assert_clean_error(rc, err, out, "model_config.json", "['layers']", "expected keys among")
+
+
+def test_model_folder_without_calibration(cohort, capsys, tmp_path):
+    """The default (conformal) threshold needs the model's healthy calibration; the paper's needs none."""
+    root, _, image = cohort
+    assert (root / "model" / "calibration.pt").is_file()  # train calibrated on the cohort's healthy section
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    (model / "calibration.pt").unlink()
+    rc, err, out = _infer_with(model, image, tmp_path / "out_nocal", capsys)
+    _assert_clean_error(rc, err, out, str(model), "has no calibration.pt", "qrvae calibrate", "--threshold gaussian")
+    rc = main(
+        [
+            "infer",
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "out_gauss"),
+            "--no-png",
+            "--threshold",
+            "gaussian",
+            str(image),
+        ]
+    )
+    assert rc == 0 and len(list((tmp_path / "out_gauss").glob("*_lesion.nii.gz"))) == 1
 
 
 @pytest.mark.parametrize(
