@@ -12,6 +12,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from monai_qrvae.defaults import method_defaults
 from monai_qrvae.experiments import calibration, cli, common, fdr, simulation
 from monai_qrvae.experiments.common import VolumePrediction
 from monai_qrvae.losses import QRVAELoss
@@ -340,14 +341,15 @@ def test_calibration_and_fdr_end_to_end(tiny_models, tmp_path, monkeypatch):
         assert cov.shape == (len(calibration.CALIBRATION_LEVELS), 3)
         assert np.all(np.diff(cov, axis=0) >= 0)  # coverage never decreases with tau
         assert result["models"][method]["subjects"] == 1
-    assert result["models"]["qrvae"]["direct"] == [t in (0.15, 0.5) for t in calibration.CALIBRATION_LEVELS]
+    quantiles = method_defaults("qrvae").quantiles  # levels the QR-VAE predicts directly
+    assert result["models"]["qrvae"]["direct"] == [t in quantiles for t in calibration.CALIBRATION_LEVELS]
     assert "0.15*" not in result["coverage_table"] and "*" in result["coverage_table"]
     assert Path(result["files"]["figure"]).read_bytes()[:8] == PNG
 
     result = fdr.run_fdr(tmp_path, datalist=datalist, models=models, alphas=(0.05, 0.1))
     assert len(result["rows"]) == 2 * 2 * 2
     for row in result["rows"]:
-        assert row["families"] == (1 if row["per"] == "volume" else 20)
+        assert row["families"] == (1 if row["per"] == "volume" else 52)  # per slice: every brain slice (3 mm)
     # BH at a larger alpha detects a superset
     for method in ("qrvae", "gaussian"):
         for per in ("slice", "volume"):
