@@ -1,14 +1,18 @@
 """Inference: seconds per 3D volume for the whole pipeline against the network forward alone.
 
-Whole pipeline = :func:`monai_qrvae.workflows.infer`: load the NIfTI volume, reorient, normalise inside the brain,
-crop, resize, select 20 axial slices, run the network slice by slice (``SliceInferer`` inside a
-``SupervisedEvaluator``), z/p anomaly maps, Benjamini-Hochberg FDR, lesion filter, invert the preprocessing and write
-the z-map, p-map and lesion mask as NIfTI on the input grid (and, optionally, a PNG overlay). The network forward alone
-is ``AnomalyMapNet`` on the 20 preprocessed slices (one batch), under ``torch.no_grad`` (each repetition: the mean of
-5 back-to-back calls). All cases are interleaved.
+Whole pipeline = :func:`monai_qrvae.workflows.infer` with every default: check and load the NIfTI volume, reorient,
+normalise inside the brain, crop, resize to 96 x 96, select every axial slice with brain, run the network slice by
+slice (``SliceInferer`` inside a ``SupervisedEvaluator``; the QR-VAE's score read from its quantile function), the
+FLAIR+T2 z-map, conformal p-values with the model's healthy calibration and Benjamini-Hochberg, the lesion filter,
+invert the maps onto the input grid, write the z-map, p-map and lesion mask as NIfTI and the lesion report (JSON +
+CSV) (and, optionally, a PNG overlay). The network forward alone is ``AnomalyMapNet`` on the same preprocessed slices
+(in infer's batches of 32), under ``torch.no_grad`` (each repetition: the mean of 2 back-to-back calls). All cases
+are interleaved. The model is the default one trained for 1 epoch (:func:`benchmarks.context.trained_model_dir`), so
+the conformal
+threshold has its calibration.
 
-A stage breakdown runs the same steps by hand (the transforms, inferer, post-processing transforms and savers that
-the handlers wrap) to show where the time goes.
+A stage breakdown runs the same steps by hand (the transforms, inferer, post-processing transforms and the saver's
+inversion, NIfTI writing and report that the handlers wrap) to show where the time goes.
 """
 
 from __future__ import annotations
@@ -22,34 +26,35 @@ from typing import Any
 import torch
 
 from benchmarks.cli import standalone
-from benchmarks.context import Context, anomaly_transforms
+from benchmarks.context import Context, anomaly_transforms, trained_model_dir
 from benchmarks.report import timed
 from benchmarks.timing import fmt_spread, fmt_time, interleave, md_table, median, paired_ratio
 
-FORWARD_CALLS = 5  # back-to-back forwards per timed repetition
+FORWARD_CALLS = 2  # back-to-back forwards per timed repetition
+SW_BATCH = 32  # slices per forward in infer (create_anomaly_evaluator's sw_batch_size)
 
 
 def _stages(model_dir: Path, item: dict, out_dir: Path) -> dict[str, Any]:
-    """Callables for each stage of the pipeline on one volume, sharing state in order."""
+    """Callables for each stage of the pipeline on one volume, sharing state in order (the PNG overlay last)."""
     from monai.data import decollate_batch
     from monai.inferers import SliceInferer
 
     from monai_qrvae.data.datalist import check_item
     from monai_qrvae.handlers import AnomalyMapSaver, OverlaySaver
-    from monai_qrvae.preprocessing import volume_transforms
     from monai_qrvae.workflows import load_model
+    from monai_qrvae.workflows.inference import _roi_size
 
     config, net = load_model(model_dir)
-    pre = volume_transforms(image_size=config.image_size, num_slices=config.num_slices)
+    pre = config.transforms()
     load, rest = pre.transforms[:2], pre.transforms[2:]
-    inferer = SliceInferer(roi_size=(config.image_size,) * 2, sw_batch_size=32, spatial_dim=2, progress=False)
-    maps, fdr, filt = anomaly_transforms()  # exactly what infer attaches, with its defaults
-    saver = AnomalyMapSaver(out_dir, preprocessing=pre)
+    inferer = SliceInferer(roi_size=_roi_size(config), sw_batch_size=SW_BATCH, spatial_dim=2, progress=False)
+    post = anomaly_transforms(model_dir)  # exactly what infer attaches, with its defaults
+    saver = AnomalyMapSaver(out_dir, preprocessing=pre, report=True)
     overlay = OverlaySaver(out_dir, label_key="__none__")
     s: dict[str, Any] = {}
 
     def st_check() -> None:
-        check_item(dict(item), num_channels=3, read_data=True)
+        check_item(dict(item), num_channels=config.in_channels, read_data=True)
 
     def st_load() -> None:
         d = dict(item)
@@ -67,34 +72,34 @@ def _stages(model_dir: Path, item: dict, out_dir: Path) -> dict[str, Any]:
         with torch.no_grad():
             s["pred"] = inferer(s["pre"]["image"][None], net)
 
-    def st_maps() -> None:
+    def st_post() -> None:
         out = decollate_batch({"pred": s["pred"]})[0]
         out["brain_mask"] = s["pre"]["brain_mask"]
-        s["out"] = maps(out)
+        for t in post:
+            out = t(out)
+        s["out"] = out
 
-    def st_fdr() -> None:
-        s["out"] = fdr(s["out"])
+    def st_invert() -> None:
+        s["inv"], s["meta"] = saver.invert(s["out"], s["pre"])
 
-    def st_filter() -> None:
-        s["out"] = filt(s["out"])
+    def st_write() -> None:
+        saver.write_maps(s["inv"], "bench", s["meta"])
 
-    def st_save() -> None:
-        saver.save_item(s["out"], s["pre"], fallback="bench")
+    def st_report() -> None:
+        saver._write_report(s["inv"], "bench", s["meta"], [k for k in s["inv"] if k not in saver.keys])
 
     def st_png() -> None:
         overlay.save_item({**s["pre"], **s["out"]}, "bench")
 
     return {
         "input check (check_item, reads the files)": st_check,
-        "load NIfTI": st_load,
-        "preprocess (orient, normalise, crop, resize, 20 slices)": st_pre,
-        "network (SliceInferer, 20 slices)": st_net,
-        f"anomaly maps (z-map median {maps.median_size}, z, p)": st_maps,
-        "Benjamini-Hochberg FDR": st_fdr,
-        (
-            "lesion filter (off by default)" if filt.median_size <= 1 and filt.min_size <= 0 else "lesion filter"
-        ): st_filter,
-        "invert + write 3 NIfTI": st_save,
+        "read NIfTI": st_load,
+        "preprocess (orient, normalise, crop, resize, brain slices)": st_pre,
+        "network forward (SliceInferer)": st_net,
+        "post-processing (z-map, conformal p, BH, lesion filter)": st_post,
+        "inversion onto the input grid (z, p, lesion, per-contrast z)": st_invert,
+        "NIfTI writing (3 maps)": st_write,
+        "lesion report (JSON + CSV)": st_report,
         "PNG overlay (optional)": st_png,
     }
 
@@ -102,16 +107,20 @@ def _stages(model_dir: Path, item: dict, out_dir: Path) -> dict[str, Any]:
 @timed("inference")
 def run(ctx: Context) -> tuple[str, dict[str, Any]]:
     """Run the inference benchmark."""
-    from monai_qrvae.preprocessing import volume_transforms
+    from monai_qrvae.data.datalist import load_datalist
     from monai_qrvae.workflows import infer, load_model
 
-    model_dir = ctx.model_dir("small")
-    items = ctx.inputs("test")
+    model_dir = trained_model_dir(ctx.work_dir / "models" / "trained-default")
+    datalist = model_dir.parent / "data" / "datalist.json"
+    items = [
+        {k: v for k, v in item.items() if k != "label"}
+        for section in ("tuning", "test", "calibration", "validation")
+        for item in load_datalist(datalist, section=section, check=False)
+    ][: 2 if ctx.quick else 4]
     item = items[0]
     config, net = load_model(model_dir)
-    n = config.num_slices
-    pre = volume_transforms(image_size=config.image_size, num_slices=n)
-    x = pre(dict(item))["image"].as_tensor().permute(3, 0, 1, 2).contiguous()  # (N, C, H, W): the 20 slices
+    x = config.transforms()(dict(item))["image"].as_tensor().permute(3, 0, 1, 2).contiguous()  # (N, C, H, W)
+    n = x.shape[0]
     scratch = Path(tempfile.mkdtemp(prefix="bench_infer_"))
 
     def forward(batch: torch.Tensor, calls: int = FORWARD_CALLS) -> float:
@@ -119,7 +128,8 @@ def run(ctx: Context) -> tuple[str, dict[str, Any]]:
         start = time.perf_counter()
         with torch.no_grad():
             for _ in range(calls):
-                net(batch)
+                for i in range(0, batch.shape[0], SW_BATCH):  # the batches of infer's SliceInferer
+                    net(batch[i : i + SW_BATCH])
         return (time.perf_counter() - start) / calls
 
     cases = {
@@ -164,9 +174,9 @@ def run(ctx: Context) -> tuple[str, dict[str, Any]]:
                 name,
                 fmt_spread(ts),
                 fmt_time(t / slices),
-                f"{paired_ratio(ts, times[fwd_key]):.1f}",
+                f"{paired_ratio(ts, times[fwd_key]):.2f}",
                 fmt_spread(cpu[name]),
-                f"{paired_ratio(cpu[name], cpu[fwd_key]):.1f}",
+                f"{paired_ratio(cpu[name], cpu[fwd_key]):.2f}",
             ]
         )
     table = md_table(
@@ -181,35 +191,44 @@ def run(ctx: Context) -> tuple[str, dict[str, Any]]:
         rows,
     )
     total = sum(median(v) for k, v in stage_cpu.items() if not k.startswith("PNG"))
+    wall_total = sum(median(v) for k, v in stage_times.items() if not k.startswith("PNG"))
     srows = []
     for name, ts in stage_times.items():
-        share = "" if name.startswith("PNG") else f"{100 * median(stage_cpu[name]) / total:.0f} %"
-        srows.append([name, fmt_spread(ts), fmt_spread(stage_cpu[name]), share])
+        png = name.startswith("PNG")
+        share = "" if png else f"{100 * median(stage_cpu[name]) / total:.0f} %"
+        wshare = "" if png else f"{100 * median(ts) / wall_total:.0f} %"
+        srows.append([name, fmt_spread(ts), wshare, fmt_spread(stage_cpu[name]), share])
     stable = md_table(
         [
             "stage (by hand, same steps as the handlers)",
             "wall time per volume",
+            "share of wall (without PNG)",
             "CPU time per volume",
             "share of CPU (without PNG)",
         ],
         srows,
     )
-    one = median(cpu["infer, 1 volume (NIfTI out)"])
-    per = median(cpu[per_volume_key])
-    fwd = median(cpu[fwd_key])
+    one_key = "infer, 1 volume (NIfTI out)"
     png = median(stage_cpu[next(k for k in stage_cpu if k.startswith("PNG"))])
+    top = sorted(((median(v), k) for k, v in stage_cpu.items() if not k.startswith("PNG")), reverse=True)[:3]
+    quantiles = len(config.quantiles or ())
     body = (
-        f"QR-VAE `small` (untrained weights: the cost does not depend on their values), {n} axial slices of "
-        f"{config.image_size} x {config.image_size} per volume; input volumes 85 x 103 x 90 x 3 (2 mm). "
-        f"{ctx.repeats} interleaved repetitions.\n\n"
+        f"Default model: {config.method} `{config.preset}`, every axial slice with brain ({n} slices of "
+        f"{config.image_size} x {config.image_size} for the first volume), {quantiles} quantiles, quantile-function "
+        f"score {config.quantile_score}, score `{config.score}`, conformal threshold with the model's calibration, "
+        "lesion report written; trained for 1 epoch (`benchmarks.context.trained_model_dir`: the cost does not depend "
+        f"on the weights' values). Input volumes 85 x 103 x 90 x 3 (2 mm, the default grid). {ctx.repeats} "
+        f"interleaved repetitions; the multi-volume call runs {len(items)} volumes.\n\n"
         f"{table}\n\n"
         f"Stage breakdown, one volume, {ctx.repeats} repetitions:\n\n{stable}\n\n"
-        f"- In CPU time the whole pipeline costs {fmt_time(per)} per volume in a multi-volume call ({fmt_time(one)} "
-        f"for a one-volume call, which also builds the model and the engine): {per / fwd:.0f}x the network forward. "
-        "The network is not where the time goes: reading and checking the input, normalising the whole volume, "
-        "inverting the maps onto the input grid and writing compressed NIfTI are.\n"
+        f"- Full pipeline / network forward on the same slices (target <= 2; medians of the per-round ratios): "
+        f"**{paired_ratio(times[per_volume_key], times[fwd_key]):.2f}** in wall time and "
+        f"**{paired_ratio(cpu[per_volume_key], cpu[fwd_key]):.2f}** in CPU time per volume in a multi-volume call; "
+        f"{paired_ratio(times[one_key], times[fwd_key]):.2f} / {paired_ratio(cpu[one_key], cpu[fwd_key]):.2f} for a "
+        "one-volume call, which also builds the model, the calibration and the engine.\n"
+        "- Largest stages (CPU): " + ", ".join(f"{k} {100 * t / total:.0f} %" for t, k in top) + ".\n"
         f"- The optional PNG overlay (on by default in `qrvae infer` and `evaluate`) costs {fmt_time(png)} of CPU per "
-        "volume, about as much as everything else together.\n"
+        "volume on top.\n"
         "- `infer` checks every input first (`check_item(read_data=True)`: every voxel is read to catch NaN and shape "
         "errors before anything is written), so each volume is read twice.\n"
     )

@@ -18,6 +18,7 @@ __all__ = [
     "Context",
     "bench_cohort",
     "untrained_model_dir",
+    "trained_model_dir",
     "pipeline_defaults",
     "anomaly_transforms",
 ]
@@ -126,10 +127,46 @@ def pipeline_defaults() -> dict[str, Any]:
     return out
 
 
-def anomaly_transforms() -> list[Any]:
-    """The post-processing transforms that :func:`monai_qrvae.workflows.infer` attaches (maps, FDR, filter)."""
-    from monai_qrvae.workflows import _anomaly_handlers
+def trained_model_dir(path: Path) -> Path:
+    """A quickly trained default model folder (weights, config, ``calibration.pt``), reused once written.
+
+    ``train(datalist, out, epochs=1)`` with every default (whole brain, 96 px, 5 quantiles, quantile-function score,
+    FLAIR+T2 score) on ``make_cohort(n_healthy=6, n_lesion=2, seed=3, spacing=2.0)`` (2 mm volumes of the default
+    grid), about half a minute on 2 cores. Timing does not depend on the weights' values, but the conformal threshold
+    needs the calibration that :func:`~monai_qrvae.workflows.train` writes.
+    """
+    from monai_qrvae.calibration import CALIBRATION_FILE
+    from monai_qrvae.data.synthetic import make_cohort
+    from monai_qrvae.workflows import CONFIG_FILE, WEIGHTS_FILE, train
+
+    path = Path(path)
+    model = path / "model"
+    if all((model / f).is_file() for f in (CONFIG_FILE, WEIGHTS_FILE, CALIBRATION_FILE)):
+        return model
+    start = time.perf_counter()
+    print(f"[bench] training the default model for 1 epoch in {model}", flush=True)
+    datalist = make_cohort(path / "data", n_healthy=6, n_lesion=2, seed=3, spacing=2.0)
+    train(datalist, model, epochs=1, progress=False)
+    print(f"[bench] model ready in {time.perf_counter() - start:.1f} s", flush=True)
+    return model
+
+
+def anomaly_transforms(model_dir: Path | None = None, threshold: str | None = None) -> list[Any]:
+    """The post-processing transforms that :func:`monai_qrvae.workflows.infer` attaches (maps, threshold, filter).
+
+    With ``model_dir``, those of that model (its score; ``threshold`` default: ``"conformal"`` when the folder has a
+    calibration, else ``"gaussian"``); without, those of the default configuration with the ``"gaussian"`` threshold.
+    """
+    from monai_qrvae.calibration import CALIBRATION_FILE
+    from monai_qrvae.workflows import ModelConfig, load_model
+    from monai_qrvae.workflows.inference import _anomaly_handlers
 
     d = pipeline_defaults()
-    post = _anomaly_handlers(d["alpha"], d["per"], d["median_size"], d["min_size"], d["score_median"])
+    config = load_model(model_dir)[0] if model_dir is not None else ModelConfig()
+    if threshold is None:
+        calibrated = model_dir is not None and (Path(model_dir) / CALIBRATION_FILE).is_file()
+        threshold = "conformal" if calibrated else "gaussian"
+    post = _anomaly_handlers(
+        config, model_dir or ".", d["alpha"], d["per"], d["median_size"], d["min_size"], d["score_median"], threshold
+    )
     return [h.transform for h in post]

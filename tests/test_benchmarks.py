@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -174,3 +175,26 @@ def test_training_benchmark_tiny(monkeypatch):
         assert v["data_share"] >= 8 * load_delay / max(times) - 1e-6 and v["data_share"] <= 1.0, (name, v)
     # the slowed variant's epochs hold its 2 x 60 ms: the times are those of the epochs it ran
     assert min(variants["ignite"]["epoch_seconds"]) >= 2 * 0.06 + 8 * load_delay
+
+
+@pytest.mark.slow
+def test_whole_brain_choices_quick_runs(tmp_path):
+    """`python -m benchmarks.whole_brain_choices --quick`: every variant x score on 'tuning', and its table."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "wb"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.whole_brain_choices", "--out", str(out), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * 6 + 2 * 3  # QR-VAE variants with and without the quantile score; two baselines
+    assert {r["score"] for r in rows} == {"flair", "flair_t2", "all"}
+    assert all(0.0 <= r["auprc"] <= 1.0 and 0.0 <= r["auroc"] <= 1.0 for r in rows)
+    table = (out / "whole_brain_choices.md").read_text()
+    assert table.count("\n") == 2 + len(rows) and "| qrvae | position | 64 px |" in table

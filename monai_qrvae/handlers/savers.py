@@ -180,6 +180,16 @@ class AnomalyMapSaver(_ItemSaver):
 
     def save_item(self, out: dict, batch: dict, fallback: str = "volume") -> list[Path]:
         """Invert and write the maps of one item; return the written paths."""
+        data, meta = self.invert(out, batch)
+        stem = _stem(meta, fallback)
+        written = self.write_maps(data, stem, meta)
+        if self.report:
+            written.extend(self._write_report(data, stem, meta, [k for k in data if k not in self.keys]))
+        self.saved.extend(written)
+        return written
+
+    def invert(self, out: dict, batch: dict) -> tuple[dict[str, Any], dict]:
+        """The maps of one item on the input's grid (with the report's per-contrast maps), and the input's meta."""
         orig = batch.get(self.orig_key, out.get(self.orig_key))
         missing = [k for k in self.keys if k not in out]
         if missing:
@@ -194,7 +204,10 @@ class AnomalyMapSaver(_ItemSaver):
             nearest_interp={**dict(zip(self.keys, self.nearest_interp)), **{k: False for k in extra}},
             one_outside=self.one_outside,
         )
-        stem = _stem(meta, fallback)
+        return data, meta
+
+    def write_maps(self, data: dict, stem: str, meta: dict) -> list[Path]:
+        """Write the inverted maps of :meth:`invert` as ``<stem>_<postfix>.nii.gz``; return the paths."""
         written = []
         for key, postfix in zip(self.keys, self.postfixes):
             value = data[key]
@@ -211,9 +224,6 @@ class AnomalyMapSaver(_ItemSaver):
                 writer.write(tmp, verbose=False)
 
             written.append(atomic_write(path, _write))
-        if self.report:
-            written.extend(self._write_report(data, stem, meta, extra))
-        self.saved.extend(written)
         return written
 
     def _write_report(self, data: dict, stem: str, meta: dict, extra: list[str]) -> tuple[Path, Path]:
