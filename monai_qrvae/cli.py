@@ -151,7 +151,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from monai_qrvae.study import benchmark, update_doc_block
 
-    options = ("methods", "seeds", "section")
+    options = ("methods", "seeds", "section", "reuse")
     result = benchmark(args.datalist, args.out, **arg_values(args, *options), progress=show_progress(args))
     print(result["table"])
     for doc in args.update_docs or []:
@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--section", default="test", help="split scored (default: test)")
+    p.add_argument(
+        "--reuse", action="store_true", help="read back methods and seeds already scored in --out (see study.benchmark)"
+    )
     p.add_argument("--update-docs", nargs="*", help="Markdown files whose marked block gets the table")
     p.add_argument("--block", default="headline", help="name of the marked block (default: headline)")
     add_common_options(p)

@@ -219,9 +219,14 @@ def benchmark(
     seeds: Sequence[int] = (0, 1, 2),
     section: str = "test",
     progress: bool = False,
+    reuse: bool = False,
     **train_kwargs: Any,
 ) -> dict[str, Any]:
     """Train every method with its defaults for each seed, score it on ``section``; write the headline table.
+
+    With ``reuse``, a method and seed already scored in ``output_dir`` (``<method>/seed<k>/eval/metrics.json``, e.g.
+    by earlier runs of some of the methods) is read back instead of trained and scored again; its training time comes
+    from ``<method>/seed<k>/train_summary.json`` or an earlier ``headline*.csv`` of the folder.
 
     FLAIR thresholding is deterministic and trained once. Writes ``headline.md``, ``headline.csv`` (one row per
     method and seed) and ``headline.json`` into ``output_dir``.
@@ -235,12 +240,21 @@ def benchmark(
     out = Path(output_dir)
     results: dict[str, list[dict[str, Any]]] = {}
     rows = []
+    earlier = _earlier_train_seconds(out) if reuse else {}
     for method, seed in itertools.product(methods, seeds):
         if method == "flair" and seed != seeds[0]:
             continue
         model = out / method / f"seed{seed}" / "model"
-        summary = train(datalist, model, method=method, seed=seed, progress=progress, **train_kwargs)
-        result = evaluate(model, datalist, out / method / f"seed{seed}" / "eval", section=section, save_maps=False)
+        metrics = out / method / f"seed{seed}" / "eval" / "metrics.json"
+        summary_file = out / method / f"seed{seed}" / "train_summary.json"
+        if reuse and metrics.is_file():
+            result = json.loads(metrics.read_text())
+            seconds = json.loads(summary_file.read_text())["seconds"] if summary_file.is_file() else None
+            summary = {"seconds": seconds if seconds is not None else earlier.get((method, seed), math.nan)}
+        else:
+            summary = train(datalist, model, method=method, seed=seed, progress=progress, **train_kwargs)
+            _write_text(summary_file, json.dumps(summary, indent=2, default=str))
+            result = evaluate(model, datalist, out / method / f"seed{seed}" / "eval", section=section, save_maps=False)
         result["train_seconds"] = summary["seconds"]
         results.setdefault(method, []).append(result)
         rows.append({"method": method, "seed": seed, **{k: result.get(k) for k, _ in HEADLINE_COLUMNS}})
@@ -254,6 +268,17 @@ def benchmark(
     slim = {m: [{k: v for k, v in r.items() if k != "per_volume"} for r in runs] for m, runs in results.items()}
     _write_text(out / "headline.json", json.dumps(slim, indent=2))
     return {"results": results, "table": table, "first_seed_table": first}
+
+
+def _earlier_train_seconds(out: Path) -> dict[tuple[str, int], float]:
+    """Training seconds per ``(method, seed)`` from the ``headline*.csv`` files of an output folder."""
+    seconds: dict[tuple[str, int], float] = {}
+    for path in sorted(out.glob("headline*.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("train_seconds") not in (None, ""):
+                    seconds[(row["method"], int(row["seed"]))] = float(row["train_seconds"])
+    return seconds
 
 
 def update_doc_block(path: str | os.PathLike, name: str, text: str) -> Path:
