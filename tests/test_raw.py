@@ -134,7 +134,7 @@ def test_lesion_report_counts_components():
     report = lesion_report(img, z)
     assert report["n_lesions"] == 2
     assert report["lesions"][0]["voxels"] == 27 and report["lesions"][0]["volume_ml"] == pytest.approx(0.054)
-    assert report["lesions"][0]["centre_mm"] == [3.0, 3.0, 6.0] and report["lesions"][0]["max_z"] == 5.0
+    assert report["lesions"][0]["centroid_mm"] == [3.0, 3.0, 6.0] and report["lesions"][0]["max_z"] == 5.0
     assert report["total_volume_ml"] == pytest.approx(31 * 2 / 1000)
 
 

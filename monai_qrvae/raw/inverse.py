@@ -129,34 +129,11 @@ def maps_to_series(
 
 
 def lesion_report(lesion: nib.Nifti1Image, zmap: nib.Nifti1Image | None = None) -> dict[str, Any]:
-    """Connected lesions (26-connectivity) of a mask: count, total volume and per lesion volume, centre, peak z."""
-    from scipy import ndimage
+    """Connected lesions (26-connectivity) of a mask on its own grid: :func:`monai_qrvae.report.lesion_report`."""
+    from monai_qrvae.report import lesion_report as report
 
-    mask = np.asarray(lesion.dataobj) > 0
-    voxel_ml = abs(float(np.linalg.det(lesion.affine[:3, :3]))) / 1000.0
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
     z = np.asarray(zmap.dataobj, dtype=np.float32) if zmap is not None else None
-    lesions = []
-    for i, box in enumerate(ndimage.find_objects(labels), start=1):
-        part = labels[box] == i
-        idx = np.argwhere(part) + np.array([s.start for s in box])
-        centre = lesion.affine[:3, :3] @ idx.mean(0) + lesion.affine[:3, 3]
-        entry: dict[str, Any] = {
-            "id": i,
-            "voxels": int(part.sum()),
-            "volume_ml": round(float(part.sum()) * voxel_ml, 4),
-            "centre_mm": [round(float(c), 2) for c in centre],
-        }
-        if z is not None:
-            entry["max_z"] = round(float(z[box][part].max()), 3)
-        lesions.append(entry)
-    lesions.sort(key=lambda e: -e["voxels"])
-    return {
-        "n_lesions": int(n),
-        "total_volume_ml": round(float(mask.sum()) * voxel_ml, 4),
-        "grid": {"shape": list(mask.shape), "affine": np.asarray(lesion.affine).tolist()},
-        "lesions": lesions,
-    }
+    return report(np.asarray(lesion.dataobj), np.asarray(lesion.affine), z)
 
 
 def _stem(path: str | os.PathLike) -> str:
