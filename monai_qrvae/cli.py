@@ -176,7 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="make the embedded data, train all methods, evaluate and compare")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: each method's, defaults.py)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=["qrvae", "flair"],
+        help="methods compared (default: qrvae flair; all four: qrvae gaussian mse flair)",
+    )
     p.add_argument("--preset", choices=tuple(MODEL_PRESETS), default="small")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--healthy", type=int, default=None, help="healthy subjects to generate (default: make-data's)")

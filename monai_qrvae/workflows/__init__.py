@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 from monai_qrvae.workflows import datasets, inference, models, training
-from monai_qrvae.workflows.comparison import PINNED_DEMO, demo
+from monai_qrvae.workflows.comparison import DEMO_METHODS, PINNED_DEMO, demo
 from monai_qrvae.workflows.datasets import PersistentSliceDataset
 from monai_qrvae.workflows.evaluation import evaluate, write_table
 from monai_qrvae.workflows.inference import infer
@@ -39,6 +39,7 @@ from monai_qrvae.workflows.training import plot_history, train
 _datalist, _slice_dataset = datasets._datalist, datasets._slice_dataset
 _SLICE_CACHE, _SLICE_CACHE_SIZE = datasets._SLICE_CACHE, datasets._SLICE_CACHE_SIZE
 _anomaly_handlers, _roi_size = inference._anomaly_handlers, inference._roi_size
+THRESHOLD_CHOICES = inference.THRESHOLD_CHOICES
 _check_weights_fit, _residual_sigma = models._check_weights_fit, training._residual_sigma
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "plot_history",
     "write_table",
     "PINNED_DEMO",
+    "DEMO_METHODS",
+    "THRESHOLD_CHOICES",
     "PersistentSliceDataset",
 ]
 
