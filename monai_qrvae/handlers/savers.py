@@ -97,6 +97,28 @@ def invert_to_input(
     return {k: data[k] for k in keys}
 
 
+def _input_brain(mask: Any, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The brain on the input grid, read back from the file the batch's brain mask came from (``None``: unknown).
+
+    A mask read from a file is that file (non-zero voxels); a mask made from the image (:class:`BrainMaskd`) carries
+    the image's file name, whose non-zero voxels (in any contrast) are the brain.
+    """
+    import nibabel as nib
+
+    names = mask.meta.get(ImageMetaKey.FILENAME_OR_OBJ) if isinstance(mask, MetaTensor) else None
+    names = [names] if isinstance(names, str) else list(names or [])
+    if not names or not all(isinstance(n, str) and os.path.isfile(n) for n in names):
+        return None
+    brain = None
+    for name in names:
+        array = np.asarray(nib.load(name).dataobj) != 0
+        array = array.reshape(array.shape[:3] + (-1,)).any(-1) if array.ndim > 3 else array
+        brain = array if brain is None else brain | array
+    if brain is None or tuple(brain.shape) != tuple(shape):
+        return None
+    return torch.from_numpy(brain)
+
+
 class _ItemSaver:
     """Ignite glue shared by the savers: at ``ITERATION_COMPLETED``, hand each decollated item to ``_save``."""
 
@@ -146,6 +168,11 @@ class AnomalyMapSaver(_ItemSaver):
             when the output has ``contrast_key`` (:class:`~monai_qrvae.transforms.AnomalyMapsd`), the contrasts that
             drive each lesion.
         contrast_key: the per-contrast lesion-signed z-maps used by the report (inverted, not saved).
+        roi_key: the analysed brain mask of :class:`~monai_qrvae.transforms.AnomalyMapsd`; when the output has it,
+            it is inverted too (nearest neighbour) and the written maps are set to ``z = 0``, ``p = 1`` and
+            ``lesion = 0`` outside the brain on the input grid: the brain mask file the input's ``mask_key`` was
+            read from (or, for a mask made from the image, the image's non-zero voxels), else the inverted ``roi``.
+        mask_key: the brain mask of the batch (its ``filename_or_obj`` names the file read back).
 
     Outside the brain the written maps are ``z = 0``, ``p = 1`` and ``lesion = 0`` (nothing was tested there).
     """
@@ -163,10 +190,14 @@ class AnomalyMapSaver(_ItemSaver):
         one_outside: Sequence[str] = ("p",),
         report: bool = False,
         contrast_key: str = "zc",
+        roi_key: str = "roi",
+        mask_key: str = "brain_mask",
     ) -> None:
         super().__init__(output_dir, output_transform, batch_transform)
         self.report = bool(report)
         self.contrast_key = contrast_key
+        self.roi_key = roi_key
+        self.mask_key = mask_key
         self.preprocessing = preprocessing
         self.keys = list(keys)
         self.one_outside = set(one_outside)
@@ -196,14 +227,28 @@ class AnomalyMapSaver(_ItemSaver):
             raise KeyError(f"AnomalyMapSaver: output is missing {missing}; attach the anomaly handlers first.")
         meta = dict(orig.meta) if isinstance(orig, MetaTensor) else {}
         extra = [self.contrast_key] if self.report and self.contrast_key in out else []
+        roi = [self.roi_key] if self.roi_key in out and self.roi_key not in self.keys else []
         data = invert_to_input(
-            {k: out[k] for k in [*self.keys, *extra]},
+            {k: out[k] for k in [*self.keys, *extra, *roi]},
             orig,
             self.preprocessing,
             orig_key=self.orig_key,
-            nearest_interp={**dict(zip(self.keys, self.nearest_interp)), **{k: False for k in extra}},
+            nearest_interp={
+                **dict(zip(self.keys, self.nearest_interp)),
+                **{k: False for k in extra},
+                self.roi_key: True,
+            },
             one_outside=self.one_outside,
         )
+        if roi:  # outside the brain (on the input grid): nothing was tested, nothing is detected
+            inside = torch.as_tensor(data.pop(self.roi_key)) > 0.5
+            brain = _input_brain(batch.get(self.mask_key), tuple(inside.shape[1:]))
+            inside = inside if brain is None else brain[None]
+            for key, value in data.items():
+                outside_value = 1.0 if key in self.one_outside else 0.0
+                t = torch.as_tensor(value)
+                cleared = torch.where(inside, t, torch.full_like(t, outside_value))
+                data[key] = MetaTensor(cleared, meta=dict(value.meta)) if isinstance(value, MetaTensor) else cleared
         return data, meta
 
     def write_maps(self, data: dict, stem: str, meta: dict) -> list[Path]:
