@@ -5,15 +5,18 @@ Start it with ``monailabel start_server --app monailabel/qrvae_app --studies STU
 
 ``--conf`` options:
 
-- ``model_dir PATH``: a ``qrvae train`` output folder (``model.pt`` + ``model_config.json``).
-- ``bundle PATH``: a monai-qrvae MONAI bundle (``configs/inference.json`` + ``models/model.pt``).
+- ``model_dir PATH``: a ``qrvae train`` output folder (``model.pt`` + ``model_config.json`` + ``calibration.pt``).
+- ``bundle PATH``: a monai-qrvae MONAI bundle (the same files in its ``models/`` folder).
 - ``zmap true|false``: also serve the banded z-map model ``qrvae_zmap`` (default ``true``).
+- ``threshold conformal|volume|gaussian``: the default label-free threshold (default ``conformal``, as
+  ``qrvae infer``; it needs the model's ``calibration.pt``, ``gaussian`` does not). A request may override it with
+  the option ``{"threshold": ...}``.
 
 MONAI Label imports torch before this app, so start the server with ``OMP_WAIT_POLICY=PASSIVE`` in its environment
 (idle OpenMP threads then sleep instead of spinning; see README.md); without it the app logs a one-line hint.
 
 Without ``model_dir``/``bundle`` the app takes ``<app>/model/`` (a ``qrvae train`` folder's files) or else the
-repository's ``bundle/``.
+repository's ``bundle/models`` (the shipped model, the default of ``qrvae infer``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 from fastapi import HTTPException
 from lib.infers.qrvae import QRVAEInfer
-from lib.pipeline import load_model_source, resolve_model_source
+from lib.pipeline import CALIBRATION_FILE, load_model_source, resolve_model_source
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
@@ -44,9 +47,15 @@ class QRVAEApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, Any]) -> None:
         kind, path = resolve_model_source(conf, app_dir)
-        self.model = load_model_source(kind, path)
+        self.model = load_model_source(kind, path, threshold=str(conf.get("threshold") or "conformal").lower())
         self.with_zmap = str(conf.get("zmap", "true")).lower() in ("1", "true", "yes")
         logger.info(f"+++ QR-VAE weights: {self.model.source}")
+        if self.model.calibration is None and self.model.defaults["threshold"] != "gaussian":
+            logger.warning(
+                f"+++ {self.model.model_dir} has no {CALIBRATION_FILE}: lesion requests are refused unless they ask "
+                "{'threshold': 'gaussian'} (or start the server with --conf threshold gaussian); "
+                "run 'qrvae calibrate' to calibrate the model"
+            )
         logger.info(f"+++ monai_qrvae {monai_qrvae.__version__} from {Path(monai_qrvae.__file__).parent}")
         # torch is loaded by MONAI Label before this app: OMP_WAIT_POLICY must come from the server's environment
         log_thread_settings(logger)
@@ -57,7 +66,8 @@ class QRVAEApp(MONAILabelApp):
             name="monai-qrvae: unsupervised brain lesion detection",
             description=(
                 "QR-VAE trained on healthy T1/T2/FLAIR; a study is one 4D NIfTI (X, Y, Z, 3) with the contrasts "
-                "T1, T2, FLAIR in that order, skull-stripped and co-registered. Research use only."
+                f"T1, T2, FLAIR in that order, skull-stripped and co-registered; {self.model.slices_text} analysed, "
+                "label-free threshold calibrated on healthy scans. Research use only."
             ),
             version=monai_qrvae.__version__,
         )

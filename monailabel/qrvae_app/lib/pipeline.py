@@ -4,6 +4,16 @@ Everything here needs only ``monai`` and ``monai_qrvae``, so it runs (and is tes
 environment as well as in the MONAI Label server's. The infer task in ``lib/infers/qrvae.py`` is a thin
 ``BasicInferTask`` around it.
 
+The app loads the same model files as ``qrvae infer``: a model folder with ``model.pt``, ``model_config.json`` and
+(for the default, calibrated threshold) ``calibration.pt``; the shipped model is the bundle's ``models/`` folder.
+The preprocessing is the model's own (:meth:`monai_qrvae.workflows.ModelConfig.transforms`: its in-plane size, its
+slices, its context channels), the score is the model's (``ModelConfig.score``), and the lesion mask uses the
+label-free threshold of ``qrvae infer`` (conformal Benjamini-Hochberg on the model's healthy calibration by default,
+:func:`monai_qrvae.postprocessing.label_free_transforms`).
+
+Outside the brain (the input's all-zero voxels) every returned map follows the convention of the CLI and the bundle:
+``z = 0``, ``p = 1``, ``lesion = 0``.
+
 One study = one 4D NIfTI ``(X, Y, Z, 3)`` holding the contrasts T1, T2, FLAIR (in that order) of one
 skull-stripped, co-registered subject, as ``qrvae make-data`` writes them (``sub-XXX/image.nii.gz``).
 ``make_studies.py`` lays out a MONAI Label studies folder from a datalist (and stacks per-contrast files).
@@ -19,19 +29,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from monai.inferers import SliceInferer
-from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, MapTransform
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, MapTransform
 from torch import nn
 
-from monai_qrvae.checkpoints import load_state_dict_file
-from monai_qrvae.postprocessing import AnomalyMapsd, FDRMaskd, LesionFilterd
-from monai_qrvae.preprocessing import volume_transforms
+from monai_qrvae.calibration import CALIBRATION_FILE, Calibration, load_calibration
+from monai_qrvae.defaults import method_defaults
+from monai_qrvae.handlers.savers import invert_to_input
+from monai_qrvae.postprocessing import AnomalyMapsd, LesionFilterd, label_free_transforms
+from monai_qrvae.workflows.models import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 
 __all__ = [
     "CONTRASTS",
     "ZMAP_BANDS",
+    "THRESHOLDS",
+    "OUTPUTS",
     "StudyError",
+    "NotCalibratedError",
     "LoadedModel",
     "resolve_model_source",
     "load_model_source",
@@ -43,18 +57,36 @@ __all__ = [
     "run_study",
 ]
 
-#: the channels of a study, in order (channel 2 is the FLAIR the anomaly map is computed on).
+#: the channels of a study, in order.
 CONTRASTS = ("T1", "T2", "FLAIR")
 
 #: z thresholds of the banded z-map model: label value k means ``ZMAP_BANDS[k-1] <= z`` (< the next band).
 ZMAP_BANDS = (2.0, 3.0, 4.0)
 
+#: label-free thresholds a request may ask for (``threshold``), as ``qrvae infer --threshold``: ``"conformal"``
+#: (default; needs the model's calibration.pt), ``"volume"`` (needs it too) and ``"gaussian"`` (the paper's N(0, 1)
+#: p-values, no calibration).
+THRESHOLDS = ("conformal", "volume", "gaussian")
+
+#: what an infer task returns: the lesion mask, the score's z-map in bands or as floats, or the p-map.
+OUTPUTS = ("lesion", "zmap_bands", "zmap", "pmap")
+
 #: keys of the request that the preprocessing must not load (MONAI Label may pass a user label file).
 _DROP_KEYS = ("label", "brain_mask")
+
+#: key of the input-grid brain mask kept beside the preprocessed image (the outside-brain convention).
+INPUT_BRAIN_KEY = "input_brain"
+
+#: slices per forward pass of the slice inferer (the whole brain is ~30-90 slices).
+SW_BATCH_SIZE = 32
 
 
 class StudyError(ValueError):
     """The study cannot be analysed (wrong number of contrasts, empty image); the message says what to do."""
+
+
+class NotCalibratedError(StudyError):
+    """The request asks for a calibrated threshold, but the model folder has no ``calibration.pt``."""
 
 
 @dataclass
@@ -62,23 +94,47 @@ class LoadedModel:
     """A loaded anomaly network and what the app needs to run it.
 
     Attributes:
+        config: the model's configuration (``model_config.json``): preprocessing, score, quantiles.
         network: the anomaly network (one output ``[mu, sigma, z]`` per channel), in eval mode on the CPU.
-        image_size: in-plane size of the network's input.
-        num_slices: number of central axial slices analysed.
-        in_channels: number of input contrasts (3).
+        model_dir: the model folder (``model.pt``, ``model_config.json``, ``calibration.pt``).
+        calibration: the model's healthy calibration (``calibration.pt``), or ``None`` when the folder has none.
         source: human-readable description of where the weights came from.
-        weights: the weights file.
-        defaults: post-processing defaults (``alpha``, ``fdr_per``, ``median_size``, ``min_size``).
+        defaults: post-processing defaults (``threshold``, ``alpha``, ``fdr_per``, ``score_median``,
+            ``median_size``, ``min_size``).
     """
 
+    config: ModelConfig
     network: nn.Module
-    image_size: int
-    num_slices: int
-    in_channels: int
+    model_dir: Path
+    calibration: Calibration | None
     source: str
-    weights: Path
     defaults: dict[str, Any] = field(default_factory=dict)
     _by_device: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+
+    @property
+    def weights(self) -> Path:
+        """The weights file."""
+        return self.model_dir / WEIGHTS_FILE
+
+    @property
+    def image_size(self) -> int | None:
+        """In-plane size of the network's input (``None``: the input's own grid)."""
+        return self.config.image_size
+
+    @property
+    def num_slices(self) -> int | None:
+        """Central axial slices analysed (``None``: every slice with brain)."""
+        return self.config.num_slices
+
+    @property
+    def in_channels(self) -> int:
+        """Number of input contrasts."""
+        return self.config.in_channels
+
+    @property
+    def slices_text(self) -> str:
+        """The analysed slices, in words."""
+        return "every axial slice with brain" if self.num_slices is None else f"{self.num_slices} central axial slices"
 
     def on(self, device: str | torch.device) -> nn.Module:
         """The network on ``device`` (copied once per device and cached)."""
@@ -94,38 +150,54 @@ def _copy_to(network: nn.Module, device: str | torch.device) -> nn.Module:
     return copy.deepcopy(network).to(device).eval()
 
 
-_DEFAULT_POST = {"alpha": 0.05, "fdr_per": "volume", "score_median": 3, "median_size": 1, "min_size": 0}
+#: post-processing options a request may set (their defaults come from the model's method, as in ``qrvae infer``).
+_POST_KEYS = ("threshold", "alpha", "fdr_per", "score_median", "median_size", "min_size")
+
+
+def _post_defaults(config: ModelConfig, threshold: str = "conformal") -> dict[str, Any]:
+    """The defaults of ``qrvae infer`` for this model (:mod:`monai_qrvae.defaults`)."""
+    method = method_defaults(config.method)
+    return {
+        "threshold": threshold,
+        "alpha": method.alpha,
+        "fdr_per": "volume",
+        "score_median": method.score_median,
+        "median_size": 1,
+        "min_size": 0,
+    }
 
 
 def resolve_model_source(conf: Mapping[str, str], app_dir: str | os.PathLike) -> tuple[str, Path]:
     """Where the weights come from: ``("model_dir", path)`` or ``("bundle", path)``.
 
-    Order: ``--conf model_dir PATH`` (a ``qrvae train`` folder: ``model.pt`` + ``model_config.json``), then
-    ``--conf bundle PATH`` (a MONAI bundle: ``configs/inference.json`` + ``models/model.pt``), then the app's own
-    ``model/`` folder holding a ``qrvae train`` model, then the repository's ``bundle/`` (two levels above the app).
+    Order: ``--conf model_dir PATH`` (a ``qrvae train`` folder: ``model.pt`` + ``model_config.json``
+    [+ ``calibration.pt``]), then ``--conf bundle PATH`` (a monai-qrvae MONAI bundle, whose ``models/`` folder is
+    such a model folder: the files ``qrvae infer`` loads), then the app's own ``model/`` folder holding a
+    ``qrvae train`` model, then the repository's ``bundle/`` (two levels above the app).
 
     Raises:
         FileNotFoundError: the configured folder lacks its files, or no default location has a model.
     """
     app_dir = Path(app_dir)
+    needed = (WEIGHTS_FILE, CONFIG_FILE)
     if conf.get("model_dir"):
         path = Path(conf["model_dir"]).expanduser().resolve()
-        _require(path, ("model.pt", "model_config.json"), "--conf model_dir", "a `qrvae train --out` folder")
+        _require(path, needed, "--conf model_dir", "a `qrvae train --out` folder")
         return "model_dir", path
     if conf.get("bundle"):
         path = Path(conf["bundle"]).expanduser().resolve()
-        _require(path, ("configs/inference.json", "models/model.pt"), "--conf bundle", "a monai-qrvae MONAI bundle")
+        _require(path, tuple(f"models/{f}" for f in needed), "--conf bundle", "a monai-qrvae MONAI bundle")
         return "bundle", path
     own = app_dir / "model"
-    if (own / "model.pt").is_file() and (own / "model_config.json").is_file():
+    if all((own / f).is_file() for f in needed):
         return "model_dir", own.resolve()
     repo_bundle = (app_dir / ".." / ".." / "bundle").resolve()
-    if (repo_bundle / "configs" / "inference.json").is_file() and (repo_bundle / "models" / "model.pt").is_file():
+    if all((repo_bundle / "models" / f).is_file() for f in needed):
         return "bundle", repo_bundle
     raise FileNotFoundError(
-        "no QR-VAE weights found. Pass `--conf model_dir PATH` (a folder written by `qrvae train`, with model.pt "
-        "and model_config.json) or `--conf bundle PATH` (a MONAI bundle with configs/inference.json and "
-        f"models/model.pt), or put a `qrvae train` model into {own}, or a trained bundle at {repo_bundle}."
+        f"no QR-VAE model found. Pass `--conf model_dir PATH` (a folder written by `qrvae train`, with {WEIGHTS_FILE}, "
+        f"{CONFIG_FILE} and {CALIBRATION_FILE}) or `--conf bundle PATH` (a monai-qrvae MONAI bundle with those files "
+        f"in models/), or put a `qrvae train` model into {own}, or the shipped model at {repo_bundle / 'models'}."
     )
 
 
@@ -135,61 +207,31 @@ def _require(path: Path, files: tuple[str, ...], option: str, what: str) -> None
         raise FileNotFoundError(f"{option} {path}: missing {', '.join(missing)}; expected {what}.")
 
 
-def load_model_source(kind: str, path: str | os.PathLike) -> LoadedModel:
-    """Load the network of a ``qrvae train`` folder (``kind="model_dir"``) or of a bundle (``kind="bundle"``)."""
+def load_model_source(kind: str, path: str | os.PathLike, threshold: str = "conformal") -> LoadedModel:
+    """Load the model of a ``qrvae train`` folder (``kind="model_dir"``) or of a bundle's ``models/`` folder
+    (``kind="bundle"``), with its calibration when the folder has one; ``threshold`` is the app's default."""
+    from monai_qrvae.workflows import load_model
+
+    if kind not in ("model_dir", "bundle"):
+        raise ValueError(f"kind must be 'model_dir' or 'bundle', got {kind!r}.")
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}.")
     path = Path(path)
-    if kind == "model_dir":
-        from monai_qrvae.workflows import load_model
-
-        config, network = load_model(path)
-        return LoadedModel(
-            network=network,
-            image_size=config.image_size,
-            num_slices=config.num_slices,
-            in_channels=config.in_channels,
-            source=f"model folder {path} ({config.method}, preset {config.preset})",
-            weights=path / "model.pt",
-            defaults=dict(_DEFAULT_POST),
-        )
-    if kind == "bundle":
-        return _load_bundle(path)
-    raise ValueError(f"kind must be 'model_dir' or 'bundle', got {kind!r}.")
-
-
-def _load_bundle(path: Path) -> LoadedModel:
-    from monai.bundle import ConfigParser
-
-    import monai_qrvae  # noqa: F401  (registers the package's classes for the config's short `_target_` names)
-
-    parser = ConfigParser()
-    parser.read_config(str(path / "configs" / "inference.json"))
-    parser["bundle_root"] = str(path)
-    network = parser.get_parsed_content("network_def", instantiate=True)
-    weights = path / "models" / "model.pt"
-    state = load_state_dict_file(weights)
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"weights {weights} do not fit the bundle's network_def: {e}") from e
-    defaults = {key: _parsed(parser, key, value) for key, value in _DEFAULT_POST.items()}
-    in_shape = _parsed(parser, "network_def#network#in_shape", [3])
+    model_dir = path / "models" if kind == "bundle" else path
+    config, network = load_model(model_dir)
+    calibration = load_calibration(model_dir)
+    what = "bundle" if kind == "bundle" else "model folder"
     return LoadedModel(
-        network=network.eval(),
-        image_size=int(_parsed(parser, "image_size", 64)),
-        num_slices=int(_parsed(parser, "num_slices", 20)),
-        in_channels=int(in_shape[0]),
-        source=f"bundle {path}",
-        weights=weights,
-        defaults=defaults,
+        config=config,
+        network=network,
+        model_dir=model_dir,
+        calibration=calibration,
+        source=(
+            f"{what} {path} ({config.method}, preset {config.preset}, {config.image_size} px, score {config.score}, "
+            f"{'calibrated' if calibration is not None else f'no {CALIBRATION_FILE}'})"
+        ),
+        defaults=_post_defaults(config, threshold),
     )
-
-
-def _parsed(parser: Any, key: str, default: Any) -> Any:
-    """A config value (expressions evaluated), or ``default`` when the config does not have it."""
-    try:
-        return parser.get_parsed_content(key, instantiate=True)
-    except KeyError:
-        return default
 
 
 class CheckContrastsd(MapTransform):
@@ -244,8 +286,27 @@ class _DropKeysd(MapTransform):
         return {k: v for k, v in data.items() if k not in self.keys}
 
 
+class InputBraind(MapTransform):
+    """Keep the study's brain mask on its own grid (voxels non-zero in any contrast) under ``output_key``.
+
+    Runs right after :class:`CheckContrastsd`, before any resampling: the post-processing sets ``z = 0``,
+    ``p = 1`` and ``lesion = 0`` outside it on the returned grid (the convention of the CLI and the bundle).
+    """
+
+    def __init__(self, keys: str = "image", output_key: str = INPUT_BRAIN_KEY) -> None:
+        super().__init__(keys)
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.output_key] = torch.as_tensor(d[key]).detach().ne(0).any(0).cpu().numpy()
+        return d
+
+
 def build_pre_transforms(model: LoadedModel) -> Compose:
-    """Load, check the contrasts, then the package's standard chain (``monai_qrvae.preprocessing``).
+    """Load, check the contrasts, keep the input-grid brain mask, then the model's own volume chain
+    (:meth:`ModelConfig.transforms`: its in-plane size, slices and context channels, as ``qrvae infer``).
 
     The chain is built once per task: :func:`postprocess` inverts through these very instances.
     """
@@ -255,19 +316,16 @@ def build_pre_transforms(model: LoadedModel) -> Compose:
             LoadImaged(keys="image", image_only=True),
             EnsureChannelFirstd(keys="image"),
             CheckContrastsd(keys="image", contrasts=CONTRASTS[: model.in_channels]),
-            *volume_transforms(image_size=model.image_size, num_slices=model.num_slices, load=False).transforms,
+            InputBraind(keys="image"),
+            *model.config.transforms(load=False).transforms,
         ]
     )
 
 
 def build_inferer(model: LoadedModel) -> SliceInferer:
-    """The 2D network over the stack of selected slices (last axis), all slices in one batch."""
-    return SliceInferer(
-        roi_size=(model.image_size, model.image_size),
-        sw_batch_size=model.num_slices,
-        spatial_dim=2,
-        progress=False,
-    )
+    """The 2D network over the stack of selected slices (last axis), as ``qrvae infer`` runs it."""
+    size = model.image_size or 256  # pointwise methods (FLAIR thresholding) take any in-plane size
+    return SliceInferer(roi_size=(size, size), sw_batch_size=SW_BATCH_SIZE, spatial_dim=2, progress=False)
 
 
 @dataclass
@@ -275,28 +333,35 @@ class PostOptions:
     """Per-request post-processing options (strings from a client are converted and checked).
 
     Attributes:
-        output: ``"lesion"`` (binary mask), ``"zmap_bands"`` (labels 1..3 for z >= 2, 3, 4) or ``"zmap"`` (float z).
-        alpha: Benjamini-Hochberg false discovery rate.
+        output: one of :data:`OUTPUTS`: ``"lesion"`` (binary mask), ``"zmap_bands"`` (labels 1..3 for z >= 2, 3,
+            4), ``"zmap"`` (float z) or ``"pmap"`` (float p of the threshold: conformal or N(0, 1)).
+        threshold: the label-free threshold, one of :data:`THRESHOLDS` (default ``"conformal"``).
+        alpha: false discovery rate (BH thresholds) or tolerated fraction of healthy volumes with any detection
+            (``"volume"``).
         fdr_per: ``"volume"`` or ``"slice"``.
-        score_median: in-plane median filter of the z-map before p-values (3, as the CLI and bundle; 1 = off).
+        score_median: in-plane median filter of the z-map before p-values (the method's default, as the CLI;
+            1 = off). A calibrated threshold needs the value the model was calibrated with.
         median_size: in-plane median filter of the mask (1 = off).
         min_size: smallest connected component kept, in voxels (0 = off).
     """
 
     output: str = "lesion"
+    threshold: str = "conformal"
     alpha: float = 0.05
     fdr_per: str = "volume"
-    score_median: int = 3
+    score_median: int = 1
     median_size: int = 1
     min_size: int = 0
 
     @classmethod
     def from_request(cls, request: Mapping[str, Any], output: str, defaults: Mapping[str, Any]) -> PostOptions:
-        merged = {**_DEFAULT_POST, **dict(defaults)}
-        merged.update({k: request[k] for k in _DEFAULT_POST if request.get(k) not in (None, "")})
+        """The options of one request: the model's ``defaults`` overridden by the request's non-empty values."""
+        merged = {**{k: getattr(cls, k) for k in _POST_KEYS}, **dict(defaults)}
+        merged.update({k: request[k] for k in _POST_KEYS if request.get(k) not in (None, "")})
         try:
             options = cls(
                 output=str(request.get("zmap_output") or output) if output != "lesion" else "lesion",
+                threshold=str(merged["threshold"]).lower(),
                 alpha=float(merged["alpha"]),
                 fdr_per=str(merged["fdr_per"]),
                 score_median=int(merged["score_median"]),
@@ -305,51 +370,92 @@ class PostOptions:
             )
         except (TypeError, ValueError) as e:
             raise StudyError(f"invalid option in the request: {e}") from e
+        if options.threshold not in THRESHOLDS:
+            raise StudyError(f"threshold must be one of {list(THRESHOLDS)}, got {options.threshold!r}.")
         if not 0.0 < options.alpha < 1.0:
             raise StudyError(f"alpha must be in (0, 1), got {options.alpha}.")
         if options.fdr_per not in ("volume", "slice"):
             raise StudyError(f"fdr_per must be 'volume' or 'slice', got {options.fdr_per!r}.")
-        if options.output not in ("lesion", "zmap_bands", "zmap"):
-            raise StudyError(f"zmap_output must be 'zmap_bands' or 'zmap', got {options.output!r}.")
+        if options.output not in OUTPUTS:
+            raise StudyError(f"zmap_output must be 'zmap_bands', 'zmap' or 'pmap', got {options.output!r}.")
         if options.median_size < 1 or options.score_median < 1 or options.min_size < 0:
             raise StudyError("score_median and median_size must be >= 1 and min_size >= 0.")
         return options
 
+    @property
+    def needs_threshold(self) -> bool:
+        """Whether the output depends on the label-free threshold (the lesion mask and the p-map)."""
+        return self.output in ("lesion", "pmap")
+
+
+def threshold_transforms(model: LoadedModel, options: PostOptions) -> list[Any]:
+    """The label-free threshold of ``qrvae infer`` for this model and request (after :class:`AnomalyMapsd`).
+
+    Raises:
+        NotCalibratedError: a calibrated threshold is asked and the model folder has no ``calibration.pt``.
+    """
+    calibration = None
+    if options.threshold != "gaussian":
+        calibration = model.calibration
+        if calibration is None:
+            raise NotCalibratedError(
+                f"the model {model.model_dir} has no {CALIBRATION_FILE}, so the {options.threshold!r} threshold "
+                "(healthy-calibrated, the default) cannot be used: calibrate the model with 'qrvae calibrate "
+                f"--model {model.model_dir} --datalist D' (D with a healthy 'calibration' section) and restart the "
+                "server, or send the request option {'threshold': 'gaussian'} for the paper's N(0, 1) p-values."
+            )
+    score = {"method": model.config.method, "score_median": options.score_median, "score": model.config.score}
+    try:
+        return label_free_transforms(
+            options.threshold,
+            calibration,
+            alpha=options.alpha,
+            per=options.fdr_per,
+            score=score if calibration is not None else None,
+        )
+    except ValueError as e:  # the request's score definition differs from the calibrated one (e.g. score_median)
+        raise StudyError(f"the request cannot use the model's calibration: {e}") from e
+
 
 def postprocess(
-    data: dict[str, Any], pre: Compose, options: PostOptions, pred_key: str = "pred"
+    data: dict[str, Any], pre: Compose, options: PostOptions, model: LoadedModel, pred_key: str = "pred"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Anomaly maps -> FDR mask -> filter -> back onto the input grid; return ``(array (X, Y, Z), affine 4x4)``.
+    """Score maps -> label-free threshold -> filter -> back onto the input grid; return ``(array (X, Y, Z),
+    affine 4x4)``.
 
-    ``data`` holds the preprocessed ``image`` (with its transform history), ``brain_mask`` and the network's
-    ``pred`` ``(3C, S, S, N)``. The lesion mask is inverted with nearest-neighbour interpolation; the z-map with
-    the forward interpolation, then banded (``zmap_bands``) or kept as float (``zmap``).
+    ``data`` holds the preprocessed ``image`` (with its transform history), ``brain_mask``, the input-grid brain
+    mask (:class:`InputBraind`) and the network's ``pred`` ``(3C, S, S, N)``. The score is the model's
+    (``config.score``); the lesion mask is inverted with nearest-neighbour interpolation, z and p with the forward
+    interpolation (p = 1 where nothing was analysed). Outside the input's brain: ``z = 0``, ``p = 1``,
+    ``lesion = 0``.
     """
-    d = AnomalyMapsd(keys=pred_key, mask_key="brain_mask", median_size=options.score_median)(data)
+    transforms: list[Any] = [
+        AnomalyMapsd(keys=pred_key, mask_key="brain_mask", median_size=options.score_median, score=model.config.score)
+    ]
+    if options.needs_threshold:
+        transforms += threshold_transforms(model, options)
     if options.output == "lesion":
-        d = FDRMaskd(keys="p", mask_key="brain_mask", alpha=options.alpha, per=options.fdr_per)(d)
-        d = LesionFilterd(keys="lesion", median_size=options.median_size, min_size=options.min_size)(d)
-        key, nearest = "lesion", True
-    else:
-        key, nearest = "z", False
+        transforms.append(LesionFilterd(keys="lesion", median_size=options.median_size, min_size=options.min_size))
+    d = dict(data)
+    for transform in transforms:
+        d = transform(d)
+    key = {"lesion": "lesion", "pmap": "p"}.get(options.output, "z")
     image = d["image"]
-    result = {
-        "image": image,
-        key: MetaTensor(torch.as_tensor(d[key]).float().cpu(), meta=dict(image.meta)),
-    }
-    inverted = Invertd(keys=key, transform=pre, orig_keys="image", nearest_interp=nearest, to_tensor=True)(result)
-    value = inverted[key]
-    # the inverted map carries the input's affine (Orientationd undone); the loaded file's affine otherwise
-    affine_src = value.affine if isinstance(value, MetaTensor) else image.meta["original_affine"]
+    inverted = invert_to_input({key: d[key]}, image, pre, one_outside=("p",))[key]
+    affine_src = inverted.affine if hasattr(inverted, "affine") else image.meta["original_affine"]
     affine = torch.as_tensor(affine_src).double().cpu().numpy()
-    array = torch.as_tensor(value).detach().cpu().float().numpy()[0]
+    array = torch.as_tensor(inverted).detach().cpu().float().numpy()[0]
+    brain = data.get(INPUT_BRAIN_KEY)
+    if brain is not None:
+        brain = np.asarray(brain, dtype=bool)
+        if brain.shape != array.shape:
+            raise ValueError(f"input brain mask {brain.shape} does not match the inverted map {array.shape}.")
+        array = np.where(brain, array, 1.0 if key == "p" else 0.0)
     if options.output == "lesion":
-        array = (array > 0.5).astype(np.uint8)
-    elif options.output == "zmap_bands":
-        array = np.digitize(array, ZMAP_BANDS).astype(np.uint8)
-    else:
-        array = array.astype(np.float32)
-    return array, affine
+        return (array > 0.5).astype(np.uint8), affine
+    if options.output == "zmap_bands":
+        return np.digitize(array, ZMAP_BANDS).astype(np.uint8), affine
+    return array.astype(np.float32), affine
 
 
 def run_study(
@@ -360,6 +466,9 @@ def run_study(
     **options: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The whole pipeline on one study file, in-process (what the infer task does, without the server)."""
+    post = PostOptions.from_request(options, output, model.defaults)
+    if post.needs_threshold:
+        threshold_transforms(model, post)  # refused before the volume is read
     pre = build_pre_transforms(model)
     data: dict[str, Any] = {"image": str(image_path)}
     for transform in pre.transforms:  # one by one, as MONAI Label does: a StudyError is not wrapped
@@ -368,4 +477,4 @@ def run_study(
     with torch.no_grad():
         pred = build_inferer(model)(data["image"][None].to(device), network)[0]
     data["pred"] = pred
-    return postprocess(data, pre, PostOptions.from_request(options, output, model.defaults))
+    return postprocess(data, pre, post, model)

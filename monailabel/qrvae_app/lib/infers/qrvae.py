@@ -1,4 +1,7 @@
-"""MONAI Label infer task: QR-VAE lesion detection (or the z-map) on a T1/T2/FLAIR study."""
+"""MONAI Label infer task: QR-VAE lesion detection (or the z-map) on a T1/T2/FLAIR study.
+
+The same model files, preprocessing, score and label-free threshold as ``qrvae infer`` (see ``lib/pipeline.py``).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from ..pipeline import (
+    INPUT_BRAIN_KEY,
     ZMAP_BANDS,
     LoadedModel,
     PostOptions,
@@ -22,6 +26,7 @@ from ..pipeline import (
     build_inferer,
     build_pre_transforms,
     postprocess,
+    threshold_transforms,
 )
 
 logger = logging.getLogger(__name__)
@@ -37,9 +42,14 @@ class QRVAEInfer(BasicInferTask):
     """Detect lesions in a 3-contrast brain MRI with a QR-VAE (one 3D label volume on the input's grid).
 
     Args:
-        model: the loaded network (shared by the app's tasks).
-        output: ``"lesion"`` (binary BH-FDR lesion mask, label ``lesion`` = 1) or ``"zmap_bands"`` (the FLAIR z-map
-            as labels 1..3 for z >= 2, 3, 4; a request may ask ``{"zmap_output": "zmap"}`` for the float map).
+        model: the loaded model (shared by the app's tasks).
+        output: ``"lesion"`` (binary lesion mask, label ``lesion`` = 1, from the label-free threshold of
+            ``qrvae infer``: conformal BH on the model's healthy calibration unless the request says
+            ``{"threshold": "gaussian"}`` or ``"volume"``) or ``"zmap_bands"`` (the model's score z-map as labels
+            1..3 for z >= 2, 3, 4; a request may ask ``{"zmap_output": "zmap"}`` for the float z-map or
+            ``{"zmap_output": "pmap"}`` for the p-map of the threshold).
+
+    Outside the brain: ``z = 0``, ``p = 1``, ``lesion = 0`` (as the CLI and the bundle).
     """
 
     def __init__(self, model: LoadedModel, output: str = "lesion") -> None:
@@ -50,18 +60,21 @@ class QRVAEInfer(BasicInferTask):
         self._pre = build_pre_transforms(model)  # one chain per task: the inversion needs these instances
         if output == "lesion":
             labels: dict[str, int] = {"lesion": 1}
-            config: dict[str, Any] = {k: model.defaults[k] for k in ("alpha", "fdr_per", "median_size", "min_size")}
+            config: dict[str, Any] = {
+                k: model.defaults[k] for k in ("threshold", "alpha", "fdr_per", "median_size", "min_size")
+            }
             description = (
-                "QR-VAE unsupervised lesion detection (T1, T2, FLAIR in one 4D NIfTI): voxels whose FLAIR is not "
-                f"explained by the healthy model, Benjamini-Hochberg FDR {config['alpha']:g}; "
-                f"{model.num_slices} central axial slices are analysed"
+                "QR-VAE unsupervised lesion detection (T1, T2, FLAIR in one 4D NIfTI): voxels the healthy model does "
+                f"not explain (score {model.config.score}), {config['threshold']} threshold at alpha "
+                f"{config['alpha']:g}; {model.slices_text} analysed"
             )
         else:
             labels = dict(ZMAP_LABELS)
             config = {"zmap_output": "zmap_bands"}
             description = (
-                "QR-VAE FLAIR z-map (T1, T2, FLAIR in one 4D NIfTI) in bands: 1 = z 2-3, 2 = z 3-4, 3 = z >= 4; "
-                "params {'zmap_output': 'zmap'} return the float z-map instead"
+                f"QR-VAE z-map of the score {model.config.score} (T1, T2, FLAIR in one 4D NIfTI) in bands: 1 = z 2-3, "
+                "2 = z 3-4, 3 = z >= 4; params {'zmap_output': 'zmap'} return the float z-map instead, "
+                "{'zmap_output': 'pmap'} the p-map"
             )
         super().__init__(
             path=str(model.weights),
@@ -92,15 +105,17 @@ class QRVAEInfer(BasicInferTask):
         """Anomaly maps, FDR mask and filters, inverted onto the study's grid; a summary for the result JSON."""
         options = PostOptions.from_request(data, self.output, self.model.defaults)
         data["pred"] = torch.as_tensor(data["pred"]).detach().cpu()
-        array, affine = postprocess(data, self._pre, options, pred_key="pred")
+        array, affine = postprocess(data, self._pre, options, self.model, pred_key="pred")
+        data.pop(INPUT_BRAIN_KEY, None)
         data["pred"] = array
         data["pred_meta_dict"] = {"affine": affine}
-        data["result_dtype"] = "float32" if options.output == "zmap" else "uint8"
+        data["result_dtype"] = "float32" if options.output in ("zmap", "pmap") else "uint8"
         voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
         summary: dict[str, Any] = {"model": self.model.source, "output": options.output, "shape": list(array.shape)}
         if options.output == "lesion":
             count = int(array.sum())
             summary.update(
+                threshold=options.threshold,
                 alpha=options.alpha,
                 fdr_per=options.fdr_per,
                 lesion_voxels=count,
@@ -108,17 +123,23 @@ class QRVAEInfer(BasicInferTask):
             )
         elif options.output == "zmap_bands":
             summary["band_voxels"] = {name: int((array == value).sum()) for name, value in ZMAP_LABELS.items()}
-        else:
+        elif options.output == "zmap":
             summary["z_max"] = float(array.max())
+        else:
+            summary.update(threshold=options.threshold, p_min=float(array.min()))
         data["result"] = summary
         # one readable line per study (MONAI Label logs the request and its timings; this is the answer)
         study = os.path.basename(str(data.get("image_path", "?")))
-        found = {k: summary[k] for k in ("lesion_voxels", "lesion_volume_ml", "band_voxels", "z_max") if k in summary}
+        shown = ("lesion_voxels", "lesion_volume_ml", "band_voxels", "z_max", "p_min")
+        found = {k: summary[k] for k in shown if k in summary}
         logger.info(f"{study}: {options.output} {found}")
         return data
 
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict[str, Any]]:
         try:
+            options = PostOptions.from_request(request, self.output, self.model.defaults)
+            if options.needs_threshold:
+                threshold_transforms(self.model, options)  # an uncalibrated model is refused before the study is read
             return super().__call__(request, callbacks)
         except StudyError as e:
             logger.warning(f"refused study {request.get('image')!r}: {e}")
