@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 #: quantile levels whose coverage is measured.
-CALIBRATION_LEVELS = (0.01, 0.05, 0.15, 0.25, 0.5, 0.75, 0.85, 0.95, 0.99)
+CALIBRATION_LEVELS = (0.01, 0.025, 0.05, 0.15, 0.25, 0.5, 0.75, 0.85, 0.95, 0.975, 0.99)
 #: one-sided z thresholds and their nominal tail probabilities under N(0, 1). The far tail matters: BH's threshold on
 #: a slice of about 3000 brain voxels at alpha 0.05 is about p < 0.05 / 3000, i.e. z > 4.1.
 Z_TAILS = {1.645: 0.05, 2.326: 0.01, 3.090: 0.001, 3.719: 1e-4, 4.265: 1e-5}
@@ -291,7 +291,8 @@ def run_calibration(
         methods: methods compared.
         quick: tiny cohort and one epoch (tests, ``QRVAE_NOTEBOOK_QUICK=1``).
         epochs: epochs of models trained here.
-        section: datalist section of healthy held-out subjects.
+        section: datalist section of held-out subjects; only its healthy volumes (no label, or an all-zero one)
+            are used, so ``test`` gives the healthy test subjects.
         levels: quantile levels of the coverage table.
         seed: training seed.
         progress: show training progress bars.
@@ -316,6 +317,7 @@ def run_calibration(
     for method, model_dir in model_dirs.items():
         config = ModelConfig.load(Path(model_dir) / "model_config.json")
         preds = predict_volumes(model_dir, datalist, section)
+        preds = [p for p in preds if p.label is None or not np.any(p.label)]  # healthy volumes only (e.g. of test)
         own = config.quantiles if config.method == "qrvae" else None
         result["models"][method] = calibration_stats(preds, levels, network_quantiles=own, seed=seed)
         result["models"][method]["method"] = config.method
