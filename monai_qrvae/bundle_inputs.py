@@ -1,20 +1,29 @@
-"""Inputs of the MONAI bundle's inference: the datalist of a folder of scans, refused when the folder holds none.
+"""Glue of the MONAI bundle's configs: inference inputs, the label-free threshold, the trained model folder.
 
 ``bundle/configs/inference.json`` builds its datalist with :func:`folder_datalist` when ``--input_dir`` is given, and
 its ``initialize`` step calls :func:`check_input_dir`: a missing or empty folder is then one line on stderr and exit
 status 2 before anything is loaded or written (instead of a traceback, or, for an empty folder, a run on nothing that
-exits 0).
+exits 0). Its post-processing takes the label-free threshold from :func:`threshold_transforms` (the same choices and
+errors as ``qrvae infer --threshold``); ``train.json`` ends with :func:`save_model_folder`, which writes
+``model_config.json`` beside the trained ``model.pt`` and the healthy calibration ``calibration.pt``, as
+``qrvae train`` does.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from monai.config import PathLike
 
-__all__ = ["folder_datalist", "check_input_dir"]
+__all__ = ["folder_datalist", "check_input_dir", "threshold_transforms", "save_model_folder"]
+
+logger = logging.getLogger("monai_qrvae")
 
 
 def folder_datalist(input_dir: PathLike, pattern: str = "*.nii.gz") -> list[dict[str, str]]:
@@ -45,3 +54,81 @@ def check_input_dir(input_dir: PathLike | None, pattern: str = "*.nii.gz", prog:
     except FileNotFoundError as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def threshold_transforms(
+    threshold: str,
+    ckpt_dir: PathLike,
+    alpha: float = 0.05,
+    per: str = "volume",
+    score_median: int = 1,
+    score: str = "flair_t2",
+    method: str = "qrvae",
+) -> list[Any]:
+    """The label-free threshold of the bundle's post-processing, as ``qrvae infer``/``evaluate`` apply it.
+
+    ``"conformal"`` gives :class:`~monai_qrvae.transforms.ConformalPValued` (the healthy calibration
+    ``ckpt_dir/calibration.pt``, checked against ``method``, ``score_median`` and ``score``) then
+    :class:`~monai_qrvae.transforms.FDRMaskd`; ``"volume"`` the volume-level threshold; ``"gaussian"`` the paper's
+    Benjamini-Hochberg on N(0, 1) p-values (no calibration). See
+    :func:`~monai_qrvae.transforms.anomaly.thresholds.label_free_transforms`.
+
+    Raises:
+        ValueError: ``threshold`` is not ``"conformal"``, ``"volume"`` or ``"gaussian"``.
+        FileNotFoundError: a calibrated threshold and no ``calibration.pt`` in ``ckpt_dir`` (the CLI's message).
+    """
+    from monai_qrvae.transforms.anomaly.thresholds import label_free_transforms
+    from monai_qrvae.workflows.inference import _calibration_for
+
+    calibration = _calibration_for(ckpt_dir, threshold)
+    definition = {"method": method, "score_median": int(score_median), "score": score}
+    return label_free_transforms(
+        threshold, calibration, alpha, per, score=definition if calibration is not None else None
+    )
+
+
+def save_model_folder(
+    ckpt_dir: PathLike,
+    data_list_file_path: PathLike,
+    image_size: int = 96,
+    num_slices: int | None = None,
+    quantiles: Sequence[float] = (0.025, 0.15, 0.5, 0.85, 0.975),
+    beta: float = 1.0,
+    context: str = "none",
+    score: str = "flair_t2",
+    quantile_score: bool = True,
+    calibrate: bool = True,
+    device: Any = "cpu",
+) -> Path:
+    """Finish the bundle's training like ``qrvae train``: ``model_config.json`` beside ``model.pt``, then the
+    calibration on the datalist's healthy ``calibration`` section (``calibration.pt``), when it has one.
+
+    The arguments are the bundle's settings of the trained network (``network_def``, preset ``small``); the weights
+    are read back through :func:`~monai_qrvae.workflows.load_model`, so a configuration that does not describe them
+    is an error here, not at inference.
+
+    Returns:
+        the model folder ``ckpt_dir``.
+    """
+    from monai_qrvae.workflows import CONFIG_FILE, ModelConfig, load_model
+    from monai_qrvae.workflows.training import _calibrate
+
+    ckpt_dir = Path(ckpt_dir)
+    config = ModelConfig(
+        method="qrvae",
+        preset="small",
+        image_size=image_size,
+        num_slices=num_slices,
+        quantiles=tuple(quantiles),
+        beta=beta,
+        context=context,
+        score=score,
+        quantile_score=quantile_score,
+    )
+    config.save(ckpt_dir / CONFIG_FILE)
+    config, net = load_model(ckpt_dir, device)
+    if calibrate:
+        count = _calibrate(ckpt_dir, data_list_file_path, config, net, str(device))
+        if count:
+            logger.info("calibrated %s on %d healthy volumes: %s", ckpt_dir, count, ckpt_dir / "calibration.pt")
+    return ckpt_dir

@@ -4,6 +4,11 @@ Fast tests parse and instantiate the configs in-process and call the functions b
 ``python -m monai.bundle verify_metadata / verify_net_in_out / ckpt_export``. Tests marked ``slow`` run the
 commands of ``bundle/docs/README.md`` as subprocesses (train, evaluate, inference, torchrun with gloo) on tiny
 synthetic cohorts and on two of the embedded lesion subjects.
+
+Tests that depend on the SHIPPED weights (bundle/models: model.pt + model_config.json + calibration.pt) are listed in
+``SHIPPED_WEIGHT_TESTS`` and pin the figures of ``SHIPPED_FIGURES`` below; the others train or make their own model.
+Set ``QRVAE_BUNDLE_MODELS`` to another model folder of the same architecture to run the shipped-weight tests on it
+(the pinned figures then do not hold; the mechanics are checked).
 """
 
 from __future__ import annotations
@@ -29,7 +34,30 @@ from monai_qrvae.preprocessing import volume_transforms
 REPO = Path(__file__).parents[1]
 BUNDLE = REPO / "bundle"
 CONFIGS = BUNDLE / "configs"
-WEIGHTS = BUNDLE / "models" / "model.pt"
+MODELS = Path(os.environ.get("QRVAE_BUNDLE_MODELS", BUNDLE / "models"))
+WEIGHTS = MODELS / "model.pt"
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FIGURES OF THE SHIPPED WEIGHTS (bundle/models), re-measured whenever the weights change (the lead swaps them in):
+# run `pytest tests/test_bundle.py -m slow -k "shipped"` and copy the figures its failures print. What the shipped
+# weights give on CPU for the embedded lesion subjects sub-041 and sub-042 (generator seed 0, 2 mm; sub-042 stored
+# LPI), with the bundle's default post-processing (conformal BH at alpha 0.05 per volume, FLAIR+T2 score):
+#   METRICS          evaluate.json's metrics.csv (pooled over both volumes, on the analysed slices)
+#   SUBJECT_METRICS  evaluate.json's per-volume best_dice / dice_fdr (sub-041, sub-042)
+#   MAP_DICE         Dice of the lesion masks written on each input grid (inference.json and evaluate.json)
+#   NUM_PARAMETERS   parameters of network_def (architecture, not weights: changes only with the configs)
+# ---------------------------------------------------------------------------------------------------------------------
+METRICS = {"best_dice": 0.760, "dice_fdr": 0.658, "auroc": 0.993, "auprc": 0.812}  # 0.2.x weights: re-measure
+SUBJECT_METRICS = {"best_dice": [0.6533, 0.8415], "dice_fdr": [0.6143, 0.6942]}  # 0.2.x weights: re-measure
+MAP_DICE = {"sub-041": 0.587, "sub-042": 0.563}  # 0.2.x weights: re-measure
+NUM_PARAMETERS = 7_623_951
+#: the tests that load bundle/models and fail until it holds weights of the configs' architecture (and, for the
+#: last three, until the figures above are re-measured for them)
+SHIPPED_WEIGHT_TESTS = (
+    "test_shipped_weights",
+    "test_bundle_inference_finds_lesions_with_shipped_weights",
+    "test_bundle_evaluate_run_with_shipped_weights",
+)
 # CI clones the repository with ../shared beside it
 SCHEMA = Path(__file__).parents[1].parent / "shared" / "reference" / "meta_schema_20240725.json"
 #: the configs of each job, layered as `--config_file "['configs/inference.json','configs/evaluate.json']"` layers them
@@ -149,34 +177,72 @@ def test_configs_mirror_the_command_line_defaults():
     assert parser["learning_rate"] == shipped.lr
     assert parser["batch_size"] == shipped.batch_size
     assert parser["train#trainer#max_epochs"] == shipped.epochs
-    assert parser["seed"] == train["seed"].default and parser["num_slices"] == shipped.num_slices
-    assert parser["image_size"] == shipped.image_size
+    assert parser["seed"] == train["seed"].default and parser["num_slices"] == shipped.num_slices is None
+    assert parser["image_size"] == shipped.image_size == 96
+    assert tuple(parser["quantiles"]) == shipped.quantiles and parser["context"] == shipped.context
+    assert parser["network_def#quantile_score"] is shipped.quantile_score is True
+    assert parser["prepare_batch#target_channels"] == "@target_channels" and parser["target_channels"] == 3
     for name, job in (("evaluate.json", workflows.evaluate), ("inference.json", workflows.infer)):
         defaults = inspect.signature(job).parameters
         parser = _parser(*RUN_CONFIGS[name])
         for key, arg in (("alpha", "alpha"), ("fdr_per", "per"), ("median_size", "median_size")):
             assert parser[key] == defaults[arg].default, (name, key)
         assert parser["min_size"] == defaults["min_size"].default
+        assert parser["threshold"] == defaults["threshold"].default == "conformal", name
         assert parser["score_median"] == shipped.score_median, name
+        assert parser["score"] == shipped.score == "flair_t2", name
         assert parser["postprocessing#transforms#0#median_size"] == "@score_median"
+        assert parser["postprocessing#transforms#0#score"] == "@score"
+        assert parser["postprocessing#transforms#0#contrast_key"] == "zc"
 
 
 def test_network_def_instantiates_the_shipped_architecture():
+    """network_def is the network ``qrvae train`` builds with the defaults (same state dict keys and shapes)."""
+    from monai_qrvae.defaults import method_defaults
+    from monai_qrvae.workflows import ModelConfig, build_networks
+
     net = _parser("inference.json").get_parsed_content("network_def")
-    assert isinstance(net, AnomalyMapNet) and isinstance(net.network, QRVAE)
-    assert net.network.quantiles == (0.15, 0.5)
-    assert sum(p.numel() for p in net.parameters()) == pytest.approx(3.7e6, rel=0.05)
-    out = net.eval()(torch.rand(2, 3, 64, 64))
-    assert out.shape == (2, 9, 64, 64)
+    assert isinstance(net, AnomalyMapNet) and isinstance(net.network, QRVAE) and net.quantile_score
+    assert net.network.quantiles == (0.025, 0.15, 0.5, 0.85, 0.975)
+    assert sum(p.numel() for p in net.parameters()) == NUM_PARAMETERS
+    out = net.eval()(torch.rand(2, 3, 96, 96))
+    assert out.shape == (2, 9, 96, 96)
+    d = method_defaults("qrvae")
+    config = ModelConfig(
+        image_size=d.image_size,
+        num_slices=d.num_slices,
+        quantiles=d.quantiles,
+        score=d.score,
+        quantile_score=d.quantile_score,
+        context=d.context,
+    )
+    _, cli = build_networks(config)
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in cli.state_dict().items()}
+    # the through-plane context stays a config option: 2.5D input (3 x 3 channels), 3 reconstructed contrasts
+    net = _parser("inference.json", context="neighbours").get_parsed_content("network_def")
+    assert net.eval()(torch.rand(1, 9, 96, 96)).shape == (1, 9, 96, 96)
 
 
-def test_config_preprocessing_equals_volume_transforms(tmp_path):
-    """The chain written out in the configs gives exactly what ``volume_transforms()`` gives."""
+@pytest.mark.parametrize("context", ["none", "neighbours"])
+def test_config_preprocessing_equals_volume_transforms(tmp_path, context):
+    """The chain written out in the configs gives exactly what the model's ``volume_transforms`` gives: every axial
+    slice of the brain's bounding box at 96 x 96 (and the context channels when asked)."""
+    from monai_qrvae.defaults import method_defaults
+
+    d = method_defaults("qrvae")
     item = _write_subject(tmp_path / "sub")
-    pre = _parser("train.json").get_parsed_content("preprocessing")
-    ours, ref = pre(dict(item)), volume_transforms()(dict(item))
-    assert [type(t).__name__ for t in pre.transforms] == [type(t).__name__ for t in volume_transforms().transforms]
-    assert ours["image"].shape == (3, 64, 64, 20) and ours["label"].shape == (1, 64, 64, 20)
+    pre = _parser("train.json", context=context).get_parsed_content("preprocessing")
+    ref_chain = volume_transforms(image_size=d.image_size, num_slices=d.num_slices, context=context)
+    ours, ref = pre(dict(item)), ref_chain(dict(item))
+    names = [type(t).__name__ for t in pre.transforms]
+    if context == "none":  # the context step is an identity then
+        assert names[-1] == "Identityd"
+        names = names[:-1]
+    assert names == [type(t).__name__ for t in ref_chain.transforms]
+    mask = np.asarray(nib.load(item["brain_mask"]).dataobj)
+    depth = int(mask.any(axis=(0, 1)).sum()) + 2  # every axial slice with brain, and the crop margin (1)
+    channels = 3 if context == "none" else 9
+    assert ours["image"].shape == (channels, 96, 96, depth) and ours["label"].shape == (1, 96, 96, depth)
     for key in ("image", "brain_mask", "label"):
         assert torch.equal(ours[key].as_tensor(), ref[key].as_tensor()), key
 
@@ -222,6 +288,60 @@ def test_inference_refuses_an_input_folder_without_scans(tmp_path, capsys, folde
     check_input_dir(None)  # without --input_dir the datalist is used: nothing to check
 
 
+def _fake_calibration(folder: Path, n: int = 19, **score: Any) -> Path:
+    """``folder/calibration.pt``: ``n`` healthy volumes of N(0, 1) scores, for the bundle's default score."""
+    from monai_qrvae.calibration import Calibration
+
+    g = torch.Generator().manual_seed(0)
+    definition = {"method": "qrvae", "score_median": 1, "score": "flair_t2", "score_key": "z", **score}
+    cal = Calibration.from_scores([torch.randn(1, 8, 8, 4, generator=g) for _ in range(n)], score=definition)
+    folder.mkdir(parents=True, exist_ok=True)
+    return cal.save(folder / "calibration.pt")
+
+
+def test_postprocessing_thresholds_like_the_command_line(tmp_path):
+    """``threshold``: conformal (default), volume or gaussian, with the CLI's transforms, errors and the maps'
+    convention outside the brain (z = 0, p = 1, lesion = 0)."""
+    from monai_qrvae.transforms import FDRMaskd
+    from monai_qrvae.transforms.anomaly.thresholds import ConformalPValued, VolumeThresholdd
+
+    _fake_calibration(tmp_path / "models")
+    kinds = {"conformal": [ConformalPValued, FDRMaskd], "volume": [VolumeThresholdd], "gaussian": [FDRMaskd]}
+    g = torch.Generator().manual_seed(1)
+    brain = torch.zeros(1, 16, 16, 5)
+    brain[:, 4:12, 4:12, 1:4] = 1
+    pred = torch.randn(9, 16, 16, 5, generator=g)
+    pred[3:6] = pred[3:6].abs() + 0.1  # sigma
+    pred[6:, 6:8, 6:8, 2] = 8.0  # a bright spot in T1, T2 and FLAIR z inside the brain
+    pred[6:, 0:2, 0:2, 0] = 8.0  # and one outside
+    for threshold, types in kinds.items():
+        parser = _parser("inference.json", ckpt_dir=str(tmp_path / "models"), threshold=threshold)
+        post = parser.get_parsed_content("postprocessing")
+        names = [type(t).__name__ for t in post.transforms]
+        assert names == ["AnomalyMapsd", "Compose", "LesionFilterd"], names
+        assert [type(t) for t in post.transforms[1].transforms] == types, threshold
+        out = post({"pred": pred.clone(), "brain_mask": brain})
+        outside = brain[0] == 0
+        assert float(out["z"][0][outside].abs().max()) == 0.0 and float(out["p"][0][outside].min()) == 1.0
+        assert float(out["lesion"][0][outside].max()) == 0.0 and float(out["lesion"][0, 6:8, 6:8, 2].min()) == 1.0
+        assert out["zc"].shape == (3, 16, 16, 5)  # per-contrast scores for the lesion report
+    with pytest.raises(RuntimeError) as info:  # no calibration.pt: the CLI's message
+        _parser("inference.json", ckpt_dir=str(tmp_path / "none")).get_parsed_content("postprocessing")
+    assert isinstance(info.value.__cause__, FileNotFoundError) and "run 'qrvae calibrate" in str(info.value.__cause__)
+    assert "--threshold gaussian" in str(info.value.__cause__)
+    post = _parser("inference.json", ckpt_dir=str(tmp_path / "none"), threshold="gaussian")
+    assert [type(t) for t in post.get_parsed_content("postprocessing").transforms[1].transforms] == [FDRMaskd]
+    with pytest.raises(RuntimeError) as info:
+        _parser("inference.json", ckpt_dir=str(tmp_path / "models"), threshold="max").get_parsed_content(
+            "postprocessing"
+        )
+    assert "threshold must be one of ('conformal', 'volume', 'gaussian')" in str(info.value.__cause__)
+    _fake_calibration(tmp_path / "other", score_median=3)  # calibrated for another score: refused
+    with pytest.raises(RuntimeError) as info:
+        _parser("inference.json", ckpt_dir=str(tmp_path / "other")).get_parsed_content("postprocessing")
+    assert "score_median: calibrated 3, used 1" in str(info.value.__cause__)
+
+
 def test_multi_gpu_config_wires_ddp():
     parser = _parser("train.json", "multi_gpu_train.json")
     assert parser["train#trainer#network"] == "@ddp_network"
@@ -231,6 +351,7 @@ def test_multi_gpu_config_wires_ddp():
     assert parser["validate#dataloader#sampler"] == "@validate#sampler"
     assert "gloo" in parser["ddp_backend"] and "write_logs" in parser
     assert any("init_process_group" in e for e in parser["initialize"])
+    assert parser["run"][-1] == "$torch.distributed.get_rank() == 0 and @save_model_folder()"  # rank 0 calibrates
     assert any("destroy_process_group" in e for e in parser["finalize"])
 
 
@@ -245,10 +366,11 @@ def test_verify_metadata():
     assert meta["required_packages_version"]["monai-qrvae"]
     assert meta["version"] in meta["changelog"]
     image = meta["network_data_format"]["inputs"]["image"]
-    assert image["num_channels"] == 3 and image["spatial_shape"] == [64, 64]
+    assert image["num_channels"] == 3 and image["spatial_shape"] == [96, 96]
     assert list(image["channel_def"].values()) == ["T1", "T2", "FLAIR"]
     (pred,) = meta["network_data_format"]["outputs"].values()
-    assert pred["num_channels"] == 9 and len(pred["channel_def"]) == 9
+    assert pred["num_channels"] == 9 and len(pred["channel_def"]) == 9 and pred["spatial_shape"] == [96, 96]
+    assert "0.025, 0.15, 0.5, 0.85" in meta["description"] and "conformal" in meta["changelog"][meta["version"]]
 
 
 @pytest.mark.filterwarnings("ignore:No hash value provided")
@@ -267,29 +389,49 @@ def test_verify_net_in_out(name):
 
 
 def test_shipped_weights():
+    """[shipped weights] bundle/models holds weights of network_def, their model_config.json and calibration.pt."""
+    from monai_qrvae.calibration import Calibration
+    from monai_qrvae.workflows import ModelConfig, load_model
+
     assert WEIGHTS.is_file() and WEIGHTS.stat().st_size < 25 * 2**20
     state = load_state_dict_file(WEIGHTS)
     assert all(k.startswith("network.") for k in state)
     net = _parser("inference.json").get_parsed_content("network_def")
     net.load_state_dict(state)  # strict: the shipped file fits network_def exactly
+    config = ModelConfig.load(MODELS / "model_config.json")  # what qrvae infer reads: the same model as the bundle
+    assert (config.image_size, config.num_slices, config.quantiles) == (96, None, (0.025, 0.15, 0.5, 0.85, 0.975))
+    assert (config.score, config.quantile_score, config.context) == ("flair_t2", True, "none")
+    load_model(MODELS)
+    calibration = Calibration.load(MODELS / "calibration.pt")
+    calibration.check_score(method="qrvae", score_median=1, score="flair_t2")
+
+
+def _random_weights(folder: Path) -> Path:
+    """A plain state dict of network_def with its random initial weights (seed 0), like model.pt."""
+    torch.manual_seed(0)
+    net = _parser("inference.json").get_parsed_content("network_def")
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), folder / "model.pt")
+    return folder / "model.pt"
 
 
 def test_ckpt_export_torchscript_matches_eager(tmp_path):
     ts_path = tmp_path / "model.ts"
+    weights = _random_weights(tmp_path / "models")
     ckpt_export(
         net_id="network_def",
         filepath=str(ts_path),
-        ckpt_file=str(WEIGHTS),
+        ckpt_file=str(weights),
         meta_file=str(CONFIGS / "metadata.json"),
         config_file=str(CONFIGS / "inference.json"),
     )
     scripted = torch.jit.load(str(ts_path))
     eager = _parser("inference.json").get_parsed_content("network_def")
-    eager.load_state_dict(load_state_dict_file(WEIGHTS))
-    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    eager.load_state_dict(load_state_dict_file(weights))
+    x = torch.rand(4, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, got = eager.eval()(x), scripted.eval()(x)
-    assert got.shape == (4, 9, 64, 64)
+    assert got.shape == (4, 9, 96, 96)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -339,8 +481,21 @@ def _run(cmd: list[str], timeout: int = 300) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_cohort(cohort_factory):
-    """Three healthy subjects at 3 mm (two for training, one for validation)."""
-    return cohort_factory("tiny", n_healthy=3, n_lesion=0, seed=3, spacing=3.0).parent
+    """Four healthy subjects at 3 mm (two for training, one for validation, one for calibration)."""
+    return cohort_factory("tiny", n_healthy=4, n_lesion=0, seed=3, spacing=3.0).parent
+
+
+@pytest.fixture(scope="module")
+def trained_model(cohort_factory, tmp_path_factory):
+    """A model folder of the bundle's architecture written by ``qrvae train`` (1 epoch; model.pt, model_config.json,
+    calibration.pt on one healthy volume) and its cohort (2 lesion subjects in ``tuning`` and ``test``, 3 mm)."""
+    from monai_qrvae.workflows import train
+
+    datalist = cohort_factory("bundle_model", n_healthy=6, n_lesion=2, seed=3, spacing=3.0)
+    model = tmp_path_factory.mktemp("bundle_model") / "model"
+    train(datalist, model, epochs=1, progress=False)
+    assert {p.name for p in model.iterdir()} >= {"model.pt", "model_config.json", "calibration.pt"}
+    return model, datalist
 
 
 @pytest.fixture(scope="module")
@@ -378,15 +533,6 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
 
 
-# What the shipped weights (bundle/models/model.pt) give on CPU for sub-041 and sub-042: evaluate.json's metrics on
-# the analysed 20 slices (pooled over both volumes, then per volume: sub-041, sub-042), and the Dice of the lesion
-# masks written on each input grid (lesion voxels outside the analysed slices count as missed). Retraining the
-# shipped weights, or changing the configs' preprocessing or post-processing, changes them: update them here.
-METRICS = {"best_dice": 0.760, "dice_fdr": 0.658, "auroc": 0.993, "auprc": 0.812}
-SUBJECT_METRICS = {"best_dice": [0.6533, 0.8415], "dice_fdr": [0.6143, 0.6942]}
-MAP_DICE = {"sub-041": 0.587, "sub-042": 0.563}
-
-
 def _check_maps(out_dir: Path, data_dir: Path, names=("sub-041", "sub-042")) -> dict[str, float]:
     """Every map has the input's shape and affine; return the Dice of each lesion mask against the label."""
     dices = {}
@@ -411,10 +557,28 @@ def test_bundle_train_run(tiny_cohort, tmp_path):
         "train.json", dataset_dir=tiny_cohort, ckpt_dir=models, output_dir=logs, train__trainer__max_epochs=1
     )
     out = _run(cmd)
-    assert "Epoch[1] Metrics -- val_loss" in out and "loss_q0.15" in out
+    assert "Epoch[1] Metrics -- val_loss" in out and "loss_q0.025" in out and "loss_q0.975" in out
     state = load_state_dict_file(tmp_path / "models" / "model.pt")
     net = _parser("train.json").get_parsed_content("network_def")
     net.load_state_dict(state)
+    # like qrvae train: model_config.json describes the trained net (qrvae infer loads the folder), calibration.pt
+    from monai_qrvae.calibration import Calibration
+    from monai_qrvae.defaults import method_defaults
+    from monai_qrvae.workflows import load_model
+
+    config, loaded = load_model(models)
+    d = method_defaults("qrvae")
+    assert (config.image_size, config.num_slices, config.quantiles, config.score, config.quantile_score) == (
+        d.image_size,
+        d.num_slices,
+        d.quantiles,
+        d.score,
+        d.quantile_score,
+    )
+    torch.testing.assert_close(loaded.state_dict(), state)
+    calibration = Calibration.load(models / "calibration.pt")
+    assert calibration.n_volumes == 1 and calibration.score["score"] == "flair_t2"
+    assert calibration.score["quantile_score"] is True and "calibrated" in out
     assert (tmp_path / "models" / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
     assert list((tmp_path / "eval").glob("events.out.tfevents.*"))
     # run again for one more epoch: it resumes from the checkpoint (network, optimizer, trainer state)
@@ -439,15 +603,26 @@ def test_bundle_multi_gpu_train_with_torchrun_on_cpu(tiny_cohort, tmp_path):
     state = load_state_dict_file(tmp_path / "models" / "model.pt")
     assert all(k.startswith("network.") for k in state)  # the plain network, not the DDP wrapper
     assert [p.name for p in (tmp_path / "models" / "checkpoints").iterdir()] == ["checkpoint_epoch=1.pt"]
+    # rank 0 wrote the model folder of qrvae train, once
+    assert {p.name for p in (tmp_path / "models").iterdir()} == {
+        "model.pt",
+        "model_config.json",
+        "calibration.pt",
+        "checkpoints",
+    }
+    assert out.count("calibrated ") == 1, out[-3000:]
 
 
 @pytest.mark.slow
 def test_bundle_inference_finds_lesions_with_shipped_weights(embedded_lesion_subjects, tmp_path):
-    """A folder of scans (no labels, no brain masks): maps on each input's grid that overlap the lesions."""
-    out = _run(_run_cmd("inference.json", input_dir=embedded_lesion_subjects / "scans", output_dir=tmp_path / "infer"))
-    assert sorted(p.name for p in (tmp_path / "infer").iterdir()) == [
-        f"{s}_{m}.nii.gz" for s in ("sub-041", "sub-042") for m in ("lesion", "pmap", "zmap")
-    ]
+    """[shipped weights] A folder of scans (no labels, no brain masks): maps on each input's grid that overlap the
+    lesions, and the lesion reports."""
+    cmd = _run_cmd("inference.json", input_dir=embedded_lesion_subjects / "scans", output_dir=tmp_path / "infer")
+    out = _run(cmd + ["--ckpt_dir", str(MODELS)])
+    assert sorted(p.name for p in (tmp_path / "infer").iterdir()) == sorted(
+        [f"{s}_{m}.nii.gz" for s in ("sub-041", "sub-042") for m in ("lesion", "pmap", "zmap")]
+        + [f"{s}_lesions.{e}" for s in ("sub-041", "sub-042") for e in ("json", "csv")]
+    )
     dices = _check_maps(tmp_path / "infer", embedded_lesion_subjects)
     # the brain masks it derives itself give the same maps as evaluate's given masks
     assert dices == pytest.approx(MAP_DICE, abs=0.03), dices
@@ -474,9 +649,11 @@ def test_bundle_inference_on_an_empty_folder_fails_cleanly(tmp_path):
 
 
 @pytest.mark.slow
-def test_bundle_evaluate_run(embedded_lesion_subjects, tmp_path):
+def test_bundle_evaluate_run_with_shipped_weights(embedded_lesion_subjects, tmp_path):
+    """[shipped weights] evaluate.json's figures (pinned above) and the same whole-brain figures as qrvae evaluate."""
     out_dir = tmp_path / "evaluate"
-    _run(_run_cmd(*RUN_CONFIGS["evaluate.json"], dataset_dir=embedded_lesion_subjects, output_dir=out_dir))
+    cmd = _run_cmd(*RUN_CONFIGS["evaluate.json"], dataset_dir=embedded_lesion_subjects, output_dir=out_dir)
+    _run(cmd + ["--ckpt_dir", str(MODELS)])
     metrics = dict(line.split(",") for line in (out_dir / "metrics.csv").read_text().split())
     assert set(metrics) == {"best_dice", "dice_fdr", "auroc", "auprc"}
     assert {k: float(v) for k, v in metrics.items()} == pytest.approx(METRICS, abs=0.01), metrics
@@ -490,20 +667,100 @@ def test_bundle_evaluate_run(embedded_lesion_subjects, tmp_path):
     dices = _check_maps(out_dir / "maps", embedded_lesion_subjects)
     assert dices == pytest.approx(MAP_DICE, abs=0.03), dices
     # the bundle reports the same whole-brain, input-grid figures as `qrvae evaluate` with the same weights
-    import shutil
+    _same_whole_brain_figures(out_dir, MODELS, embedded_lesion_subjects / "datalist.json", tmp_path / "cli")
 
-    from monai_qrvae.workflows import ModelConfig, evaluate
+
+def _same_whole_brain_figures(out_dir: Path, model: Path, datalist: Path, cli_dir: Path) -> dict:
+    """evaluate.json's whole_brain_metrics.json equals ``qrvae evaluate`` with the same model folder; every lesion
+    voxel of the brain is analysed (coverage 1)."""
+    from monai_qrvae.workflows import evaluate
 
     whole = json.loads((out_dir / "whole_brain_metrics.json").read_text())
-    model = tmp_path / "model"
-    model.mkdir()
-    ModelConfig(method="qrvae").save(model / "model_config.json")
-    shutil.copy(WEIGHTS, model / "model.pt")
-    datalist = embedded_lesion_subjects / "datalist.json"
-    cli = evaluate(model, datalist, tmp_path / "cli", save_maps=False, save_png=False)
+    cli = evaluate(model, datalist, cli_dir, save_maps=False, save_png=False)
     for key in ("dice_fdr", "best_dice", "auroc", "auprc", "coverage", "lesion_recall", "fp_per_volume"):
         assert whole[key] == pytest.approx(cli[key], abs=1e-6), (key, whole[key], cli[key])
-    assert whole["coverage"] < 1.0  # 20 central slices: lesion voxels outside them count as missed
+    assert whole["coverage"] == 1.0  # every axial slice with brain is analysed
+    return whole
+
+
+def _read(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+@pytest.mark.slow
+def test_bundle_evaluate_matches_qrvae_evaluate(trained_model, tmp_path):
+    """evaluate.json with a model folder of the new architecture: metrics files, maps on each input grid, and the
+    whole-brain figures of ``qrvae evaluate`` with the same folder."""
+    model, datalist = trained_model
+    out_dir = tmp_path / "evaluate"
+    cmd = _run_cmd(*RUN_CONFIGS["evaluate.json"], dataset_dir=datalist.parent, output_dir=out_dir, ckpt_dir=model)
+    _run(cmd)
+    metrics = dict(line.split(",") for line in (out_dir / "metrics.csv").read_text().split())
+    assert set(metrics) == {"best_dice", "dice_fdr", "auroc", "auprc"}
+    assert 0.5 < float(metrics["auroc"]) <= 1.0, metrics
+    (name,) = [Path(e["image"]).parent.name for e in json.loads(datalist.read_text())["test"]]
+    assert len(list((out_dir / "overlays").glob("*_overlay.png"))) == 1
+    _check_maps(out_dir / "maps", datalist.parent, names=(name,))
+    _same_whole_brain_figures(out_dir, model, datalist, tmp_path / "cli")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threshold", ["conformal", "gaussian"])
+def test_bundle_inference_matches_qrvae_infer(trained_model, tmp_path, threshold):
+    """inference.json and ``qrvae infer`` with the same model folder write the same files, bit for bit: maps on the
+    input grid with z = 0, p = 1 and lesion = 0 wherever nothing was analysed, and the same lesion reports."""
+    from monai_qrvae.workflows import infer
+
+    model, datalist = trained_model
+    scans = tmp_path / "scans"  # a user's folder of scans: no datalist, no brain masks
+    scans.mkdir()
+    entries = [e for section in ("tuning", "test") for e in json.loads(datalist.read_text())[section]]
+    for entry in entries:
+        (scans / f"{Path(entry['image']).parent.name}.nii.gz").symlink_to(datalist.parent / entry["image"])
+    cmd = _run_cmd("inference.json", input_dir=scans, output_dir=tmp_path / "bundle", ckpt_dir=model)
+    _run(cmd + ["--threshold", threshold])
+    infer(model, sorted(scans.glob("*.nii.gz")), tmp_path / "cli", save_png=False, threshold=threshold)
+    files = sorted(p.name for p in (tmp_path / "bundle").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "cli").iterdir()) and len(files) == 5 * len(entries)
+    detected = 0
+    for name in files:
+        ours, theirs = tmp_path / "bundle" / name, tmp_path / "cli" / name
+        if name.endswith(".nii.gz"):
+            np.testing.assert_array_equal(_read(ours), _read(theirs), err_msg=name)
+            np.testing.assert_array_equal(nib.load(str(ours)).affine, nib.load(str(theirs)).affine)
+        else:
+            assert ours.read_text() == theirs.read_text(), name
+    for entry in entries:
+        stem = Path(entry["image"]).parent.name
+        z, p, lesion = (_read(tmp_path / "bundle" / f"{stem}_{m}.nii.gz") for m in ("zmap", "pmap", "lesion"))
+        brain = _read(datalist.parent / entry["brain_mask"]) > 0
+        # the analysed region: the brain's bounding box (crop margin 1 in-plane); outside it nothing was tested
+        box = np.zeros_like(brain)
+        lo, hi = np.argwhere(brain).min(0), np.argwhere(brain).max(0)
+        box[lo[0] - 1 : hi[0] + 2, lo[1] - 1 : hi[1] + 2, lo[2] : hi[2] + 1] = True
+        assert (z[~box] == 0).all() and (p[~box] == 1).all() and (lesion[~box] == 0).all(), stem
+        assert (lesion[~brain] == 0).all() and 0 <= p.min() and p.max() <= 1, stem
+        assert (p[brain] < 1).mean() > 0.5, stem  # tested inside the brain
+        report = json.loads((tmp_path / "bundle" / f"{stem}_lesions.json").read_text())
+        assert report["n_lesions"] == len(report["lesions"]), stem
+        detected += int(lesion.sum())
+    assert detected > 0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="inverting the 96 x 96 resize blurs z and p over the brain's edge (CLI too)")
+def test_bundle_inference_is_zero_everywhere_outside_the_brain(trained_model, tmp_path):
+    """The documented convention taken literally: z = 0 and p = 1 at EVERY voxel outside the brain mask. Today the
+    maps leak about one voxel past the brain's edge (interpolation in the inversion of the resize), in the CLI's
+    maps as in the bundle's: fix AnomalyMapSaver (mask the inverted maps with the brain), then drop the xfail."""
+    model, datalist = trained_model
+    (entry,) = json.loads(datalist.read_text())["test"]
+    out_dir = tmp_path / "bundle"
+    _run(_run_cmd("inference.json", dataset_dir=datalist.parent, output_dir=out_dir, ckpt_dir=model))
+    stem = Path(entry["image"]).parent.name
+    brain = _read(datalist.parent / entry["brain_mask"]) > 0
+    z, p = _read(out_dir / f"{stem}_zmap.nii.gz"), _read(out_dir / f"{stem}_pmap.nii.gz")
+    assert (z[~brain] == 0).all() and (p[~brain] == 1).all()
 
 
 @pytest.mark.slow
@@ -515,6 +772,7 @@ def test_bundle_tool_commands(tmp_path):
     out = _run(_bundle_cmd("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", config))
     assert "data shape of network is verified with no error" in out
     ts = tmp_path / "model.ts"
+    weights = _random_weights(tmp_path / "models")
     _run(
         _bundle_cmd(
             "ckpt_export",
@@ -522,14 +780,14 @@ def test_bundle_tool_commands(tmp_path):
             "--filepath",
             str(ts),
             "--ckpt_file",
-            str(WEIGHTS),
+            str(weights),
             "--meta_file",
             meta,
             "--config_file",
             config,
         )
     )
-    assert torch.jit.load(str(ts))(torch.rand(1, 3, 64, 64)).shape == (1, 9, 64, 64)
+    assert torch.jit.load(str(ts))(torch.rand(1, 3, 96, 96)).shape == (1, 9, 96, 96)
 
 
 def test_bundle_folder_has_no_run_outputs():
