@@ -155,8 +155,8 @@ def test_shipped_model_is_the_bundle_and_loads():
     assert config.image_size == parser["image_size"] and config.num_slices == parser["num_slices"]
     assert list(config.quantiles) == parser["quantiles"] and config.method == "qrvae"
     bundle_net = parser.get_parsed_content("network_def")
-    bundle_net.load_state_dict(torch.load(SHIPPED_MODEL_DIR / "model.pt", weights_only=True))
-    x = torch.rand(2, 3, 64, 64)
+    bundle_net.load_state_dict(torch.load(SHIPPED_MODEL_DIR / "model.pt", weights_only=True))  # float16 on disk
+    x = torch.rand(2, 3, config.image_size, config.image_size)
     torch.testing.assert_close(net(x), bundle_net.eval()(x))
 
 
