@@ -98,13 +98,15 @@ def sweep(
 
     Every combination is trained on ``training`` (validated on ``validation``) and scored on ``tuning`` (whole
     brain, input grid); the pick per method is the best tuning AUPRC (ties: fewer epochs, then the first). FLAIR
-    thresholding has no training, so only its filter is swept.
+    thresholding has no training, so only its filter is swept. The label-free columns use a calibration of each
+    scored filter, recomputed on the healthy ``calibration`` split (the model folders keep the last one).
 
     Returns:
         ``{"rows": [...], "picked": {method: row}, "table": markdown}``; also written to ``output_dir`` as
         ``sweep.csv``, ``sweep.md`` and ``sweep.json``.
     """
-    from monai_qrvae.workflows import evaluate, train
+    from monai_qrvae.workflows import evaluate, load_model, train
+    from monai_qrvae.workflows.training import _calibrate
 
     out = Path(output_dir)
     rows: list[dict[str, Any]] = []
@@ -132,6 +134,9 @@ def sweep(
                     **train_kwargs,
                 )
                 for score_median in score_medians:
+                    # the label-free columns need a calibration of exactly this score (on `calibration`, not tuning)
+                    config, net = load_model(model)
+                    _calibrate(model, datalist, config, net, "cpu", score_median=score_median)  # as evaluate: CPU
                     result = evaluate(
                         model,
                         datalist,

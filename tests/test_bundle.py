@@ -749,11 +749,9 @@ def test_bundle_inference_matches_qrvae_infer(trained_model, tmp_path, threshold
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="inverting the 96 x 96 resize blurs z and p over the brain's edge (CLI too)")
 def test_bundle_inference_is_zero_everywhere_outside_the_brain(trained_model, tmp_path):
-    """The documented convention taken literally: z = 0 and p = 1 at EVERY voxel outside the brain mask. Today the
-    maps leak about one voxel past the brain's edge (interpolation in the inversion of the resize), in the CLI's
-    maps as in the bundle's: fix AnomalyMapSaver (mask the inverted maps with the brain), then drop the xfail."""
+    """The documented convention taken literally: z = 0 and p = 1 at EVERY voxel outside the brain mask (no leak
+    past the brain's edge from inverting the resize)."""
     model, datalist = trained_model
     (entry,) = json.loads(datalist.read_text())["test"]
     out_dir = tmp_path / "bundle"

@@ -14,7 +14,9 @@ from monai_qrvae.workflows import ModelConfig, build_networks, infer
 def setup(cohort_factory, tmp_path_factory):
     datalist = cohort_factory("outside", n_healthy=2, n_lesion=1, seed=3, spacing=4.0)
     model = tmp_path_factory.mktemp("model")
-    config = ModelConfig(image_size=32, quantiles=(0.025, 0.15, 0.5, 0.85, 0.975), score="flair_t2", quantile_score=True)
+    config = ModelConfig(
+        image_size=32, quantiles=(0.025, 0.15, 0.5, 0.85, 0.975), score="flair_t2", quantile_score=True
+    )
     torch.manual_seed(0)
     _, net = build_networks(config)
     config.save(model / "model_config.json")

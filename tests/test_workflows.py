@@ -132,7 +132,7 @@ def test_same_seed_same_weights_and_metrics(small_cohort, tmp_path):
 def test_demo_command_runs_all_methods(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--epochs", "1", "--healthy", "4", "--lesion", "2", "--spacing", "3"]
-    rc = main([*argv, "--no-progress"])
+    rc = main([*argv, "--methods", *METHODS, "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     table = (out / "metrics.md").read_text()
     for method in METHODS:

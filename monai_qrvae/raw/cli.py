@@ -38,6 +38,20 @@ def add_raw_series_arguments(p: argparse.ArgumentParser, required: bool = True) 
 def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-mm", type=float, default=2.0, help="voxel size the registrations work on (2)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for brain extraction (default: torch's)")
+    p.add_argument(
+        "--mask-erosion-mm",
+        type=float,
+        default=2.0,
+        help="analyse the extracted brain without its outer shell of this thickness in mm (2; 0 = whole mask)",
+    )
+
+
+def _preprocess_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "work_mm": getattr(args, "work_mm", 2.0),
+        "threads": getattr(args, "threads", None),
+        "mask_erosion_mm": getattr(args, "mask_erosion_mm", 2.0),
+    }
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
@@ -45,10 +59,10 @@ def run_preprocess(args: argparse.Namespace) -> int:
     from monai_qrvae.raw.preprocess import preprocess
 
     try:
-        result = preprocess(args.t1, args.t2, args.flair, args.out, work_mm=args.work_mm, threads=args.threads)
+        result = preprocess(args.t1, args.t2, args.flair, args.out, **_preprocess_kwargs(args))
     except ImportError as e:  # the raw extra is missing: one line (qrvae maps RuntimeError to exit status 2)
         raise RuntimeError(str(e)) from e
-    summary = {k: result[k] for k in ("similarity", "brain_volume_ml", "timing", "files")}
+    summary = {k: result[k] for k in ("similarity", "brain_volume_ml", "analysed_volume_ml", "timing", "files")}
     return print_json(summary)
 
 
@@ -79,7 +93,7 @@ def run_infer_raw(args: argparse.Namespace) -> int:
             args.t2,
             args.flair,
             args.out,
-            preprocess_kwargs={"work_mm": getattr(args, "work_mm", 2.0), "threads": getattr(args, "threads", None)},
+            preprocess_kwargs=_preprocess_kwargs(args),
             **kwargs,
         )
     except ImportError as e:  # the raw extra is missing

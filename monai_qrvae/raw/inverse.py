@@ -23,7 +23,17 @@ import numpy as np
 from monai_qrvae.raw.geometry import resample_to_grid
 from monai_qrvae.raw.preprocess import IMAGE_FILE, MASK_FILE, SERIES, TRANSFORMS_FILE
 
-__all__ = ["load_transforms", "series_to_analysis", "maps_to_series", "lesion_report", "infer_raw", "infer_raw_items"]
+__all__ = [
+    "load_transforms",
+    "series_to_analysis",
+    "maps_to_series",
+    "lesion_report",
+    "analysis_maps_by_key",
+    "write_series_maps",
+    "infer_raw",
+    "infer_raw_items",
+    "raw_entries",
+]
 
 _KINDS = ("auto", "mask", "continuous")
 
@@ -144,6 +154,63 @@ def _stem(path: str | os.PathLike) -> str:
     return Path(path).stem
 
 
+_MAP_KINDS = (("z", "continuous", 0.0, "zmap"), ("p", "continuous", 1.0, "pmap"), ("lesion", "mask", 0.0, "lesion"))
+
+
+def analysis_maps_by_key(written: list[str | os.PathLike] | list[Path]) -> dict[str, Path]:
+    """Pick the z, p and lesion maps (``*_zmap/_pmap/_lesion.nii.gz``) among written paths.
+
+    Raises:
+        RuntimeError: one of the three is missing.
+    """
+    by_key: dict[str, Path] = {}
+    for path in written:
+        for key, _, _, postfix in _MAP_KINDS:
+            if Path(path).name.endswith(f"_{postfix}.nii.gz"):
+                by_key[key] = Path(path)
+    missing = [k for k, *_ in _MAP_KINDS if k not in by_key]
+    if missing:
+        raise RuntimeError(
+            f"inference wrote {[str(p) for p in written]}; expected z, p and lesion maps, {missing} lack."
+        )
+    return by_key
+
+
+def write_series_maps(
+    analysis_maps: dict[str, Path],
+    prep_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    source: str | os.PathLike,
+    reference: str = "flair",
+) -> dict[str, Any]:
+    """Put the z, p and lesion maps of the analysis grid back on a raw series' grid, with its lesion report.
+
+    Writes ``<stem>_zmap.nii.gz``, ``<stem>_pmap.nii.gz`` (1 where nothing was tested), ``<stem>_lesion.nii.gz``
+    and ``<stem>_lesions.json`` / ``.csv`` (:func:`monai_qrvae.report.write_lesion_report`) into ``out_dir``, where
+    ``<stem>`` is the name of the ``source`` series file (the ``reference`` series).
+
+    Returns:
+        ``{"maps": {"z", "p", "lesion"}, "report": json path, "report_csv": csv path}``.
+    """
+    from monai_qrvae.report import write_lesion_report
+    from monai_qrvae.utils import atomic_write
+
+    name = _series_name(reference)
+    out = Path(out_dir)
+    stem = _stem(source)
+    maps: dict[str, str] = {}
+    images: dict[str, nib.Nifti1Image] = {}
+    for key, kind, cval, postfix in _MAP_KINDS:
+        img = maps_to_series(analysis_maps[key], prep_dir, reference=name, kind=kind, cval=cval)
+        path = out / f"{stem}_{postfix}.nii.gz"
+        atomic_write(path, lambda tmp, img=img: img.to_filename(tmp))
+        maps[key], images[key] = str(path), img
+    report = lesion_report(images["lesion"], images["z"])
+    report.update({"series": name, "source": os.path.abspath(source)})
+    json_path, csv_path = write_lesion_report(report, out, stem)
+    return {"maps": maps, "report": str(json_path), "report_csv": str(csv_path)}
+
+
 def infer_raw(
     model_dir: str | os.PathLike,
     t1: str | os.PathLike,
@@ -158,7 +225,8 @@ def infer_raw(
 
     Layout: ``out_dir/preprocessed/`` (:func:`~monai_qrvae.raw.preprocess.preprocess`), ``out_dir/analysis/``
     (the maps on the analysis grid, from :func:`monai_qrvae.workflows.infer`) and, on the ``reference`` series'
-    grid, ``out_dir/<series name>_zmap.nii.gz``, ``_pmap.nii.gz``, ``_lesion.nii.gz`` and ``lesion_report.json``.
+    grid, ``out_dir/<series file name>_zmap.nii.gz``, ``_pmap.nii.gz``, ``_lesion.nii.gz`` and the lesion report
+    ``_lesions.json`` / ``_lesions.csv`` (:func:`write_series_maps`).
 
     Args:
         model_dir: a model folder (``model_config.json`` + ``model.pt``), as for ``qrvae infer``.
@@ -169,9 +237,9 @@ def infer_raw(
         infer_kwargs: passed to :func:`monai_qrvae.workflows.infer` (``alpha``, ``per``, ``min_size``, ...).
 
     Returns:
-        ``{"preprocess": ..., "analysis_maps": [...], "maps": {"z", "p", "lesion"}, "report": path}``.
+        ``{"preprocess": ..., "analysis_maps": [...], "maps": {"z", "p", "lesion"}, "report": path,
+        "report_csv": path}``.
     """
-    from monai_qrvae.handlers import atomic_write
     from monai_qrvae.raw.preprocess import preprocess
     from monai_qrvae.workflows import infer
 
@@ -183,37 +251,12 @@ def infer_raw(
     prep = preprocess(t1, t2, flair, prep_dir, **(preprocess_kwargs or {}))
     item = {"image": str(prep_dir / IMAGE_FILE), "brain_mask": str(prep_dir / MASK_FILE)}
     written = infer(model_dir, [item], out / "analysis", **infer_kwargs)
-    by_key: dict[str, Path] = {}
-    for path in written:
-        for key, postfix in (("z", "_zmap"), ("p", "_pmap"), ("lesion", "_lesion")):
-            if Path(path).name.endswith(f"{postfix}.nii.gz"):
-                by_key[key] = Path(path)
-    missing = [k for k in ("z", "p", "lesion") if k not in by_key]
-    if missing:
-        raise RuntimeError(
-            f"inference wrote {[str(p) for p in written]}; expected z, p and lesion maps, {missing} lack."
-        )
-    stem = _stem({"T1": t1, "T2": t2, "FLAIR": flair}[name])
-    maps: dict[str, str] = {}
-    images: dict[str, nib.Nifti1Image] = {}
-    for key, kind, cval, postfix in (
-        ("z", "continuous", 0.0, "zmap"),
-        ("p", "continuous", 1.0, "pmap"),
-        ("lesion", "mask", 0.0, "lesion"),
-    ):
-        img = maps_to_series(by_key[key], prep_dir, reference=name, kind=kind, cval=cval)
-        path = out / f"{stem}_{postfix}.nii.gz"
-        atomic_write(path, lambda tmp, img=img: img.to_filename(tmp))
-        maps[key], images[key] = str(path), img
-    report = lesion_report(images["lesion"], images["z"])
-    report.update({"series": name, "source": os.path.abspath({"T1": t1, "T2": t2, "FLAIR": flair}[name])})
-    text = json.dumps(report, indent=2) + "\n"
-    report_path = atomic_write(out / "lesion_report.json", lambda tmp: Path(tmp).write_text(text))
+    source = {"T1": t1, "T2": t2, "FLAIR": flair}[name]
+    result = write_series_maps(analysis_maps_by_key(written), prep_dir, out, source, reference=name)
     return {
         "preprocess": {k: v for k, v in prep.items() if k in ("timing", "similarity", "files")},
         "analysis_maps": [str(p) for p in written],
-        "maps": maps,
-        "report": str(report_path),
+        **result,
     }
 
 
@@ -233,13 +276,26 @@ def infer_raw_items(
         ValueError: an entry is not a raw entry of three files.
         MissingSeriesError: a series file does not exist.
     """
+    jobs = raw_entries(items, base_dir)
+    return [infer_raw(model_dir, *paths, Path(out_dir) / name, **kwargs) for name, paths in jobs]
+
+
+def raw_entries(items: list[dict[str, Any]], base_dir: str | os.PathLike | None = None) -> list[tuple[str, list[Path]]]:
+    """Check raw datalist entries ``{"image": [T1, T2, FLAIR], "raw": true}``: ``(subject name, [T1, T2, FLAIR])``.
+
+    The name is the folder of the T1 file (made unique with the entry's index when two share one).
+
+    Raises:
+        ValueError: an entry is not a raw entry of three files.
+        MissingSeriesError: a series file does not exist.
+    """
     from monai_qrvae.raw.errors import MissingSeriesError
 
     base = Path(base_dir) if base_dir is not None else Path(".")
     jobs = []
     for i, item in enumerate(items):
-        image = item.get("image")
-        if not item.get("raw") or not isinstance(image, (list, tuple)) or len(image) != 3:
+        image = item.get("image") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or not item.get("raw") or not isinstance(image, (list, tuple)) or len(image) != 3:
             raise ValueError(
                 f"entry {i} is {item!r}; expected {{'image': [T1, T2, FLAIR], 'raw': true}} (three raw series)."
             )
@@ -251,4 +307,4 @@ def infer_raw_items(
     names = [paths[0].parent.name or f"subject-{i}" for i, paths in enumerate(jobs)]
     if len(set(names)) != len(names):
         names = [f"{n}-{i}" for i, n in enumerate(names)]
-    return [infer_raw(model_dir, *paths, Path(out_dir) / name, **kwargs) for name, paths in zip(names, jobs)]
+    return list(zip(names, jobs))

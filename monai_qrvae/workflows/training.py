@@ -215,13 +215,19 @@ def train(
 
 
 def _calibrate(
-    output_dir: Path, datalist: str | os.PathLike, config: ModelConfig, net: nn.Module, device: str
+    output_dir: Path,
+    datalist: str | os.PathLike,
+    config: ModelConfig,
+    net: nn.Module,
+    device: str,
+    score_median: int | None = None,
 ) -> int | None:
     """Calibrate the trained model's score on the datalist's healthy ``calibration`` section, when it has one.
 
     The volume-level threshold needs ``n + 1 >= 1 / alpha`` volumes: with fewer than the default alpha needs, the
     calibration is fitted for the smallest alpha ``n`` volumes support (the voxel-level conformal p-values are valid
-    for any ``n``). Returns the number of calibration volumes, or ``None`` when there is no such section.
+    for any ``n``). ``score_median``: the z-map filter calibrated (``None``: the method's default). Returns the
+    number of calibration volumes, or ``None`` when there is no such section.
     """
     from monai_qrvae.calibration import fit_calibration
     from monai_qrvae.data.datalist import load_datalist
@@ -234,7 +240,8 @@ def _calibrate(
         logger.info("no 'calibration' section in %s: the model is not calibrated (run 'qrvae calibrate')", datalist)
         return None
     alpha = max(method_defaults(config.method).alpha, 1.0 / (len(items) + 1))
-    fit_calibration(output_dir, datalist, alpha=alpha, device=device, model=(config, net.to(device).eval()))
+    model = (config, net.to(device).eval())
+    fit_calibration(output_dir, datalist, alpha=alpha, score_median=score_median, device=device, model=model)
     net.cpu()
     return len(items)
 
