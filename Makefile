@@ -50,7 +50,7 @@ $(MLVENV)/.installed: pyproject.toml
 	$(MLPIP) install -q --upgrade pip
 	$(MLPIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(MLPIP) install -q monailabel==0.8.5 "pydicom<3" "dicomweb-client<0.60" "pynetdicom<3"
-	$(MLPIP) install -q -e . "numpy<2"
+	$(MLPIP) install -q -e ".[raw]" "numpy<2"
 	$(MLVENV)/bin/python -c "import numpy, monailabel.app, monai_qrvae; assert numpy.__version__ < '2', numpy.__version__"
 	touch $@
 

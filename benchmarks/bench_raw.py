@@ -8,13 +8,15 @@ For ``--subjects`` lesion subjects of the embedded generator (seed ``--seed``), 
 - **co-registration error**: mean distance, over the true brain voxels, between where the true and the estimated
   T1 -> T2 / T1 -> FLAIR point maps send them (mm);
 - **time** per subject, wall-clock and process CPU seconds (all threads), and the share of each step;
-- with ``--model`` (a model folder, or a ``model.pt`` of the shipped bundle's small QR-VAE): **detection** from the
+- with ``--model`` (a model folder, e.g. the shipped ``bundle/models``; a bare ``model.pt`` is taken as the old
+  20-slice preset): **detection** from the
   raw series (:func:`monai_qrvae.raw.infer_raw`, maps on the FLAIR grid) against the same subject given
   analysis-ready (:func:`monai_qrvae.workflows.infer` on ``image.nii.gz``, its z-map and lesion mask moved onto the
-  FLAIR grid by the true transform): voxel AUPRC of the z-map inside the true brain, lesion-wise recall (true
-  lesions touched by a detection), and **false detections outside the true brain** (voxels and components).
+  FLAIR grid by the true transform): voxel AUPRC of the z-map inside the true brain, Dice of the label-free lesion
+  mask, lesion-wise recall (true lesions touched by a detection), and **false detections outside the true brain**
+  (voxels and components).
 
-Run: ``python -m benchmarks.bench_raw --subjects 3 --model bundle/models/model.pt`` (prints a Markdown table and
+Run: ``python -m benchmarks.bench_raw --subjects 3 --model bundle/models`` (prints a Markdown table and
 writes ``<work>/raw_bench.json``); then ``--similarity`` (same ``--work``) prints the normalised mutual information of
 every T1 with every subject's T2/FLAIR after rigid registration: same patient vs different patients.
 """
@@ -153,6 +155,10 @@ def run(subjects: int, seed: int, work: Path, model: str | None, threads: int) -
                 "auprc_ready": _auprc(z_ready[brain_fl], label[brain_fl]),
                 "recall_raw": _recall(les_raw, label),
                 "recall_ready": _recall(les_ready, label),
+                "dice_raw": float(dice(les_raw, label)),
+                "dice_ready": float(dice(les_ready, label)),
+                "flagged_raw": int(les_raw.sum()),
+                "flagged_ready": int(les_ready.sum()),
                 "outside_voxels": int(outside.sum()),
                 "outside_components": int(_label_components(outside)[1]),
                 "outside_voxels_ready": int((les_ready & ~brain_fl).sum()),

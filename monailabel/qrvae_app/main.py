@@ -8,6 +8,8 @@ Start it with ``monailabel start_server --app monailabel/qrvae_app --studies STU
 - ``model_dir PATH``: a ``qrvae train`` output folder (``model.pt`` + ``model_config.json`` + ``calibration.pt``).
 - ``bundle PATH``: a monai-qrvae MONAI bundle (the same files in its ``models/`` folder).
 - ``zmap true|false``: also serve the banded z-map model ``qrvae_zmap`` (default ``true``).
+- ``raw true|false``: also serve ``qrvae_raw_lesion`` (raw T1/T2/FLAIR series in, the label on the FLAIR grid;
+  default ``true`` when the ``raw`` extra -- antspyx, deepbet -- is installed in the server's environment).
 - ``threshold conformal|volume|gaussian``: the default label-free threshold (default ``conformal``, as
   ``qrvae infer``; it needs the model's ``calibration.pt``, ``gaussian`` does not). A request may override it with
   the option ``{"threshold": ...}``.
@@ -21,6 +23,7 @@ repository's ``bundle/models`` (the shipped model, the default of ``qrvae infer`
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -28,6 +31,7 @@ from typing import Any
 
 from fastapi import HTTPException
 from lib.infers.qrvae import QRVAEInfer
+from lib.infers.qrvae_raw import QRVAERawInfer
 from lib.pipeline import CALIBRATION_FILE, load_model_source, resolve_model_source
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -40,15 +44,21 @@ logger = logging.getLogger(__name__)
 #: model names shown in the client (3D Slicer's MONAI Label panel lists them under "Auto Segmentation").
 LESION_MODEL = "qrvae_lesion"
 ZMAP_MODEL = "qrvae_zmap"
+RAW_MODEL = "qrvae_raw_lesion"
 
 
 class QRVAEApp(MONAILabelApp):
-    """Serves ``qrvae_lesion`` (binary lesion mask) and ``qrvae_zmap`` (z-map bands) for T1/T2/FLAIR studies."""
+    """Serves ``qrvae_lesion`` (binary lesion mask) and ``qrvae_zmap`` (z-map bands) for 4D T1/T2/FLAIR studies, and
+    ``qrvae_raw_lesion`` for raw studies (a FLAIR series with its T1 and T2 series in ``series/<study>/``)."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, Any]) -> None:
         kind, path = resolve_model_source(conf, app_dir)
         self.model = load_model_source(kind, path, threshold=str(conf.get("threshold") or "conformal").lower())
         self.with_zmap = str(conf.get("zmap", "true")).lower() in ("1", "true", "yes")
+        raw_extra = all(importlib.util.find_spec(m) is not None for m in ("ants", "deepbet"))
+        self.with_raw = str(conf.get("raw", "true")).lower() in ("1", "true", "yes") and raw_extra
+        if not raw_extra:
+            logger.info(f"+++ {RAW_MODEL} not served: the raw extra (antspyx, deepbet) is not installed")
         logger.info(f"+++ QR-VAE weights: {self.model.source}")
         if self.model.calibration is None and self.model.defaults["threshold"] != "gaussian":
             logger.warning(
@@ -76,6 +86,8 @@ class QRVAEApp(MONAILabelApp):
         infers: dict[str, InferTask] = {LESION_MODEL: QRVAEInfer(self.model, output="lesion")}
         if self.with_zmap:
             infers[ZMAP_MODEL] = QRVAEInfer(self.model, output="zmap_bands")
+        if self.with_raw:
+            infers[RAW_MODEL] = QRVAERawInfer(self.model)
         return infers
 
     def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:

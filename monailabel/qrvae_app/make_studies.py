@@ -9,9 +9,15 @@ order T1, T2, FLAIR. This script writes ``<out>/<study>.nii.gz`` for every datal
 - an entry whose ``image`` is a list of three 3D files (T1, T2, FLAIR on one grid, as ``make_datalist`` makes
   for per-contrast folders) is stacked into a new 4D file.
 
+Raw studies (for the ``qrvae_raw_lesion`` model): ``--raw-datalist`` takes a datalist of raw entries
+``{"image": [T1, T2, FLAIR], "raw": true}`` (``qrvae make-data --raw`` writes ``raw/raw_datalist.json``) and writes
+each subject's FLAIR series as the study ``<out>/<subject>-raw.nii.gz`` and its T1 and T2 series as
+``<out>/series/<subject>-raw/T1.nii.gz`` and ``T2.nii.gz`` (a sub-folder: not listed as studies).
+
 Usage (any environment with nibabel, e.g. the project's ``.venv``)::
 
     python monailabel/qrvae_app/make_studies.py --datalist data/synth/datalist.json --out studies --section test
+    python monailabel/qrvae_app/make_studies.py --raw-datalist data/synth/raw/raw_datalist.json --out studies
 """
 
 from __future__ import annotations
@@ -88,14 +94,51 @@ def make_studies(
     return written
 
 
+def make_raw_studies(
+    raw_datalist: str | os.PathLike,
+    out: str | os.PathLike,
+    sections: tuple[str, ...] = ("test",),
+    suffix: str = "-raw",
+) -> list[Path]:
+    """Lay out raw entries as raw studies: ``<out>/<study>.nii.gz`` (the FLAIR series) and
+    ``<out>/series/<study>/T1.nii.gz``, ``T2.nii.gz`` (copies); return the study files. ``<study>`` is the folder
+    name of the entry's T1 file plus ``suffix`` (``sub-004-raw``: apart from the subject's 4D study)."""
+    raw_datalist = Path(raw_datalist)
+    entries = json.loads(raw_datalist.read_text())
+    out = Path(out)
+    written = []
+    for section in sections:
+        if section not in entries:
+            raise ValueError(f"raw datalist {raw_datalist} has no section {section!r}; it has {sorted(entries)}.")
+        for entry in entries[section]:
+            files = entry.get("image")
+            if not entry.get("raw") or not isinstance(files, list) or len(files) != len(CONTRASTS):
+                raise ValueError(f"{raw_datalist}: expected raw entries {{'image': [T1, T2, FLAIR], 'raw': true}}.")
+            t1, t2, flair = (raw_datalist.parent / f for f in files)
+            study = t1.parent.name + suffix
+            series = out / "series" / study
+            series.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(t1, series / "T1.nii.gz")
+            shutil.copyfile(t2, series / "T2.nii.gz")
+            shutil.copyfile(flair, out / f"{study}.nii.gz")
+            written.append(out / f"{study}.nii.gz")
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datalist", required=True, help="Decathlon-style datalist JSON (qrvae make-data)")
+    parser.add_argument("--datalist", help="Decathlon-style datalist JSON (qrvae make-data)")
+    parser.add_argument("--raw-datalist", help="raw datalist JSON (qrvae make-data --raw): raw studies")
     parser.add_argument("--out", required=True, help="studies folder to pass to monailabel start_server --studies")
     parser.add_argument("--section", action="append", help="datalist section(s) (default: test)")
     parser.add_argument("--copy", action="store_true", help="copy 4D files instead of linking them")
     args = parser.parse_args(argv)
-    paths = make_studies(args.datalist, args.out, tuple(args.section or ["test"]), copy=args.copy)
+    if not args.datalist and not args.raw_datalist:
+        parser.error("give --datalist and/or --raw-datalist")
+    sections = tuple(args.section or ["test"])
+    paths = make_studies(args.datalist, args.out, sections, copy=args.copy) if args.datalist else []
+    if args.raw_datalist:
+        paths += make_raw_studies(args.raw_datalist, args.out, sections)
     print(f"wrote {len(paths)} studies to {args.out}")
 
 
