@@ -793,3 +793,22 @@ def test_bundle_folder_has_no_run_outputs():
     """Runs inside the bundle write eval/ and models/checkpoints/; they are ignored, never shipped."""
     ignored = (BUNDLE / ".gitignore").read_text().split()
     assert "models/checkpoints/" in ignored and "eval/" in ignored
+
+
+@pytest.mark.slow
+def test_bundle_card_figures_on_the_default_test_split(tmp_path):
+    """[shipped weights] The model card's evaluation (bundle/docs/README.md and metadata.json ``eval_metrics``) is
+    what ``evaluate.json`` gives on the test split of ``qrvae make-data``'s default cohort, within 0.01."""
+    from monai_qrvae.data import make_cohort
+
+    if MODELS != BUNDLE / "models":
+        pytest.skip("the card's figures are those of the shipped weights")
+    datalist = make_cohort(tmp_path / "synth")  # the default cohort (generator seed 1, 2 mm), as `qrvae make-data`
+    out_dir = tmp_path / "evaluate"
+    _run(_run_cmd(*RUN_CONFIGS["evaluate.json"], dataset_dir=Path(datalist).parent, output_dir=out_dir), timeout=600)
+    whole = json.loads((out_dir / "whole_brain_metrics.json").read_text())
+    card = json.loads((CONFIGS / "metadata.json").read_text())["eval_metrics"]
+    assert {k: whole[k] for k in card} == pytest.approx(card, abs=0.01), whole
+    readme = (BUNDLE / "docs" / "README.md").read_text()
+    for key in ("auprc", "dice_fdr", "lesion_recall"):
+        assert f"{whole[key]:.3f}" in readme, (key, whole[key])

@@ -315,7 +315,9 @@ def server(ml_python: Path, cohort: Path, server_model: dict, tmp_path_factory: 
         (entry,) = json.loads(Path(raw_list).read_text())["test"]
         raw = {"study": raw_study.name.removesuffix(".nii.gz"), "label": Path(raw_list).parent / entry["label_flair"]}
     other = next(
-        p.name.removesuffix(".nii.gz") for p in sorted(studies.glob("sub-*")) if p.name != image.parent.name + ".nii.gz"
+        p.name.removesuffix(".nii.gz")
+        for p in sorted(studies.glob("sub-*"))
+        if p.name != image.parent.name + ".nii.gz" and not p.name.endswith("-raw.nii.gz")
     )
     port = _free_port()
     env = dict(os.environ)

@@ -106,6 +106,12 @@ class QRVAERawInfer(BasicInferTask):
             config=config,
         )
 
+    def pre_transforms(self, data: Any = None) -> list[Any]:
+        return []  # the whole pipeline runs in __call__ (monai_qrvae.raw.infer_raw), not in MONAI Label's chain
+
+    def post_transforms(self, data: Any = None) -> list[Any]:
+        return []
+
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[str, dict[str, Any]]:
         from monai_qrvae.raw.errors import RawInputError
         from monai_qrvae.raw.inverse import infer_raw
