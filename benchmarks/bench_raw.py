@@ -272,7 +272,11 @@ def main() -> None:
     result = run(args.subjects, args.seed, work, args.model, args.threads)
     (work / "raw_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     load = os.getloadavg()[0]
-    print(f"\n{args.subjects} subjects, seed {args.seed}; load average at the end {load:.1f} on {os.cpu_count()} cores")
+    n_rows = len(result["rows"])  # the raw series are written for the cohort's `test` lesion subjects
+    print(
+        f"\n{n_rows} test subjects of {args.subjects}, seed {args.seed}; "
+        f"load average at the end {load:.1f} on {os.cpu_count()} cores"
+    )
     print(table(result))
 
 
