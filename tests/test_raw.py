@@ -164,6 +164,41 @@ def test_infer_raw_items_checks_every_entry_first(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 # input errors
 # ---------------------------------------------------------------------------------------------------------------
+def test_bundle_raw_items_and_their_one_line_errors(tmp_path, capsys):
+    """``inference_raw.json``'s inputs: a raw datalist or three series; bad input is one line and exit status 2."""
+    from monai_qrvae.raw.bundle import check_raw_inputs, raw_items
+
+    for name in ("T1", "T2", "FLAIR"):
+        (tmp_path / "sub-001").mkdir(exist_ok=True)
+        (tmp_path / "sub-001" / f"{name}.nii.gz").write_bytes(b"")
+    entry = {"image": ["sub-001/T1.nii.gz", "sub-001/T2.nii.gz", "sub-001/FLAIR.nii.gz"], "raw": True}
+    datalist = tmp_path / "raw_datalist.json"
+    datalist.write_text(json.dumps({"test": [entry], "tuning": []}))
+    (item,) = raw_items(datalist, "test")
+    assert item["name"] == "sub-001" and item["series"][2] == str(tmp_path / "sub-001" / "FLAIR.nii.gz")
+    (single,) = raw_items(None, t1=item["series"][0], t2=item["series"][1], flair=item["series"][2])
+    assert single["series"] == item["series"]
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{")
+    cases = [
+        ((tmp_path / "missing.json", "test"), FileNotFoundError, "missing.json"),
+        ((bad_json, "test"), ValueError, "bad.json"),
+        ((datalist, "validation"), ValueError, "no 'validation' section"),
+        ((datalist, "tuning"), ValueError, "is empty"),
+        ((None, "test"), ValueError, "give a raw datalist"),
+    ]
+    for args, error, needle in cases:
+        with pytest.raises(error, match=needle):
+            raw_items(*args)
+    with pytest.raises(ValueError, match="all three"):
+        raw_items(None, t1=item["series"][0])
+    with pytest.raises(SystemExit) as stop:  # the override's initialize step: one line on stderr, exit status 2
+        check_raw_inputs(tmp_path / "missing.json", "test")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.json" in err
+
+
 def _write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
     nib.Nifti1Image(data, np.eye(4) if affine is None else affine).to_filename(str(path))
     return path

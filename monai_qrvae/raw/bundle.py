@@ -15,13 +15,13 @@ installed) is one line on stderr and exit status 2 before anything is written.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from monai_qrvae.data.datalist import missing_section_message, read_datalist_json
 from monai_qrvae.raw.errors import RawInputError
 from monai_qrvae.raw.inverse import analysis_maps_by_key, raw_entries, write_series_maps
 from monai_qrvae.raw.preprocess import IMAGE_FILE, MASK_FILE, SERIES
@@ -62,18 +62,12 @@ def raw_items(
         if not datalist_file:
             raise ValueError("give a raw datalist (raw_data_list_file_path) or the three series t1, t2, flair.")
         path = Path(datalist_file)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"raw datalist {path} does not exist; expected JSON with a {section!r} list of "
-                "{'image': [T1, T2, FLAIR], 'raw': true} entries (qrvae make-data --raw writes raw/raw_datalist.json)."
-            )
-        try:
-            content = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"raw datalist {path} is not valid JSON ({e.msg}, line {e.lineno}).") from None
-        entries = content.get(section) if isinstance(content, dict) else None
-        if not isinstance(entries, list) or not entries:
-            raise ValueError(f"raw datalist {path} has no non-empty {section!r} list; expected raw entries there.")
+        content = read_datalist_json(path)  # missing file, invalid JSON: errors that name the file
+        entries = content.get(section)
+        if not isinstance(entries, list):
+            raise ValueError(missing_section_message(path, content, section, job="raw inference"))
+        if not entries:
+            raise ValueError(f"raw datalist {path}: section {section!r} is empty; expected raw entries there.")
         jobs = raw_entries(entries, path.parent)
     return [{"name": name, "series": [str(p) for p in paths]} for name, paths in jobs]
 
