@@ -99,6 +99,7 @@ def save_model_folder(
     quantile_score: bool = True,
     calibrate: bool = True,
     device: Any = "cpu",
+    spacing: Sequence[float] | None = None,
 ) -> Path:
     """Finish the bundle's training like ``qrvae train``: ``model_config.json`` beside ``model.pt``, then the
     calibration on the datalist's healthy ``calibration`` section (``calibration.pt``), when it has one.
@@ -124,6 +125,7 @@ def save_model_folder(
         context=context,
         score=score,
         quantile_score=quantile_score,
+        spacing=None if spacing is None else tuple(spacing),  # type: ignore[arg-type]
     )
     config.save(ckpt_dir / CONFIG_FILE)
     config, net = load_model(ckpt_dir, device)

@@ -18,7 +18,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
     """Run ``qrvae calibrate`` and print a short summary."""
     from monai_qrvae.calibration import CALIBRATION_FILE, fit_calibration
 
-    options = ("section", "alpha", "score_median", "stratify", "num_strata", "max_voxels", "cluster_p", "device")
+    options = (
+        "section",
+        "alpha",
+        "score_median",
+        "stratify",
+        "num_strata",
+        "max_voxels",
+        "cluster_p",
+        "device",
+        "null",
+    )
     cal = fit_calibration(args.model, args.datalist, **arg_values(args, *options))
     summary: dict[str, Any] = cal.summary()
     summary.pop("volume_maxima", None)
@@ -62,6 +72,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="also calibrate a minimum lesion size: clusters of voxels with conformal p <= this (e.g. 0.001)",
     )
     p.add_argument("--max-voxels", type=int, default=2_000_000, help="voxel scores kept (thinned above)")
+    p.add_argument(
+        "--null",
+        choices=("none", "robust", "central"),
+        default=None,
+        help="per-volume empirical null the scores are standardised with before calibration and at inference: "
+        "'central' (Efron's central matching), 'robust' (median, IQR) or 'none' (default: the method's, central)",
+    )
     add_device_option(p)
     p.set_defaults(func=run_calibrate)
     return p

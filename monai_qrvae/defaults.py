@@ -31,6 +31,9 @@ class MethodDefaults:
         quantiles: quantile levels of the QR-VAE's heads.
         quantile_score: the QR-VAE's score is read from its predicted quantile function instead of
             ``(x - mu) / sigma``.
+        null: the per-volume empirical null every calibrated threshold standardises the score with
+            (:data:`monai_qrvae.anomaly.null.NULL_METHODS`), so that a scan from a new site is compared with the
+            calibration on one scale (docs/real.md).
     """
 
     epochs: int = 5
@@ -44,6 +47,7 @@ class MethodDefaults:
     score: str = "flair_t2"
     quantiles: tuple[float, ...] = (0.025, 0.15, 0.5, 0.85, 0.975)
     quantile_score: bool = True
+    null: str = "central"
 
     def as_dict(self) -> dict[str, Any]:
         """The defaults as a plain dictionary."""

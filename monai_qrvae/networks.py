@@ -97,8 +97,8 @@ class _LatentVAE(VarAutoEncoder):
             )
 
     def encode_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior ``(mu, logvar)``, each ``(B, latent_size)``."""
-        x = self.encode(x)
+        """Posterior ``(mu, logvar)``, each ``(B, latent_size)``; ``x`` is cast to the parameters' dtype."""
+        x = self.encode(x.to(self.mu.weight.dtype))
         x = self.intermediate(x)
         x = self.hidden(x.reshape(x.shape[0], -1))
         return self.mu(x), self.logvar(x)

@@ -19,6 +19,7 @@ from monai.transforms import (
     LoadImaged,
     Orientationd,
     Resized,
+    Spacingd,
 )
 from tqdm.auto import tqdm
 
@@ -46,8 +47,10 @@ def volume_transforms(
     load: bool = True,
     context: str = "none",
     num_neighbours: int = 1,
+    spacing: Sequence[float] | None = None,
 ) -> Compose:
-    """Load, reorient to RAS, normalise inside the brain, crop to the brain, resize in-plane and select slices.
+    """Load, reorient to RAS, resample to the model's grid, normalise inside the brain, crop to the brain, resize
+    in-plane and select slices.
 
     Output per item: ``image`` ``(C, S, S, N)``, ``brain_mask`` ``(1, S, S, N)`` and, where present,
     ``label`` ``(1, S, S, N)``, with ``S = image_size`` and ``N = num_slices``. A missing ``brain_mask`` is
@@ -69,6 +72,10 @@ def volume_transforms(
         context: through-plane context channels appended to the image after the slices are chosen: ``"none"``,
             ``"neighbours"`` (2.5D) or ``"position"``, see :mod:`monai_qrvae.context`.
         num_neighbours: slices on each side for ``context="neighbours"``.
+        spacing: voxel size (mm, RAS axes) the volume is resampled to before anything else (``Spacingd``: bilinear
+            image, nearest mask and label; invertible), so that what the network sees and how many voxels are tested
+            do not depend on the scanner's grid; ``None`` keeps the input's grid. An input already on that grid is
+            not resampled.
     """
     keys = [image_key, mask_key, label_key]
     steps: list[Callable] = []
@@ -80,7 +87,19 @@ def volume_transforms(
     steps += [
         EnsureTyped(keys=image_key, dtype=torch.float32, track_meta=True),
         Orientationd(keys=keys, axcodes="RAS", labels=RAS_LABELS, allow_missing_keys=True),
-        BrainMaskd(keys=image_key, mask_key=mask_key, overwrite=False),
+        BrainMaskd(keys=image_key, mask_key=mask_key, overwrite=False),  # on the input grid, before resampling
+    ]
+    if spacing is not None:
+        steps.append(
+            Spacingd(
+                keys=keys,
+                pixdim=tuple(float(s) for s in spacing),
+                mode=("bilinear", "nearest", "nearest"),
+                padding_mode="zeros",
+                allow_missing_keys=True,
+            )
+        )
+    steps += [
         MaskedScaleIntensityPercentilesd(keys=image_key, mask_key=mask_key, lower=lower, upper=upper, clip=clip),
         CropForegroundd(keys=keys, source_key=mask_key, margin=1, allow_missing_keys=True),
     ]

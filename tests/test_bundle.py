@@ -30,6 +30,7 @@ from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_
 from monai_qrvae.checkpoints import AtomicCheckpointSaver, load_state_dict_file
 from monai_qrvae.networks import QRVAE, AnomalyMapNet
 from monai_qrvae.preprocessing import volume_transforms
+from monai_qrvae.workflows import ModelConfig
 
 REPO = Path(__file__).parents[1]
 BUNDLE = REPO / "bundle"
@@ -233,7 +234,9 @@ def test_config_preprocessing_equals_volume_transforms(tmp_path, context):
     d = method_defaults("qrvae")
     item = _write_subject(tmp_path / "sub")
     pre = _parser("train.json", context=context).get_parsed_content("preprocessing")
-    ref_chain = volume_transforms(image_size=d.image_size, num_slices=d.num_slices, context=context)
+    spacing = _parser("train.json").get_parsed_content("spacing")  # the grid the shipped model analyses
+    assert tuple(spacing) == ModelConfig.load(REPO / "bundle" / "models" / "model_config.json").spacing
+    ref_chain = volume_transforms(image_size=d.image_size, num_slices=d.num_slices, context=context, spacing=spacing)
     ours, ref = pre(dict(item)), ref_chain(dict(item))
     names = [type(t).__name__ for t in pre.transforms]
     if context == "none":  # the context step is an identity then

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from monai_qrvae.anomaly.null import NULL_METHODS, empirical_null, standardise
 from monai_qrvae.calibration.conformal import (
     _flat,
     _sorted_strata,
@@ -21,7 +22,16 @@ from monai_qrvae.calibration.conformal import (
 )
 from monai_qrvae.calibration.thresholds import max_cluster_size, order_statistic_index, volume_threshold
 
-__all__ = ["CALIBRATION_FILE", "MAX_VOXELS", "STRATIFY", "Calibration", "load_calibration", "conformal_bh"]
+__all__ = [
+    "CALIBRATION_FILE",
+    "MAX_VOXELS",
+    "STRATIFY",
+    "SITE_NULL",
+    "SITE_LIMITS",
+    "Calibration",
+    "load_calibration",
+    "conformal_bh",
+]
 
 #: file name of a model's calibration, beside ``model.pt``.
 CALIBRATION_FILE = "calibration.pt"
@@ -30,6 +40,13 @@ MAX_VOXELS = 2_000_000
 #: stratifications of the voxel scores: ``"none"`` (pooled) or ``"slice"`` (bins of slice position in the stack).
 STRATIFY = ("none", "slice")
 _FORMAT_VERSION = 1
+#: the empirical null used to describe a volume's score distribution for :meth:`Calibration.site_check` when the
+#: calibration itself standardises with none.
+SITE_NULL = "central"
+#: ``(largest |shift| in calibration widths, largest width ratio)`` of a scan that matches the calibration.
+SITE_LIMITS = (1.0, 1.5)
+#: fewest brain voxels of a volume whose empirical null is estimated.
+MIN_NULL_VOXELS = 10
 
 
 @dataclass(eq=False)  # tensors: compare fields explicitly
@@ -48,6 +65,10 @@ class Calibration:
         cluster_threshold: cluster-forming score threshold of the cluster-size calibration (``None``: not fitted).
         max_cluster_sizes: largest component above ``cluster_threshold`` of each calibration volume (int64).
         names: the calibration volumes (file names), for the record.
+        null: per-volume empirical null the scores are standardised with before anything else (one of
+            :data:`~monai_qrvae.anomaly.null.NULL_METHODS`; ``"none"``: raw scores).
+        null_params: ``(n, 2)`` float32 ``(centre, width)`` of each calibration volume's raw scores (the reference
+            for :meth:`site_check`); ``None`` for calibrations written before it was recorded.
     """
 
     voxel_scores: torch.Tensor
@@ -59,8 +80,14 @@ class Calibration:
     cluster_threshold: float | None = None
     max_cluster_sizes: torch.Tensor | None = None
     names: list[str] = field(default_factory=list)
+    null: str = "none"
+    null_params: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
+        if self.null not in NULL_METHODS:
+            raise ValueError(f"null must be one of {NULL_METHODS}, got {self.null!r}.")
+        if self.null_params is not None:
+            self.null_params = torch.as_tensor(self.null_params, dtype=torch.float32).reshape(-1, 2)
         if self.stratify not in STRATIFY:
             raise ValueError(f"stratify must be one of {STRATIFY}, got {self.stratify!r}.")
         self.voxel_scores = torch.as_tensor(self.voxel_scores, dtype=torch.float32).flatten()
@@ -103,6 +130,7 @@ class Calibration:
         cluster_p: float | None = None,
         connectivity: int = 1,
         names: Sequence[str] = (),
+        null: str = "none",
     ) -> Calibration:
         """Build a calibration from the score maps of healthy volumes.
 
@@ -117,6 +145,8 @@ class Calibration:
                 p-value is ``<= cluster_p`` (``None``: skip).
             connectivity: connectivity of those clusters.
             names: volume names for the record.
+            null: standardise each volume's scores by its own empirical null first (see
+                :mod:`monai_qrvae.anomaly.null`); the same is done to every scored volume.
 
         Raises:
             ValueError: for no volume, mismatched masks, an empty brain mask or a bad stratification.
@@ -129,7 +159,9 @@ class Calibration:
             num_strata = 1
         if masks is not None and len(masks) != len(volumes):
             raise ValueError(f"got {len(masks)} masks for {len(volumes)} volumes.")
-        values, strata, maxima, maps = [], [], [], []
+        if null not in NULL_METHODS:
+            raise ValueError(f"null must be one of {NULL_METHODS}, got {null!r}.")
+        values, strata, maxima, maps, params = [], [], [], [], []
         for i, vol in enumerate(volumes):
             s = _flat(vol).detach().cpu().float()
             m = torch.ones_like(s, dtype=torch.bool) if masks is None else _flat(masks[i]).cpu() > 0
@@ -137,6 +169,11 @@ class Calibration:
                 raise ValueError(f"volume {i}: mask shape {tuple(m.shape)} does not match the scores {tuple(s.shape)}.")
             if not bool(m.any()):
                 raise ValueError(f"volume {i}: the brain mask is empty; expected brain voxels to calibrate on.")
+            if null != "none":
+                s, centre_width = standardise(s, m, null)
+                params.append(centre_width)
+            elif int(m.sum()) >= MIN_NULL_VOXELS:  # the raw scores' null: the reference of site_check
+                params.append(empirical_null(s, m, SITE_NULL))
             values.append(s[m])
             maxima.append(float(s[m].max()))
             if stratify == "slice":
@@ -152,6 +189,8 @@ class Calibration:
             stratify=stratify,
             n_voxels=pooled.numel(),
             names=list(names),
+            null=null,
+            null_params=torch.tensor(params) if len(params) == len(volumes) else None,
         )
         if cluster_p is not None:
             cal.fit_clusters(maps, cluster_p, connectivity)
@@ -176,6 +215,63 @@ class Calibration:
         self.score["cluster_connectivity"] = int(connectivity)
 
     # --- using it -----------------------------------------------------------------------------------------------
+    def standardise(self, scores: Any, mask: Any = None) -> tuple[torch.Tensor, tuple[float, float] | None]:
+        """A scored volume standardised as the calibration volumes were, and its raw ``(centre, width)``.
+
+        The centre and width are those of :data:`SITE_NULL` (``"central"``) when the calibration uses none, so
+        that :meth:`site_check` can compare the volume with the calibration (``None`` for fewer than
+        :data:`MIN_NULL_VOXELS` brain voxels).
+        """
+        s = torch.as_tensor(scores).float()
+        if self.null == "none":
+            inside = s.numel() if mask is None else int((torch.as_tensor(mask) > 0).sum())
+            return s, empirical_null(s, mask, SITE_NULL) if inside >= MIN_NULL_VOXELS else None
+        standardised, params = standardise(s, mask, self.null)
+        return standardised, params
+
+    def site_check(self, centre: float, width: float) -> dict[str, Any]:
+        """How far a volume's score distribution lies from the calibration volumes' (see :data:`SITE_LIMITS`).
+
+        Returns ``{"centre", "width", "calibration_centre", "calibration_width", "shift", "width_ratio",
+        "matches_calibration", "warning"}``: ``shift`` is the difference of centres in calibration widths,
+        ``width_ratio`` the ratio of widths; the warning (``None`` when it matches) says that
+        ``qrvae calibrate`` on the site's own healthy scans is the remedy.
+        """
+        out: dict[str, Any] = {"centre": round(float(centre), 4), "width": round(float(width), 4)}
+        if self.null_params is None:
+            out.update(matches_calibration=None, warning=None)
+            return out
+        ref_centre = float(self.null_params[:, 0].median())
+        ref_width = float(self.null_params[:, 1].median())
+        shift = (float(centre) - ref_centre) / ref_width
+        ratio = float(width) / ref_width
+        max_shift, max_ratio = SITE_LIMITS
+        matches = abs(shift) <= max_shift and 1.0 / max_ratio <= ratio <= max_ratio
+        out.update(
+            calibration_centre=round(ref_centre, 4),
+            calibration_width=round(ref_width, 4),
+            shift=round(shift, 3),
+            width_ratio=round(ratio, 3),
+            matches_calibration=bool(matches),
+            warning=(
+                None
+                if matches
+                else (
+                    f"this scan's anomaly scores are off the healthy calibration (centre shifted by {shift:+.2f} "
+                    f"calibration widths, width x{ratio:.2f}; the calibration volumes lie within +-{max_shift} and "
+                    f"x{1 / max_ratio:.2f}-x{max_ratio:.2f}): a scanner or protocol it never saw. "
+                    + (
+                        f"The thresholds adapt (scores standardised by the scan's own empirical null, '{self.null}'), "
+                        if self.null != "none"
+                        else "The thresholds do NOT adapt (this calibration has no empirical null), "
+                    )
+                    + "but for thresholds you can rely on, run 'qrvae calibrate --model <model folder> --datalist D' "
+                    "with D's 'calibration' section listing healthy scans from this scanner."
+                )
+            ),
+        )
+        return out
+
     def p_values(self, scores: Any, strata: torch.Tensor | None = None) -> torch.Tensor:
         """Conformal p-values of ``scores`` (pooled, or per stratum; ``strata`` defaults to slice bins)."""
         if self.num_strata == 1:
@@ -223,6 +319,7 @@ class Calibration:
             "smallest_p": 1.0 / (self.voxel_scores.numel() + 1),
             "stratify": self.stratify,
             "num_strata": self.num_strata,
+            "null": self.null,
             "score": dict(self.score),
             "voxel_quantiles": {str(q): float(pooled[int(q * (pooled.numel() - 1))]) for q in (0.5, 0.99, 0.999)},
             "volume_maxima": [round(float(v), 4) for v in self.volume_maxima],
@@ -247,7 +344,9 @@ class Calibration:
             "offsets": self.offsets.contiguous(),
             "volume_maxima": self.volume_maxima.contiguous(),
             "max_cluster_sizes": None if self.max_cluster_sizes is None else self.max_cluster_sizes.contiguous(),
+            "null_params": None if self.null_params is None else self.null_params.contiguous(),
             "meta": {
+                "null": self.null,
                 "score": dict(self.score),
                 "stratify": self.stratify,
                 "n_voxels": int(self.n_voxels),
@@ -300,6 +399,8 @@ class Calibration:
             cluster_threshold=meta["cluster_threshold"],
             max_cluster_sizes=state["max_cluster_sizes"],
             names=list(meta["names"]),
+            null=meta.get("null", "none"),  # calibrations written before the empirical null: raw scores
+            null_params=state.get("null_params"),
         )
 
 

@@ -176,6 +176,7 @@ def fit_calibration(
     device: str = "cpu",
     save: bool = True,
     model: tuple[Any, Any] | None = None,
+    null: str | None = None,
 ) -> Calibration:
     """Calibrate a trained model's shipped score on the healthy volumes of a datalist section.
 
@@ -200,6 +201,8 @@ def fit_calibration(
         save: write ``model_dir/calibration.pt``.
         model: an already loaded ``(config, network)`` of ``model_dir`` (e.g. with
             ``AnomalyMapNet.quantile_score`` switched on); ``None`` loads it.
+        null: per-volume empirical null the scores are standardised with (:mod:`monai_qrvae.anomaly.null`);
+            ``None``: the method's default.
 
     Raises:
         ValueError: no such or an empty section, entries with lesion labels, too few volumes for ``alpha``.
@@ -212,6 +215,7 @@ def fit_calibration(
     defaults = method_defaults(config.method)
     alpha = defaults.alpha if alpha is None else alpha
     score_median = defaults.score_median if score_median is None else score_median
+    null = defaults.null if null is None else null
     items = _datalist(datalist, section)
     needed = min_volumes(alpha)
     if len(items) < needed:
@@ -238,7 +242,7 @@ def fit_calibration(
         "score_name": f"{'qf' if quantile_score else 'z'}[{contrast}]",
     }
     cal = collector.calibration(
-        score=score, stratify=stratify, num_strata=num_strata, max_voxels=max_voxels, cluster_p=cluster_p
+        score=score, stratify=stratify, num_strata=num_strata, max_voxels=max_voxels, cluster_p=cluster_p, null=null
     )
     cal.names = [_short(n) for n in cal.names]
     if save:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ras_spacing",
+    "common_spacing",
     "NIFTI_SUFFIXES",
     "ITK_SUFFIXES",
     "SUPPORTED_SUFFIXES",
@@ -55,6 +57,34 @@ class ImageInfo:
     n_channels: int
     affine: np.ndarray
     data: np.ndarray | None = None
+
+
+def ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel sizes (mm) along the R, A and S axes of the grid ``affine`` describes once reoriented to RAS."""
+    import nibabel as nib
+
+    affine = np.asarray(affine, dtype=np.float64)
+    sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    order = nib.orientations.io_orientation(affine)[:, 0].astype(int)  # input axis i -> RAS axis order[i]
+    out = np.empty(3)
+    out[order] = sizes
+    return tuple(float(v) for v in out)  # type: ignore[return-value]
+
+
+def common_spacing(items: Sequence[dict[str, Any]], key: str = "image") -> tuple[float, float, float]:
+    """The median RAS voxel size (mm, rounded to 0.01 mm) of the images of datalist ``items`` (headers only).
+
+    Raises:
+        ValueError: for no items.
+    """
+    if not items:
+        raise ValueError("cannot tell the grid of no images: expected at least one datalist entry.")
+    sizes = []
+    for item in items:
+        image = item[key]
+        first = image[0] if isinstance(image, (list, tuple)) else image
+        sizes.append(ras_spacing(read_image_info(first).affine))
+    return tuple(round(float(v), 2) for v in np.median(np.asarray(sizes), axis=0))  # type: ignore[return-value]
 
 
 def _suffix(path: PathLike) -> str:

@@ -6,6 +6,7 @@ atomically; :class:`OverlaySaver` writes PNG overlays of the maps on the scan.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from monai.utils import ImageMetaKey
 from monai_qrvae.anomaly import FLAIR_CHANNEL
 from monai_qrvae.report import lesion_report, write_lesion_report
 from monai_qrvae.utils import CONTRAST_NAMES, atomic_write
+
+logger = logging.getLogger("monai_qrvae")
 
 __all__ = ["AnomalyMapSaver", "OverlaySaver", "invert_to_input"]
 
@@ -173,6 +176,8 @@ class AnomalyMapSaver(_ItemSaver):
             ``lesion = 0`` outside the brain on the input grid: the brain mask file the input's ``mask_key`` was
             read from (or, for a mask made from the image, the image's non-zero voxels), else the inverted ``roi``.
         mask_key: the brain mask of the batch (its ``filename_or_obj`` names the file read back).
+        site_key: the calibrated thresholds' comparison of the scan with the healthy calibration
+            (:meth:`~monai_qrvae.calibration.Calibration.site_check`); the report carries it as ``site``.
 
     Outside the brain the written maps are ``z = 0``, ``p = 1`` and ``lesion = 0`` (nothing was tested there).
     """
@@ -192,9 +197,11 @@ class AnomalyMapSaver(_ItemSaver):
         contrast_key: str = "zc",
         roi_key: str = "roi",
         mask_key: str = "brain_mask",
+        site_key: str = "site",
     ) -> None:
         super().__init__(output_dir, output_transform, batch_transform)
         self.report = bool(report)
+        self.site_key = site_key
         self.contrast_key = contrast_key
         self.roi_key = roi_key
         self.mask_key = mask_key
@@ -215,7 +222,8 @@ class AnomalyMapSaver(_ItemSaver):
         stem = _stem(meta, fallback)
         written = self.write_maps(data, stem, meta)
         if self.report:
-            written.extend(self._write_report(data, stem, meta, [k for k in data if k not in self.keys]))
+            extra = [k for k in data if k not in self.keys]
+            written.extend(self._write_report(data, stem, meta, extra, site=out.get(self.site_key)))
         self.saved.extend(written)
         return written
 
@@ -271,8 +279,11 @@ class AnomalyMapSaver(_ItemSaver):
             written.append(atomic_write(path, _write))
         return written
 
-    def _write_report(self, data: dict, stem: str, meta: dict, extra: list[str]) -> tuple[Path, Path]:
-        """The lesion report of one item, on the grid of its written maps."""
+    def _write_report(
+        self, data: dict, stem: str, meta: dict, extra: list[str], site: dict | None = None
+    ) -> tuple[Path, Path]:
+        """The lesion report of one item, on the grid of its written maps, with the calibrated thresholds' comparison
+        of the scan with the calibration (``site``; its warning also goes to the log)."""
         for key in ("lesion", "z"):
             if key not in data:
                 raise KeyError(f"AnomalyMapSaver(report=True) needs {key!r} among its keys, got {self.keys}.")
@@ -291,6 +302,10 @@ class AnomalyMapSaver(_ItemSaver):
             contrast_z,
             contrast_names=names or [str(c) for c in range(0 if contrast_z is None else contrast_z.shape[0])],
         )
+        if site is not None:
+            report["site"] = dict(site)
+            if site.get("warning"):
+                logger.warning("%s: %s", stem, site["warning"])
         return write_lesion_report(report, self.output_dir, stem)
 
 

@@ -58,12 +58,17 @@ def _stamped(item: dict) -> dict:
     return {k: _stamp(v) for k, v in sorted(item.items())}
 
 
-_SLICE_CACHE: dict[tuple[str, int | None, int | None, str], SliceDataset] = {}
+_SLICE_CACHE: dict[tuple[Any, ...], SliceDataset] = {}
 _SLICE_CACHE_SIZE = 4
 
 
 def _slice_dataset(
-    items: list[dict], image_size: int | None, num_slices: int | None, progress: bool, context: str = "none"
+    items: list[dict],
+    image_size: int | None,
+    num_slices: int | None,
+    progress: bool,
+    context: str = "none",
+    spacing: Sequence[float] | None = None,
 ) -> SliceDataset:
     """The slices of ``items``, prepared once per process: the demo, the sweep and the benchmark train several
     methods and seeds on the same volumes (a small in-memory cache of the last few datasets, keyed by the entries,
@@ -73,11 +78,12 @@ def _slice_dataset(
         image_size,
         num_slices,
         context,
+        None if spacing is None else tuple(spacing),
     )
     if key not in _SLICE_CACHE:
         if len(_SLICE_CACHE) >= _SLICE_CACHE_SIZE:
             _SLICE_CACHE.pop(next(iter(_SLICE_CACHE)))
-        vt = volume_transforms(image_size=image_size, num_slices=num_slices, context=context)
+        vt = volume_transforms(image_size=image_size, num_slices=num_slices, context=context, spacing=spacing)
         _SLICE_CACHE[key] = SliceDataset(items, vt, progress=progress)
     return _SLICE_CACHE[key]
 
@@ -202,9 +208,12 @@ def _persistent_slice_dataset(
     cache_dir: str | os.PathLike,
     progress: bool,
     context: str = "none",
+    spacing: Sequence[float] | None = None,
 ) -> PersistentSliceDataset:
     """The bounded-memory slices of ``items``, cached under ``cache_dir`` in a subfolder per slice setting."""
-    vt = volume_transforms(image_size=image_size, num_slices=num_slices, context=context)
+    vt = volume_transforms(image_size=image_size, num_slices=num_slices, context=context, spacing=spacing)
     suffix = "" if context == "none" else f"_{context}"
+    if spacing is not None:
+        suffix += "_sp-" + "x".join(f"{s:g}" for s in spacing)
     folder = Path(cache_dir) / f"slices_size-{image_size}_n-{num_slices}{suffix}"
     return PersistentSliceDataset(items, vt, folder, progress=progress)

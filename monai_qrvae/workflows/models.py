@@ -68,7 +68,12 @@ def shipped_model_dir() -> Path:
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a trained model and its preprocessing."""
+    """Everything needed to rebuild a trained model and its preprocessing.
+
+    ``spacing`` is the voxel size (mm, RAS axes) of the grid the model was trained on: inputs are resampled to it
+    before analysis (and the maps written back on the input grid), so that the analysis does not depend on the
+    scanner's voxel size; ``None`` (models trained before it was recorded) analyses each input on its own grid.
+    """
 
     method: str = "qrvae"
     preset: str = "small"
@@ -82,6 +87,7 @@ class ModelConfig:
     context: str = "none"
     score: str = "flair"
     quantile_score: bool = False
+    spacing: tuple[float, float, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +100,11 @@ class ModelConfig:
             raise ValueError(f"context must be one of {CONTEXTS}, got {self.context!r}.")
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {tuple(SCORES)}, got {self.score!r}.")
+        if self.spacing is not None:
+            spacing = tuple(float(s) for s in self.spacing)
+            if len(spacing) != 3 or min(spacing) <= 0:
+                raise ValueError(f"spacing must be three positive voxel sizes in mm (RAS axes), got {self.spacing!r}.")
+            self.spacing = spacing  # type: ignore[assignment]
 
     @property
     def network_channels(self) -> int:
@@ -103,7 +114,11 @@ class ModelConfig:
     def transforms(self, load: bool = True) -> Any:
         """The volume chain of this model (:func:`~monai_qrvae.preprocessing.volume_transforms`)."""
         return volume_transforms(
-            image_size=self.image_size, num_slices=self.num_slices, context=self.context, load=load
+            image_size=self.image_size,
+            num_slices=self.num_slices,
+            context=self.context,
+            load=load,
+            spacing=self.spacing,
         )
 
     def save(self, path: str | os.PathLike) -> Path:

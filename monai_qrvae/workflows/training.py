@@ -22,11 +22,11 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from monai_qrvae.checkpoints import AtomicCheckpointSaver, ResumeFromCheckpoint
+from monai_qrvae.data.io import common_spacing
 from monai_qrvae.defaults import method_defaults
 from monai_qrvae.engines import EpochSeedHandler, LossHistory, create_loss_evaluator, create_trainer
 from monai_qrvae.handlers import atomic_write
 from monai_qrvae.logging_utils import progress_enabled
-from monai_qrvae.preprocessing import volume_transforms
 from monai_qrvae.workflows.datasets import _datalist, _persistent_slice_dataset, _slice_dataset
 from monai_qrvae.workflows.models import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, build_loss, build_networks
 
@@ -77,6 +77,7 @@ def train(
     score: str | None = None,
     quantile_score: bool | None = None,
     calibrate: bool = True,
+    spacing: Sequence[float] | str | None = "auto",
 ) -> dict[str, Any]:
     """Train one method on the healthy ``training`` section, validating on ``validation``.
 
@@ -90,6 +91,10 @@ def train(
     With ``calibrate`` and a non-empty healthy ``calibration`` section in the datalist, the model's score is
     calibrated on it after training (``calibration.pt`` beside the weights, :func:`~monai_qrvae.calibration.
     fit_calibration`): the label-free thresholds of ``qrvae evaluate``/``infer`` use it by default.
+
+    ``spacing``: the voxel size (mm) the model analyses: ``"auto"`` takes the training images' median grid (headers
+    only); volumes are resampled to it in training and at inference (``None``: each volume on its own grid). It is
+    stored in the model's configuration.
 
     Writes ``model_config.json``, ``model.pt`` (the anomaly network's plain state dict), ``history.json``,
     ``training_curve.png``, TensorBoard logs and resumable checkpoints (``checkpoints/``) into ``output_dir``.
@@ -126,10 +131,12 @@ def train(
     )
     train_items = _datalist(datalist, "training")
     val_items = _datalist(datalist, "validation")
+    config.spacing = common_spacing(train_items) if spacing == "auto" else spacing  # type: ignore[assignment]
+    config.__post_init__()  # checks the spacing
     vae, net = build_networks(config)
     output_dir.mkdir(parents=True, exist_ok=True)
     if vae is None:  # FLAIR thresholding: fit the healthy intensity statistics on whole volumes, no training
-        vt = volume_transforms(image_size=image_size, num_slices=num_slices)
+        vt = config.transforms()
         net.fit(DataLoader(Dataset(train_items, vt), batch_size=1))
         config.save(output_dir / CONFIG_FILE)
         atomic_write(output_dir / WEIGHTS_FILE, lambda tmp: torch.save(net.state_dict(), tmp))
@@ -144,11 +151,15 @@ def train(
         }
 
     if cache_dir is None:
-        train_ds = _slice_dataset(train_items, image_size, num_slices, progress, config.context)
-        val_ds = _slice_dataset(val_items, image_size, num_slices, progress, config.context)
+        train_ds = _slice_dataset(train_items, image_size, num_slices, progress, config.context, config.spacing)
+        val_ds = _slice_dataset(val_items, image_size, num_slices, progress, config.context, config.spacing)
     else:  # bounded memory: slices read from the on-disk cache of prepared volumes
-        train_ds = _persistent_slice_dataset(train_items, image_size, num_slices, cache_dir, progress, config.context)
-        val_ds = _persistent_slice_dataset(val_items, image_size, num_slices, cache_dir, progress, config.context)
+        train_ds = _persistent_slice_dataset(
+            train_items, image_size, num_slices, cache_dir, progress, config.context, config.spacing
+        )
+        val_ds = _persistent_slice_dataset(
+            val_items, image_size, num_slices, cache_dir, progress, config.context, config.spacing
+        )
 
     sampler = DistributedSampler(train_ds, num_replicas=1, rank=0, shuffle=True, seed=seed)
     train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Iterator, Mapping
+from typing import Any
 
 import torch
 from monai.config import KeysCollection
@@ -21,6 +22,7 @@ from monai_qrvae.transforms.utils import _like
 
 __all__ = [
     "THRESHOLDS",
+    "SITE_KEY",
     "ConformalPValued",
     "ConformalPValueD",
     "ConformalPValueDict",
@@ -36,6 +38,9 @@ __all__ = [
 #: the label-free thresholds: BH on N(0, 1) p-values (the paper's), conformal BH, volume-level (max-statistic),
 #: cluster-size (volume-level control of the largest cluster).
 THRESHOLDS = ("gaussian", "conformal", "volume", "cluster")
+#: key of the comparison of a scored volume with the calibration (shift and width of its score distribution, and
+#: a warning when it is off the calibration), which the lesion report carries.
+SITE_KEY = "site"
 
 
 def _calibration(calibration: Calibration | str | os.PathLike) -> Calibration:
@@ -70,12 +75,19 @@ class _CalibratedMapTransform(MapTransform):
         if score:
             self.calibration.check_score(**score)
         self.mask_key = mask_key
+        self.site_key = SITE_KEY
 
-    def _score_maps(self, d: Mapping[Hashable, torch.Tensor]) -> Iterator[tuple[Hashable, torch.Tensor, torch.Tensor]]:
-        """``(key, float score map, boolean brain mask)`` for every present key of ``d``."""
+    def _score_maps(self, d: dict[Hashable, Any]) -> Iterator[tuple[Hashable, torch.Tensor, torch.Tensor]]:
+        """``(key, float score map, boolean brain mask)`` for every present key of ``d``, the score standardised by
+        the volume's empirical null as the calibration's were (:meth:`Calibration.standardise`); the comparison of
+        the volume with the calibration (:meth:`Calibration.site_check`) goes to ``d[self.site_key]``."""
         for key in self.key_iterator(d):
             s = torch.as_tensor(d[key]).float()
-            yield key, s, _brain(d, self.mask_key, s.shape)
+            inside = _brain(d, self.mask_key, s.shape)
+            s, params = self.calibration.standardise(s, inside)
+            if self.site_key is not None and params is not None:
+                d[self.site_key] = self.calibration.site_check(*params)
+            yield key, s, inside
 
 
 def _p_inside(inside: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
