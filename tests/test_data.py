@@ -368,6 +368,119 @@ def test_bad_arguments(generator: SyntheticBrainGenerator) -> None:
         make_cohort("unused", n_healthy=0, n_lesion=0)
 
 
+# ----------------------------------------------------------------------------- tumour kind
+
+#: sha256 over the sorted "path sha256" lines of the ``cohort`` fixture (seed 7, 2 + 2 subjects at 3 mm), measured
+#: with the generator before the tumour kind was added: the default cohort must not change (bump
+#: GENERATOR_VERSION and this pin together if it has to).
+DEFAULT_COHORT_DIGEST = "f16dc0ebe39d711a6d3d3890d89df7653393da2543cbef8469c0cf8c9b0f3ec0"
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256("".join(f"{k} {v}\n" for k, v in sorted(_hashes(folder).items())).encode()).hexdigest()
+
+
+def test_default_cohort_unchanged_by_the_tumour_kind(cohort: Path, tmp_path: Path) -> None:
+    assert _digest(cohort.parent) == DEFAULT_COHORT_DIGEST
+    ms = make_cohort(tmp_path / "ms", n_healthy=2, n_lesion=2, seed=7, spacing=SPACING, lesion_kind="ms")
+    assert _hashes(ms.parent) == _hashes(cohort.parent)
+    assert "lesion_kind" not in json.loads(cohort.read_text())["metadata"]
+
+
+def _normal_wm(subject, spacing: float) -> np.ndarray:
+    """Voxels of normal white matter: WM fraction > 0.9, at least 10 mm from the tumour."""
+    from scipy import ndimage
+
+    far = ndimage.distance_transform_edt(subject.label == 0, sampling=spacing) > 10.0
+    return (subject.tissues[..., 2] > 0.9) & (subject.brain_mask > 0) & far
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_tumour_volume_location_and_contrasts(generator: SyntheticBrainGenerator, index: int) -> None:
+    subject = generator.generate(index, lesions=True, kind="tumour")
+    (tumour,) = subject.lesions
+    label = subject.label > 0
+    volume = float(label.sum()) * SPACING**3 / 1000.0
+    assert synthetic.TUMOUR_VOLUME_ML[0] * 0.9 <= volume <= synthetic.TUMOUR_VOLUME_ML[1]  # stray islands dropped
+    assert tumour.kind == "tumour" and tumour.volume_ml == pytest.approx(volume, abs=1e-3)
+    assert np.array_equal(label, subject.parts > 0) and not (label & (subject.brain_mask == 0)).any()
+    assert sum(tumour.parts_ml.values()) == pytest.approx(volume, abs=1e-3)
+    assert (tumour.parts_ml["necrosis"] > 0) == tumour.necrotic
+    # centre: in the brain, within TUMOUR_CENTRAL_MM of the brain's axial centre of mass
+    voxel = np.rint(np.linalg.solve(subject.affine[:3, :3], np.subtract(tumour.centre_mm, subject.affine[:3, 3])))
+    assert subject.brain_mask[tuple(voxel.astype(int))] == 1
+    z_mm = subject.affine[2, 3] + SPACING * np.arange(label.shape[2])
+    mask = subject.brain_mask > 0
+    z_com = float((mask.sum((0, 1)) * z_mm).sum() / mask.sum())
+    assert abs(tumour.centre_mm[2] - z_com) <= synthetic.TUMOUR_CENTRAL_MM + SPACING
+    # contrasts against normal white matter (T1, T2, FLAIR)
+    wm = subject.image[_normal_wm(subject, SPACING)].mean(0)
+    oedema = subject.image[subject.parts == 3].mean(0) / wm
+    assert oedema[2] > 1.2 and oedema[1] > 1.5 and oedema[0] < 0.9
+    assert subject.image[label].mean(0)[0] < 0.9 * wm[0]  # T1 darker
+    if tumour.necrotic:
+        necrosis = subject.image[subject.parts == 2].mean(0) / wm
+        assert necrosis[2] < 0.85 * oedema[2] and necrosis[1] > 1.5 and necrosis[0] < oedema[0]
+
+
+def test_tumour_necrotic_core_darker_on_flair(generator: SyntheticBrainGenerator) -> None:
+    subject = generator.generate(1, lesions=True, kind="tumour")  # seed 3, subject 1: necrotic
+    assert subject.lesions[0].necrotic and set(subject.lesions[0].contrasts) == {"oedema", "solid", "necrosis"}
+    flair = subject.image[..., 2]
+    assert flair[subject.parts == 2].mean() < 0.8 * flair[subject.parts == 3].mean()
+
+
+def test_tumour_mass_effect_is_local(generator: SyntheticBrainGenerator) -> None:
+    from scipy import ndimage
+
+    index = 2
+    pushed = generator.generate(index, lesions=True, kind="tumour")
+    still = generator.generate(index, lesions=True, kind="tumour", mass_effect=False)
+    healthy = generator.generate(index)
+    assert np.array_equal(still.tissues, healthy.tissues) and np.array_equal(still.brain_mask, healthy.brain_mask)
+    assert 2.0 <= pushed.lesions[0].mass_effect_mm <= 5.0
+    dist = ndimage.distance_transform_edt(pushed.label == 0, sampling=SPACING)
+    radius = pushed.lesions[0].radius_mm
+    changed = np.abs(pushed.tissues - healthy.tissues).max(-1) > 0.05
+    assert changed[(dist > 0) & (dist < radius)].sum() > 50  # the surrounding tissue moved
+    assert not changed[dist > 3.0 * radius].any()  # not far away
+    mask_changed = pushed.brain_mask != healthy.brain_mask
+    assert mask_changed.any() and not mask_changed[dist > 3.0 * radius].any()
+    # outwards: the brain grows where the push reaches its surface, it hardly shrinks anywhere
+    assert (pushed.brain_mask > healthy.brain_mask).sum() > 10 * (pushed.brain_mask < healthy.brain_mask).sum()
+    # the image matches the healthy render (same noise) away from the tumour
+    far = dist > 3.0 * radius
+    assert np.array_equal(pushed.image[far], healthy.image[far])
+    with pytest.raises(ValueError, match="one tumour"):
+        generator.generate(index, lesions=3, kind="tumour")
+    with pytest.raises(ValueError, match="kind"):
+        generator.generate(index, lesions=True, kind="glioma")
+
+
+def test_tumour_cohort_cli_stratum_and_determinism(tmp_path: Path, cohort: Path) -> None:
+    args = ["--healthy", "2", "--lesion", "2", "--seed", "7", "--spacing", str(SPACING), "--lesion-kind", "tumour"]
+    assert cli.main(["make-data", "--out", str(tmp_path / "a"), *args]) == 0
+    assert cli.main(["make-data", "--out", str(tmp_path / "b"), *args]) == 0
+    first = _hashes(tmp_path / "a")
+    assert first == _hashes(tmp_path / "b")  # same seed, same bytes
+    default = _hashes(cohort.parent)
+    for healthy in ("sub-001", "sub-002"):  # healthy subjects as in the default cohort
+        assert first[f"{healthy}/image.nii.gz"] == default[f"{healthy}/image.nii.gz"]
+    content = json.loads((tmp_path / "a" / "datalist.json").read_text())
+    assert content["metadata"]["lesion_kind"] == "tumour"
+    assert content["test"][0]["stratum"] == "tumour" and content["tuning"][0]["stratum"] == "tumour"
+    assert content["metadata"]["strata"]["test"] == {"tumour": 1}
+    info = json.loads((tmp_path / "a" / "sub-003" / "lesions.json").read_text())
+    assert info["stratum"] == "tumour" and len(info["lesions"]) == 1
+    lesion = info["lesions"][0]
+    assert lesion["kind"] == "tumour" and isinstance(lesion["necrotic"], bool)
+    assert {"volume_ml", "centre_mm", "contrasts", "parts_ml", "mass_effect_mm"} <= set(lesion)
+    label = np.asarray(nib.load(tmp_path / "a" / "sub-003" / "label.nii.gz").dataobj)
+    assert lesion["volume_ml"] == pytest.approx(label.sum() * SPACING**3 / 1000.0, abs=1e-3)
+    with pytest.raises(ValueError, match="lesion_kind"):
+        make_cohort(tmp_path / "c", n_healthy=1, n_lesion=1, lesion_kind="glioma")
+
+
 # ----------------------------------------------------------------------------- datalists for a user's own data
 
 

@@ -42,6 +42,7 @@ from .synthetic import (
     Lesion,
     SyntheticBrainGenerator,
     SyntheticSubject,
+    Tumour,
     make_cohort,
     subject_name,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Lesion",
     "SyntheticBrainGenerator",
     "SyntheticSubject",
+    "Tumour",
     "make_cohort",
     "subject_name",
     "DATALIST_SECTIONS",

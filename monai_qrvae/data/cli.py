@@ -46,7 +46,7 @@ def run_make_data(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     counts = {f"n_{k}": k for k in ("healthy", "lesion", "validation", "calibration", "test_healthy", "tuning")}
-    path = make_cohort(args.out, **arg_values(args, "seed", "spacing", "subtle_fraction", **counts))
+    path = make_cohort(args.out, **arg_values(args, "seed", "spacing", "subtle_fraction", "lesion_kind", **counts))
     seconds = time.perf_counter() - start
     size = _dir_size(Path(args.out)) / 2**20
     counts = json.loads(path.read_text())["metadata"]["counts"]
@@ -159,6 +159,13 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--tuning", type=int, default=None, help="lesion subjects in tuning (default half, rounded down)")
     p.add_argument(
         "--subtle-fraction", type=float, default=0.3, help="share of each lesion split with faint lesions only (0.3)"
+    )
+    p.add_argument(
+        "--lesion-kind",
+        default="ms",
+        choices=("ms", "tumour"),
+        help="lesion subjects: ms (default; 3-15 MS-like white-matter lesions) or tumour (one 20-150 mL glioma/"
+        "metastasis-like mass with oedema, optional necrosis and mass effect; stratum 'tumour')",
     )
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1); same seed, same bytes")
     p.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size in mm (default 2)")

@@ -24,10 +24,13 @@ from .anatomy import (
     _smooth_field,
 )
 from .lesions import LESION_COUNT, Lesion, LesionsMixin
+from .tumours import TumourMixin
 
-__all__ = ["SyntheticSubject", "SyntheticBrainGenerator"]
+__all__ = ["SyntheticSubject", "SyntheticBrainGenerator", "LESION_KIND_NAMES"]
 
-_ANATOMY, _NOISE, _LESIONS, _LOOKALIKES = 0, 1, 2, 3  # random streams per subject
+_ANATOMY, _NOISE, _LESIONS, _LOOKALIKES, _TUMOUR = 0, 1, 2, 3, 4  # random streams per subject
+#: Kinds of lesion subject: ``"ms"`` (3-15 white-matter lesions) or ``"tumour"`` (one space-occupying mass).
+LESION_KIND_NAMES: tuple[str, ...] = ("ms", "tumour")
 
 
 @dataclass
@@ -42,6 +45,8 @@ class SyntheticSubject:
         label: ``(X, Y, Z)`` uint8 lesion mask, or ``None`` for a render without lesions.
         lesions: the inserted lesions.
         params: the per-subject draws (tissue intensities, noise, bias and deformation amplitudes).
+        parts: ``(X, Y, Z)`` uint8 tumour compartments of a tumour subject (1 solid, 2 necrosis, 3 oedema; 0
+            elsewhere; the label is ``parts > 0``), else ``None``.
     """
 
     image: np.ndarray
@@ -51,9 +56,10 @@ class SyntheticSubject:
     label: np.ndarray | None = None
     lesions: list[Lesion] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    parts: np.ndarray | None = None
 
 
-class SyntheticBrainGenerator(LesionsMixin):
+class SyntheticBrainGenerator(LesionsMixin, TumourMixin):
     """Render synthetic T1/T2/FLAIR subjects from nilearn's MNI152 2009 tissue maps.
 
     Args:
@@ -67,6 +73,7 @@ class SyntheticBrainGenerator(LesionsMixin):
         healthy = gen.generate(0)                 # no lesions
         patient = gen.generate(0, lesions=True)   # the same anatomy, noise and bias, plus 3-15 lesions
         changed = (healthy.image != patient.image).any(-1)   # contains patient.label (the visible part)
+        tumour = gen.generate(0, lesions=True, kind="tumour")  # one 20-150 mL tumour with mass effect
     """
 
     def __init__(self, spacing: float = 2.0, seed: int = 0, margin_mm: float = 12.0) -> None:
@@ -127,15 +134,25 @@ class SyntheticBrainGenerator(LesionsMixin):
         vent_dist = _distance_to(ventricles, s, reach_mm=30.0)
         return {"depth": depth, "ventricles": ventricles, "vent_dist": vent_dist}
 
-    def generate(self, index: int, lesions: bool | int = False, subtle: bool = False) -> SyntheticSubject:
+    def generate(
+        self,
+        index: int,
+        lesions: bool | int = False,
+        subtle: bool = False,
+        kind: str = "ms",
+        mass_effect: bool = True,
+    ) -> SyntheticSubject:
         """Render subject ``index``.
 
         Args:
             index: subject number (>= 0). The anatomy, intensities, look-alikes, bias and noise depend only on
-                ``(seed, index)``, never on ``lesions``.
+                ``(seed, index)``, never on ``lesions`` (a tumour's mass effect moves them locally).
             lesions: ``False`` or ``0`` for a healthy render, ``True`` for a random count (``LESION_COUNT``,
-                3 to 15), or the number of lesions to insert.
-            subtle: draw every lesion's contrast from the faint range (:data:`FLAIR_SUBTLE_DELTA`).
+                3 to 15), or the number of lesions to insert (``kind="tumour"``: ``True`` or ``1``, one tumour).
+            subtle: draw every lesion's contrast from the faint range (:data:`FLAIR_SUBTLE_DELTA`; ``"ms"`` only).
+            kind: ``"ms"`` (white-matter lesions) or ``"tumour"`` (one tumour with oedema, optional necrosis and
+                mass effect; see :mod:`monai_qrvae.data.tumours`), from a random stream of its own.
+            mass_effect: apply the tumour's mass effect (``False`` renders the same tumour without it).
 
         Returns:
             the rendered :class:`SyntheticSubject` (``label`` is ``None`` when no lesion was requested).
@@ -148,6 +165,10 @@ class SyntheticBrainGenerator(LesionsMixin):
             n_lesions = int(lesions)
         else:
             raise ValueError(f"lesions must be a bool or a non-negative integer, got {lesions!r}.")
+        if kind not in LESION_KIND_NAMES:
+            raise ValueError(f"kind must be one of {LESION_KIND_NAMES}, got {kind!r}.")
+        if kind == "tumour" and n_lesions not in (None, 0, 1):
+            raise ValueError(f"a tumour subject has one tumour: lesions must be True, False, 0 or 1, got {lesions!r}.")
         lesion_rng = self._rng(index, _LESIONS)
         drawn = int(lesion_rng.integers(LESION_COUNT[0], LESION_COUNT[1] + 1))  # always drawn: same stream
         if n_lesions is None:
@@ -176,7 +197,21 @@ class SyntheticBrainGenerator(LesionsMixin):
         lookalikes = self._lookalikes(self._rng(index, _LOOKALIKES), tissues, mask, geometry, intensities, clean)
         label = None
         found: list[Lesion] = []
-        if n_lesions:
+        parts = None
+        noise_mask = mask  # the voxels whose noise is drawn first (the undisplaced brain for a tumour subject)
+        if kind == "tumour" and n_lesions != 0:
+            plan = self._tumour_plan(self._rng(index, _TUMOUR), tissues, mask, geometry["depth"])
+            if mass_effect:
+                (tissues, clean), mask, _ = self._mass_effect(plan, [tissues, clean], mask)
+                total = tissues.sum(0)
+                tissues = np.where(mask[None], tissues / np.maximum(total, 1e-6)[None], 0.0).astype(np.float32)
+            weight, ratio, parts, tumour = self._tumour(plan, tissues, mask)
+            label = (parts > 0).astype(np.uint8)
+            target = ratio * intensities[:, 2].astype(np.float32)[:, None, None, None]
+            clean = clean * (1.0 - weight[None]) + weight[None] * target
+            found = [tumour]
+            params["tumour"] = self._tumour_info(plan)
+        elif n_lesions:
             weight, ratio, _, found = self._lesions(lesion_rng, tissues, mask, geometry, n_lesions, bool(subtle))
             wm_int = intensities[:, 2].astype(np.float32)[:, None, None, None]
             target = ratio * wm_int
@@ -190,13 +225,19 @@ class SyntheticBrainGenerator(LesionsMixin):
         clean *= bias
 
         noise_rng = self._rng(index, _NOISE)
-        inside = np.flatnonzero(mask)
         image = np.zeros((len(CONTRASTS), mask.size), dtype=np.float32)
-        for c in range(len(CONTRASTS)):
-            signal = clean[c].reshape(-1)[inside]
-            real = signal + sigma[c] * noise_rng.standard_normal(inside.size, dtype=np.float32)
-            imag = sigma[c] * noise_rng.standard_normal(inside.size, dtype=np.float32)
-            image[c, inside] = np.rint(np.sqrt(real * real + imag * imag))  # integers, like a scanner's output
+        # the undisplaced brain's voxels first, so a tumour subject's noise matches its healthy render away from it
+        supports = [np.flatnonzero(noise_mask)]
+        if noise_mask is not mask:
+            supports.append(np.flatnonzero(mask & ~noise_mask))
+        for inside in supports:
+            for c in range(len(CONTRASTS)):
+                signal = clean[c].reshape(-1)[inside]
+                real = signal + sigma[c] * noise_rng.standard_normal(inside.size, dtype=np.float32)
+                imag = sigma[c] * noise_rng.standard_normal(inside.size, dtype=np.float32)
+                image[c, inside] = np.rint(np.sqrt(real * real + imag * imag))  # integers, like a scanner's output
+        if noise_mask is not mask:
+            image[:, ~mask.reshape(-1)] = 0.0  # voxels the mass effect moved out of the brain
         image = np.moveaxis(image.reshape(len(CONTRASTS), *self.shape), 0, -1)
 
         params.update(
@@ -218,4 +259,5 @@ class SyntheticBrainGenerator(LesionsMixin):
             label=label,
             lesions=found,
             params=params,
+            parts=parts,
         )

@@ -19,14 +19,18 @@ source, is documented in docs/data.md and held in the module constants below):
    ``1 + delta`` on FLAIR (mean 1.25, :data:`FLAIR_DELTA_GAMMA`), more on T2, iso- to hypointense on T1. The
    label is ``w >= 0.5`` (half the peak weight), the visibly abnormal part. ``subtle`` subjects get faint lesions
    only (:data:`FLAIR_SUBTLE_DELTA`). The first lesion's centre lies within :data:`CENTRAL_MM` of the brain mask's
-   axial centre of mass (the slices the default model analyses);
+   axial centre of mass (the slices the default model analyses). With ``lesion_kind="tumour"`` each lesion subject
+   gets one glioma / metastasis-like tumour instead (:mod:`monai_qrvae.data.tumours`: 20-150 mL of solid part,
+   optional necrotic core and vasogenic oedema, with a mass effect that pushes the surrounding tissue, image and
+   brain mask outwards by a few mm before the tumour is painted; the label is the whole tumour);
 5. a multiplicative smooth bias field per contrast, then Rician noise inside the brain, rounded to whole numbers
    (as a scanner stores them; it also halves the file size); zero outside the brain mask (skull stripped).
 
 Every random draw comes from ``numpy.random.default_rng([seed, subject_index, stream])`` with separate streams
-for anatomy, noise, lesions and look-alikes, so a subject can be rendered with and without its lesions and the two
-renders differ only where lesions were added (``w > 0``; the label is the subset ``w >= 0.5``). The same seed
-gives byte-identical files (nibabel writes gzip with ``mtime=0``).
+for anatomy, noise, lesions, look-alikes and tumours, so a subject can be rendered with and without its lesions and
+the two renders differ only where lesions were added (``w > 0``; the label is the subset ``w >= 0.5``; a tumour's
+mass effect also moves the tissue within about three tumour radii). The same seed gives byte-identical files
+(nibabel writes gzip with ``mtime=0``).
 
 File layout written by :func:`make_cohort` (all contrasts share one affine; RAS, axial slices on the last axis)::
 
@@ -60,7 +64,7 @@ from .anatomy import (  # noqa: F401 - re-exported: the names that moved stay im
     _load_template,
 )
 from .discovery import allocate_splits, split_share
-from .generator import SyntheticBrainGenerator, SyntheticSubject
+from .generator import LESION_KIND_NAMES, SyntheticBrainGenerator, SyntheticSubject
 from .lesions import (
     CENTRAL_MM,
     EDGE_MM,
@@ -73,6 +77,16 @@ from .lesions import (
     T1_PER_FLAIR,
     T2_PER_FLAIR,
     Lesion,
+)
+from .tumours import (
+    TUMOUR_CENTRAL_MM,
+    TUMOUR_CONTRASTS,
+    TUMOUR_CORE_FRACTION,
+    TUMOUR_DEPTH_MM,
+    TUMOUR_MASS_EFFECT_MM,
+    TUMOUR_NECROSIS,
+    TUMOUR_VOLUME_ML,
+    Tumour,
 )
 
 __all__ = [  # sorted; the names defined in submodules are re-exported
@@ -87,6 +101,7 @@ __all__ = [  # sorted; the names defined in submodules are re-exported
     "GENERATOR_VERSION",
     "LESION_COUNT",
     "LESION_KINDS",
+    "LESION_KIND_NAMES",
     "LOOKALIKES",
     "Lesion",
     "SECTIONS",
@@ -97,13 +112,21 @@ __all__ = [  # sorted; the names defined in submodules are re-exported
     "T1_PER_FLAIR",
     "T2_PER_FLAIR",
     "TISSUES",
+    "TUMOUR_CENTRAL_MM",
+    "TUMOUR_CONTRASTS",
+    "TUMOUR_CORE_FRACTION",
+    "TUMOUR_DEPTH_MM",
+    "TUMOUR_MASS_EFFECT_MM",
+    "TUMOUR_NECROSIS",
+    "TUMOUR_VOLUME_ML",
+    "Tumour",
     "make_cohort",
     "subject_name",
 ]
 
 #: Datalist sections written by :func:`make_cohort` and strata of its entries.
 SECTIONS: tuple[str, ...] = ("training", "validation", "calibration", "tuning", "test")
-STRATA: tuple[str, ...] = ("healthy", "typical", "subtle")
+STRATA: tuple[str, ...] = ("healthy", "typical", "subtle", "tumour")
 #: Default split fractions (see :func:`monai_qrvae.data.discovery.allocate_splits`).
 VAL_FRACTION, CALIBRATION_FRACTION, TEST_HEALTHY_FRACTION, SUBTLE_FRACTION = 0.1, 0.33, 0.09, 0.3
 
@@ -137,6 +160,7 @@ def make_cohort(
     n_calibration: int | None = None,
     n_test_healthy: int | None = None,
     n_tuning: int | None = None,
+    lesion_kind: str = "ms",
 ) -> Path:
     """Write a synthetic cohort and its Decathlon-style datalist; return the datalist path.
 
@@ -144,10 +168,12 @@ def make_cohort(
     ``calibration`` and ``test`` (healthy test subjects, with an all-zero label); the next ``n_lesion`` subjects
     have lesions and go to ``test`` first, then ``tuning``. The split sizes follow :func:`allocate_splits`
     (default cohort: 30 training, 6 validation, 20 calibration, 10 tuning, 10 + 5 test). In each lesion split the
-    last ``floor(subtle_fraction * n)`` subjects form the ``subtle`` stratum (only faint lesions).
+    last ``floor(subtle_fraction * n)`` subjects form the ``subtle`` stratum (only faint lesions). With
+    ``lesion_kind="tumour"`` every lesion subject has one tumour instead and the ``tumour`` stratum
+    (``subtle_fraction`` is not used).
 
     Entries are ``{"image", "brain_mask", "label" (tuning and test), "stratum"}`` with paths relative to the JSON's
-    folder and ``stratum`` one of ``"healthy"``, ``"typical"``, ``"subtle"``.
+    folder and ``stratum`` one of ``"healthy"``, ``"typical"``, ``"subtle"``, ``"tumour"``.
 
     Args:
         out_dir: output folder (created if needed; files of the same name are overwritten).
@@ -161,6 +187,8 @@ def make_cohort(
         subtle_fraction: share of each lesion split in the ``subtle`` stratum.
         n_validation: explicit ``validation`` size (overrides the fraction); likewise ``n_calibration``,
             ``n_test_healthy`` and ``n_tuning`` (lesion subjects in ``tuning``; the rest go to ``test``).
+        lesion_kind: ``"ms"`` (default: 3-15 white-matter lesions per lesion subject) or ``"tumour"`` (one
+            20-150 mL tumour with oedema, optional necrosis and mass effect; see docs/data.md, "Tumour kind").
 
     Returns:
         the path of ``out_dir/datalist.json``.
@@ -171,6 +199,9 @@ def make_cohort(
         raise ValueError("the cohort is empty: n_healthy + n_lesion must be at least 1.")
     if not 0.0 <= subtle_fraction <= 1.0:
         raise ValueError(f"subtle_fraction must be in [0, 1], got {subtle_fraction}.")
+    if lesion_kind not in LESION_KIND_NAMES:
+        raise ValueError(f"lesion_kind must be one of {LESION_KIND_NAMES}, got {lesion_kind!r}.")
+    tumour = lesion_kind == "tumour"
     sizes = allocate_splits(
         int(n_healthy),
         int(n_lesion),
@@ -191,6 +222,9 @@ def make_cohort(
         plan += [(section, "healthy")] * sizes[section]
     for section in ("test_lesion", "tuning"):
         n = sizes[section]
+        if tumour:
+            plan += [(section, "tumour")] * n
+            continue
         n_subtle = split_share(subtle_fraction, n)
         plan += [(section, "typical")] * (n - n_subtle) + [(section, "subtle")] * n_subtle
     sections: dict[str, list[dict[str, str]]] = {k: [] for k in SECTIONS}
@@ -198,7 +232,7 @@ def make_cohort(
     n_lesion_voxels = 0
     for index, (section, stratum) in enumerate(plan):
         has_lesions = stratum != "healthy"
-        subject = gen.generate(index, lesions=has_lesions, subtle=stratum == "subtle")
+        subject = gen.generate(index, lesions=has_lesions, subtle=stratum == "subtle", kind=lesion_kind)
         name = subject_name(index, n_total)
         folder = out / name
         folder.mkdir(exist_ok=True)
@@ -261,6 +295,7 @@ def make_cohort(
             "strata": strata,
             "channels": list(CONTRASTS),
             "layout": "sub-XXX/image.nii.gz is 4D (X, Y, Z, 3) float32: T1, T2, FLAIR; brain_mask/label uint8",
+            **({"lesion_kind": lesion_kind} if tumour else {}),  # absent from the default cohort (same bytes)
         },
         **sections,
     }
