@@ -74,10 +74,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-voxels", type=int, default=2_000_000, help="voxel scores kept (thinned above)")
     p.add_argument(
         "--null",
-        choices=("none", "robust", "central"),
+        choices=("none", "median", "upper", "robust", "central"),
         default=None,
         help="per-volume empirical null the scores are standardised with before calibration and at inference: "
-        "'central' (Efron's central matching), 'robust' (median, IQR) or 'none' (default: the method's, central)",
+        "'central' (Efron's central matching), 'robust' (median, IQR) or 'none' (default: the method's, none)",
     )
     add_device_option(p)
     p.set_defaults(func=run_calibrate)

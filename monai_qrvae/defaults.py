@@ -31,9 +31,10 @@ class MethodDefaults:
         quantiles: quantile levels of the QR-VAE's heads.
         quantile_score: the QR-VAE's score is read from its predicted quantile function instead of
             ``(x - mu) / sigma``.
-        null: the per-volume empirical null every calibrated threshold standardises the score with
-            (:data:`monai_qrvae.anomaly.null.NULL_METHODS`), so that a scan from a new site is compared with the
-            calibration on one scale (docs/real.md).
+        null: the per-volume empirical null the calibrated thresholds standardise the score with
+            (:data:`monai_qrvae.anomaly.null.NULL_METHODS`); ``"none"`` (raw scores) won on ``tuning`` and kept the
+            most of the real tumours; the alternatives lost their sensitivity there (docs/real.md, "Thresholds at a
+            new site").
     """
 
     epochs: int = 5
@@ -47,7 +48,7 @@ class MethodDefaults:
     score: str = "flair_t2"
     quantiles: tuple[float, ...] = (0.025, 0.15, 0.5, 0.85, 0.975)
     quantile_score: bool = True
-    null: str = "central"
+    null: str = "none"
 
     def as_dict(self) -> dict[str, Any]:
         """The defaults as a plain dictionary."""

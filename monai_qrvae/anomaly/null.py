@@ -10,6 +10,9 @@ location and scale, not its shape, and lesions are a minority of the brain (they
 Methods (:data:`NULL_METHODS`):
 
 - ``"none"``: no standardisation (centre 0, width 1).
+- ``"median"``: the location only: centre the median, width 1 (a site shifts the score, it does not stretch it).
+- ``"upper"``: median, and the width of the upper half below the 90th percentile, ``(q90 - q50) / Phi^-1(0.9)``
+  (the side the lesions are detected on, short of where they sit).
 - ``"robust"``: median and interquartile range / 1.349 (the normal's IQR).
 - ``"central"``: Efron's central matching (locfdr's default): a parabola fitted to the log histogram of the
   central half of the scores gives the mode ``-b / 2c`` and width ``sqrt(-1 / 2c)`` of the null's Gaussian core;
@@ -30,9 +33,11 @@ from monai_qrvae.anomaly.utils import _as_tensor
 
 __all__ = ["NULL_METHODS", "IQR_NORMAL", "empirical_null", "standardise"]
 
-NULL_METHODS = ("none", "robust", "central")
+NULL_METHODS = ("none", "median", "upper", "robust", "central")
 #: interquartile range of the standard normal, ``2 * Phi^-1(0.75)``.
 IQR_NORMAL = 1.3489795003921634
+#: ``Phi^-1(0.9)``.
+PPF_090 = 1.2815515655446004
 #: bins of the central-matching histogram over the central half of the scores, and that half's quantiles.
 _CENTRAL_BINS = 60
 _CENTRAL_QUANTILES = (0.25, 0.75)
@@ -90,6 +95,11 @@ def empirical_null(scores: Any, mask: Any = None, method: str = "central") -> tu
     if method == "none":
         return 0.0, 1.0
     values = _values(scores, mask)
+    if method == "median":
+        return float(np.median(values)), 1.0
+    if method == "upper":
+        q50, q90 = np.percentile(values, [50, 90])
+        return float(q50), float(max((q90 - q50) / PPF_090, 1e-6))
     return _robust(values) if method == "robust" else _central(values)
 
 

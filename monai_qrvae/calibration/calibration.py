@@ -27,7 +27,7 @@ __all__ = [
     "MAX_VOXELS",
     "STRATIFY",
     "SITE_NULL",
-    "SITE_LIMITS",
+    "SITE_MARGIN",
     "Calibration",
     "load_calibration",
     "conformal_bh",
@@ -43,8 +43,9 @@ _FORMAT_VERSION = 1
 #: the empirical null used to describe a volume's score distribution for :meth:`Calibration.site_check` when the
 #: calibration itself standardises with none.
 SITE_NULL = "central"
-#: ``(largest |shift| in calibration widths, largest width ratio)`` of a scan that matches the calibration.
-SITE_LIMITS = (1.0, 1.5)
+#: a scan matches the calibration when its centre and width lie within the calibration volumes' own range widened
+#: by this factor (:meth:`Calibration.site_limits`).
+SITE_MARGIN = 1.5
 #: fewest brain voxels of a volume whose empirical null is estimated.
 MIN_NULL_VOXELS = 10
 
@@ -229,43 +230,66 @@ class Calibration:
         standardised, params = standardise(s, mask, self.null)
         return standardised, params
 
-    def site_check(self, centre: float, width: float) -> dict[str, Any]:
-        """How far a volume's score distribution lies from the calibration volumes' (see :data:`SITE_LIMITS`).
+    def site_limits(self) -> tuple[float, float, float] | None:
+        """``(largest |shift|, smallest and largest width ratio)`` of a scan that matches the calibration.
 
-        Returns ``{"centre", "width", "calibration_centre", "calibration_width", "shift", "width_ratio",
+        Shifts are in calibration widths from the calibration volumes' median centre, ratios to their median width
+        (:meth:`site_check`). The limits are the calibration volumes' own range, widened by :data:`SITE_MARGIN`:
+        ``max |shift_i| * SITE_MARGIN`` and ``[min ratio_i / SITE_MARGIN, max ratio_i * SITE_MARGIN]``. ``None``
+        without ``null_params``.
+        """
+        if self.null_params is None:
+            return None
+        centres, widths = self.null_params[:, 0].double(), self.null_params[:, 1].double()
+        ref_centre, ref_width = float(centres.median()), float(widths.median())
+        shifts = (centres - ref_centre).abs() / ref_width
+        ratios = widths / ref_width
+        return (
+            max(float(shifts.max()) * SITE_MARGIN, 0.1),
+            float(ratios.min()) / SITE_MARGIN,
+            float(ratios.max()) * SITE_MARGIN,
+        )
+
+    def site_check(self, centre: float, width: float) -> dict[str, Any]:
+        """How far a volume's score distribution lies from the calibration volumes' (see :meth:`site_limits`).
+
+        Returns ``{"centre", "width", "calibration_centre", "calibration_width", "shift", "width_ratio", "limits",
         "matches_calibration", "warning"}``: ``shift`` is the difference of centres in calibration widths,
-        ``width_ratio`` the ratio of widths; the warning (``None`` when it matches) says that
-        ``qrvae calibrate`` on the site's own healthy scans is the remedy.
+        ``width_ratio`` the ratio of widths; the warning (``None`` when it matches) says that ``qrvae calibrate`` on
+        the site's own healthy scans is the remedy.
         """
         out: dict[str, Any] = {"centre": round(float(centre), 4), "width": round(float(width), 4)}
-        if self.null_params is None:
+        limits = self.site_limits()
+        if limits is None or self.null_params is None:
             out.update(matches_calibration=None, warning=None)
             return out
         ref_centre = float(self.null_params[:, 0].median())
         ref_width = float(self.null_params[:, 1].median())
         shift = (float(centre) - ref_centre) / ref_width
         ratio = float(width) / ref_width
-        max_shift, max_ratio = SITE_LIMITS
-        matches = abs(shift) <= max_shift and 1.0 / max_ratio <= ratio <= max_ratio
+        max_shift, low, high = limits
+        matches = abs(shift) <= max_shift and low <= ratio <= high
+        adapt = (
+            f"The thresholds adapt (scores standardised by the scan's own empirical null, '{self.null}'), "
+            if self.null != "none"
+            else "The thresholds do not adapt to it, "
+        )
         out.update(
             calibration_centre=round(ref_centre, 4),
             calibration_width=round(ref_width, 4),
             shift=round(shift, 3),
             width_ratio=round(ratio, 3),
+            limits={"shift": round(max_shift, 3), "width_ratio": [round(low, 3), round(high, 3)]},
             matches_calibration=bool(matches),
             warning=(
                 None
                 if matches
                 else (
                     f"this scan's anomaly scores are off the healthy calibration (centre shifted by {shift:+.2f} "
-                    f"calibration widths, width x{ratio:.2f}; the calibration volumes lie within +-{max_shift} and "
-                    f"x{1 / max_ratio:.2f}-x{max_ratio:.2f}): a scanner or protocol it never saw. "
-                    + (
-                        f"The thresholds adapt (scores standardised by the scan's own empirical null, '{self.null}'), "
-                        if self.null != "none"
-                        else "The thresholds do NOT adapt (this calibration has no empirical null), "
-                    )
-                    + "but for thresholds you can rely on, run 'qrvae calibrate --model <model folder> --datalist D' "
+                    f"calibration widths, width x{ratio:.2f}; the calibration volumes, widened by {SITE_MARGIN:g}, lie "
+                    f"within +-{max_shift:.2f} and x{low:.2f}-x{high:.2f}): a scanner or protocol it never saw. "
+                    + adapt
+                    + "so for thresholds you can rely on, run 'qrvae calibrate --model <model folder> --datalist D' "
                     "with D's 'calibration' section listing healthy scans from this scanner."
                 )
             ),
