@@ -162,6 +162,8 @@ def test_a_1mm_and_a_2mm_copy_give_the_same_lesion_report(tmp_path):
         if name == "1mm":
             assert nib.load(next(p for p in written if "_zmap" in p.name)).shape == nib.load(fine).shape[:3]
     coarse, fine_report = reports["2mm"], reports["1mm"]
+    for report in reports.values():  # a synthetic subject matches the synthetic calibration: no site warning
+        assert report["site"]["matches_calibration"] is True and report["site"]["warning"] is None, report["site"]
     assert coarse["total_volume_ml"] > 0.5
     assert fine_report["total_volume_ml"] == pytest.approx(coarse["total_volume_ml"], rel=0.10)
     big = [les for les in coarse["lesions"] if les["volume_ml"] >= 0.2]

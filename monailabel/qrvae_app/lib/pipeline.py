@@ -37,6 +37,7 @@ from monai_qrvae.calibration import CALIBRATION_FILE, Calibration, load_calibrat
 from monai_qrvae.defaults import method_defaults
 from monai_qrvae.handlers.savers import invert_to_input
 from monai_qrvae.postprocessing import AnomalyMapsd, LesionFilterd, label_free_transforms
+from monai_qrvae.transforms.anomaly.thresholds import SITE_KEY
 from monai_qrvae.workflows.models import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 
 __all__ = [
@@ -427,7 +428,8 @@ def postprocess(
     mask (:class:`InputBraind`) and the network's ``pred`` ``(3C, S, S, N)``. The score is the model's
     (``config.score``); the lesion mask is inverted with nearest-neighbour interpolation, z and p with the forward
     interpolation (p = 1 where nothing was analysed). Outside the input's brain: ``z = 0``, ``p = 1``,
-    ``lesion = 0``.
+    ``lesion = 0``. A calibrated threshold also leaves its site check (shift of the study's scores from the healthy
+    calibration, and a warning when it is off) in ``data["site"]``.
     """
     transforms: list[Any] = [
         AnomalyMapsd(keys=pred_key, mask_key="brain_mask", median_size=options.score_median, score=model.config.score)
@@ -439,6 +441,8 @@ def postprocess(
     d = dict(data)
     for transform in transforms:
         d = transform(d)
+    if SITE_KEY in d:  # the calibrated threshold's comparison of the study with the calibration, for the result
+        data[SITE_KEY] = d[SITE_KEY]
     key = {"lesion": "lesion", "pmap": "p"}.get(options.output, "z")
     image = d["image"]
     inverted = invert_to_input({key: d[key]}, image, pre, one_outside=("p",))[key]
