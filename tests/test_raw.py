@@ -65,6 +65,80 @@ def test_normalised_mutual_information_ranks_alignment():
     assert normalised_mutual_information(a, rng.random((30, 30, 30))) < 1.05
 
 
+def _smooth_volume(seed: int, shape: tuple[int, int, int] = (40, 40, 30)) -> np.ndarray:
+    """Smooth random anatomy (Gaussian-filtered noise, 1.5 voxels) inside a zero background."""
+    from scipy import ndimage
+
+    vol = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), 1.5).astype(np.float32)
+    return vol - vol.min()
+
+
+def test_alignment_sharpness_aligned_pair_is_a_sharp_peak_unrelated_pair_is_not():
+    from monai_qrvae.raw.preprocess import DEFAULT_THRESHOLDS
+    from monai_qrvae.raw.series import alignment_sharpness
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    fixed = _smooth_volume(0)
+    mask = np.zeros(fixed.shape, bool)
+    mask[5:-5, 5:-5, 5:-5] = True
+    rng = np.random.default_rng(1)
+    other_contrast = (fixed.max() - fixed) ** 2 + 0.002 * rng.random(fixed.shape).astype(np.float32)
+    limit = DEFAULT_THRESHOLDS["sharpness"]
+    nmi, perturbed, sharp = alignment_sharpness(fixed, affine, other_contrast, affine, np.eye(4), mask)
+    assert nmi > perturbed > 1.0 and sharp > limit  # same anatomy, another contrast: a sharp peak
+    # the same image moved by 3 mm and registered back (the found map) is as sharp as the aligned one
+    moved = rigid_matrix((0.0, 0.0, 0.0), (3.0, 0.0, 0.0))
+    moving = resample_to_grid(other_contrast, affine, fixed.shape, affine, np.linalg.inv(moved), order=1)
+    assert alignment_sharpness(fixed, affine, moving, affine, moved, mask)[2] > limit
+    _, _, unrelated = alignment_sharpness(fixed, affine, _smooth_volume(7), affine, np.eye(4), mask)
+    assert unrelated < limit  # another "patient": no peak at the found pose
+    # scale-free: the contrast and intensity scale of either image does not change the figure
+    again = alignment_sharpness(fixed * 50.0 + 3.0, affine, other_contrast * 0.01, affine, np.eye(4), mask)[2]
+    assert again == pytest.approx(sharp, abs=1e-3)
+
+
+def test_skull_stripped_series_is_detected():
+    from monai_qrvae.raw.preprocess import _skull_stripped
+
+    grid = np.indices((40, 40, 30)).astype(float)
+    ball = ((grid[0] - 20) ** 2 + (grid[1] - 20) ** 2 + (grid[2] - 15) ** 2) <= 12**2
+    brain = np.where(ball, 100.0 + _smooth_volume(3), 0.0)
+    assert _skull_stripped(brain)
+    head = brain + 5.0 * np.random.default_rng(0).random(brain.shape)  # noisy background: not stripped
+    assert not _skull_stripped(head)
+    two = brain.copy()
+    two[:3, :3, :3] = 50.0  # a small speck beside the brain does not matter
+    assert _skull_stripped(two)
+
+
+def test_alignment_refusal_is_one_line_naming_the_files_and_the_option():
+    from monai_qrvae.raw.preprocess import _check_alignment
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    work = {"T1": (_smooth_volume(0), affine), "T2": (_smooth_volume(7), affine)}
+    mask = np.ones((40, 40, 30), bool)
+    paths = {"T1": Path("a/t1.nii.gz"), "T2": Path("b/t2.nii.gz")}
+    with pytest.raises(RegistrationError) as err:
+        _check_alignment("T2", work, np.eye(4), mask, 0.5, paths)
+    text = str(err.value)
+    assert "\n" not in text and "b/t2.nii.gz does not align with the T1 series a/t1.nii.gz" in text
+    assert "--no-alignment-check" in text and "expected >= 0.50" in text
+    figures = _check_alignment("T2", work, np.eye(4), mask, None, paths)  # no limit: the figures, no refusal
+    assert set(figures) == {"nmi", "perturbed_nmi", "sharpness"} and figures["sharpness"] < 0.5
+
+
+def test_no_alignment_check_option_reaches_preprocess():
+    from monai_qrvae.cli import build_parser
+    from monai_qrvae.raw.cli import _preprocess_kwargs
+
+    series = ["--t1", "a", "--t2", "b", "--flair", "c"]
+    for argv in (["preprocess", *series, "--out", "o"], ["infer", *series]):
+        args = build_parser().parse_args(argv)
+        assert _preprocess_kwargs(args)["alignment_check"] is True
+        args = build_parser().parse_args([*argv, "--no-alignment-check"])
+        assert _preprocess_kwargs(args)["alignment_check"] is False
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # maps back on a series' grid
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 from monai_qrvae.raw.errors import MissingSeriesError, RawInputError
 from monai_qrvae.raw.geometry import affine_to_ants_geometry
 
-__all__ = ["load_series", "normalised_mutual_information"]
+__all__ = ["load_series", "normalised_mutual_information", "alignment_sharpness"]
 
 _MIN_FOV_MM = 80.0
 
@@ -93,3 +93,50 @@ def normalised_mutual_information(
         return float(-(p * np.log(p)).sum())
 
     return (_h(pa) + _h(pb)) / max(_h(joint.ravel()), 1e-12)
+
+
+def alignment_sharpness(
+    fixed: np.ndarray,
+    fixed_affine: np.ndarray,
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    fixed_to_moving: np.ndarray,
+    mask: np.ndarray,
+    shift_mm: float = 4.0,
+    angle_deg: float = 4.0,
+) -> tuple[float, float, float]:
+    """How sharp the similarity peak at a found alignment is: ``(nmi, perturbed_nmi, sharpness)``.
+
+    ``nmi`` is the normalised mutual information of ``fixed`` and ``moving`` (sampled through the world point map
+    ``fixed_to_moving``) inside ``mask``; ``perturbed_nmi`` its mean over 12 deliberately misaligned poses (the found
+    pose followed by a shift of +-``shift_mm`` along each world axis or a rotation of +-``angle_deg`` about each axis
+    through the mask's centre); ``sharpness = 1 - (perturbed_nmi - 1) / (nmi - 1)``, the share of the similarity
+    above independence that a few millimetres of misalignment lose (scale-free: 1 = all, 0 = none, < 0 = the found
+    pose is not a peak). Same-patient series share fine anatomy, so their peak is sharp; another patient's peak is
+    broad.
+    """
+    from monai_qrvae.raw.geometry import resample_to_grid, rigid_matrix
+
+    mask = np.asarray(mask) > 0
+    centre = (np.asarray(fixed_affine) @ np.r_[np.argwhere(mask).mean(0), 1.0])[:3] if mask.any() else np.zeros(3)
+    lo, hi = (np.argwhere(mask).min(0), np.argwhere(mask).max(0) + 1) if mask.any() else (np.zeros(3, int), mask.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # sample only the mask's bounding box
+    box_affine = np.asarray(fixed_affine, dtype=np.float64).copy()
+    box_affine[:3, 3] = (box_affine @ np.r_[lo, 1.0])[:3]
+    shape = tuple(int(b - a) for a, b in zip(lo, hi))
+
+    def _nmi(perturbation: np.ndarray) -> float:
+        warped = resample_to_grid(moving, moving_affine, shape, box_affine, fixed_to_moving @ perturbation, order=1)
+        return normalised_mutual_information(fixed[box], warped, mask[box])
+
+    perturbations = []
+    for axis in range(3):
+        for sign in (-1.0, 1.0):
+            step = np.zeros(3)
+            step[axis] = sign
+            perturbations.append(rigid_matrix((0.0, 0.0, 0.0), step * shift_mm))
+            perturbations.append(rigid_matrix(step * angle_deg, (0.0, 0.0, 0.0), centre))
+    nmi = _nmi(np.eye(4))
+    perturbed = float(np.mean([_nmi(p) for p in perturbations]))
+    sharpness = 1.0 - (perturbed - 1.0) / (nmi - 1.0) if nmi > 1.0 + 1e-9 else 0.0
+    return nmi, perturbed, float(sharpness)
