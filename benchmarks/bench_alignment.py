@@ -24,6 +24,12 @@ def main() -> None:
     parser.add_argument("--work", required=True)
     parser.add_argument("--subjects", type=int, default=4)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--slice-mm",
+        type=float,
+        default=None,
+        help="write every series 0.9 x 0.9 x SLICE mm (default: the raw-like grids)",
+    )
     parser.add_argument("--real", default=None, help="folder of the real cases (../shared/real), optional")
     args = parser.parse_args()
     pp = importlib.import_module("monai_qrvae.raw.preprocess")
@@ -36,7 +42,8 @@ def main() -> None:
     for i in range(args.subjects):
         sub = work / f"sub{i}"
         if not (sub / "truth.json").is_file():
-            make_raw_subject(sub, i, lesions=bool(i % 2), seed=args.seed + i)
+            spacings = None if args.slice_mm is None else {n: (0.9, 0.9, args.slice_mm) for n in ("T1", "T2", "FLAIR")}
+            make_raw_subject(sub, i, lesions=bool(i % 2), seed=args.seed + i, spacings=spacings)
         subs.append(sub)
     for a, b in itertools.product(subs, subs):
         for n in ("T2", "FLAIR"):
