@@ -1,9 +1,11 @@
-"""The alignment check's statistic (peak sharpness, :func:`monai_qrvae.raw.series.alignment_sharpness`) on
-same-patient and other-patient pairs after rigid registration, as ``qrvae preprocess`` computes it.
+"""The alignment check's figures (peak sharpness, :func:`monai_qrvae.raw.series.alignment_sharpness`; image and outline
+sharpness, :func:`~monai_qrvae.raw.series.outline_sharpness`) on same-patient and other-patient pairs after rigid
+registration, as ``qrvae preprocess`` computes them.
 
 ``python -m benchmarks.bench_alignment --work /tmp/align --subjects 4`` writes raw-like subjects (``make_raw_subject``,
-default grids) and prints, for every subject's T1 with every subject's T2 and FLAIR, the NMI at the found pose and the
-sharpness (the threshold is chosen on these); ``--real ../shared/real`` adds the real cases (checked, not tuned on).
+default grids) and prints, for every subject's T1 with every subject's T2 and FLAIR, the figures and the check's verdict
+(refused: sharpness <= 0; warned: image sharpness <= outline sharpness); ``--real ../shared/real`` adds the real cases
+(checked, not tuned on).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def main() -> None:
     parser.add_argument("--real", default=None, help="folder of the real cases (../shared/real), optional")
     args = parser.parse_args()
     pp = importlib.import_module("monai_qrvae.raw.preprocess")
-    from monai_qrvae.raw.series import alignment_sharpness
+    from monai_qrvae.raw.series import alignment_sharpness, outline_sharpness
     from monai_qrvae.raw.synthetic import make_raw_subject
 
     work = Path(args.work)
@@ -71,11 +73,20 @@ def main() -> None:
             moving, moving_affine = _work(moving_path, name)
             t1_to_moving = pp._register(t1, t1_affine, moving, moving_affine, "Rigid", Path(tmp) / "x.mat")
             start = time.perf_counter()
-            nmi, perturbed, sharp = alignment_sharpness(
-                t1, t1_affine, moving, moving_affine, t1_to_moving, pp._head_mask(t1)
+            head = pp._head_mask(t1)
+            nmi, perturbed, sharp = alignment_sharpness(t1, t1_affine, moving, moving_affine, t1_to_moving, head)
+            image, outline = outline_sharpness(
+                t1, t1_affine, moving, moving_affine, t1_to_moving, head, pp._head_mask(moving)
+            )
+            verdict = (
+                "refused"
+                if sharp <= pp.DEFAULT_THRESHOLDS["sharpness"]
+                else "warned" if image <= outline else "accepted"
             )
             row = {"pair": label, "same": same, "nmi": round(nmi, 4), "perturbed_nmi": round(perturbed, 4)}
-            row.update(sharpness=round(sharp, 3), seconds=round(time.perf_counter() - start, 2))
+            row.update(sharpness=round(sharp, 3), image_sharpness=round(image, 3), outline_sharpness=round(outline, 3))
+            row.update(ratio=round(image / outline, 2) if outline > 0 else None, check=verdict)
+            row.update(seconds=round(time.perf_counter() - start, 2))
             rows.append(row)
             print(json.dumps(row), flush=True)
     (work / "alignment.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -91,10 +91,28 @@ def test_alignment_sharpness_aligned_pair_is_a_sharp_peak_unrelated_pair_is_not(
     moving = resample_to_grid(other_contrast, affine, fixed.shape, affine, np.linalg.inv(moved), order=1)
     assert alignment_sharpness(fixed, affine, moving, affine, moved, mask)[2] > limit
     _, _, unrelated = alignment_sharpness(fixed, affine, _smooth_volume(7), affine, np.eye(4), mask)
-    assert unrelated < limit  # another "patient": no peak at the found pose
+    assert unrelated < 0.2  # another "patient": no sharp peak at the found pose
     # scale-free: the contrast and intensity scale of either image does not change the figure
     again = alignment_sharpness(fixed * 50.0 + 3.0, affine, other_contrast * 0.01, affine, np.eye(4), mask)[2]
     assert again == pytest.approx(sharp, abs=1e-3)
+
+
+def test_outline_sharpness_same_anatomy_is_sharper_than_its_outline_and_than_other_anatomy():
+    from monai_qrvae.raw.series import outline_sharpness
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    grid = np.indices((40, 40, 30)).astype(float)
+    ball = ((grid[0] - 20) ** 2 + (grid[1] - 20) ** 2 + (grid[2] - 15) ** 2) <= 11**2
+    fixed = np.where(ball, 1.0 + _smooth_volume(0), 0.0).astype(np.float32)
+    same = np.where(ball, 1.0 + (_smooth_volume(0).max() - _smooth_volume(0)) ** 2, 0.0).astype(np.float32)
+    other = np.where(ball, 1.0 + _smooth_volume(7), 0.0).astype(np.float32)  # same outline, other anatomy
+    image, outline = outline_sharpness(fixed, affine, same, affine, np.eye(4), ball, ball)
+    assert image > outline > 0.0  # fine anatomy aligns: sharper than the outline alone
+    other_image, other_outline = outline_sharpness(fixed, affine, other, affine, np.eye(4), ball, ball)
+    assert other_outline == pytest.approx(outline)  # the same outlines
+    # only the outline aligns: far less sharp than the same anatomy, but not below the outline's own sharpness
+    # (0.41 vs 0.35 here, same anatomy 0.47): the outline null is not a bound, so it only warns (docs/raw.md, "Alignment check")
+    assert outline < other_image < image
 
 
 def test_skull_stripped_series_is_detected():
@@ -122,9 +140,11 @@ def test_alignment_refusal_is_one_line_naming_the_files_and_the_option():
         _check_alignment("T2", work, np.eye(4), mask, 0.5, paths)
     text = str(err.value)
     assert "\n" not in text and "b/t2.nii.gz does not align with the T1 series a/t1.nii.gz" in text
-    assert "--no-alignment-check" in text and "expected >= 0.50" in text
-    figures = _check_alignment("T2", work, np.eye(4), mask, None, paths)  # no limit: the figures, no refusal
-    assert set(figures) == {"nmi", "perturbed_nmi", "sharpness"} and figures["sharpness"] < 0.5
+    assert "--no-alignment-check" in text and "expected > 0.50" in text
+    warnings: list[str] = []
+    figures = _check_alignment("T2", work, np.eye(4), mask, None, paths, warnings)  # no limit: no refusal
+    assert set(figures) == {"nmi", "perturbed_nmi", "sharpness", "image_sharpness", "outline_sharpness"}
+    assert figures["sharpness"] < 0.5
 
 
 def test_no_alignment_check_option_reaches_preprocess():
@@ -425,17 +445,12 @@ def test_preprocess_end_to_end_against_truth(tmp_path):
         preprocess(series[0], series[1], noise, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
-    # a T2 of another patient: no alignment passes the check
-    other = tmp_path / "other"
-    make_raw_subject(
-        other, 2, seed=5, spacings={"T1": (3.0, 3.0, 3.0), "T2": (1.5, 1.5, 2.5), "FLAIR": (3.0, 3.0, 3.0)}
-    )
-    with pytest.raises(RegistrationError, match=r"T2 series .*other/T2\.nii\.gz does not align"):
-        preprocess(series[0], other / "T2.nii.gz", series[2], tmp_path / "bad")
-    assert not (tmp_path / "bad").exists()
-
+    # (a T2 of another patient is no longer refused: docs/raw.md, 'Alignment check')
     out = tmp_path / "prep"
     info = preprocess(*series, out, threads=2)
+    assert (
+        info["warnings"] == [] and info["similarity"]["T2_image_sharpness"] > info["similarity"]["T2_outline_sharpness"]
+    )
     image = nib.load(out / "image.nii.gz")
     assert image.shape[-1] == 3 and image.get_data_dtype() == np.float32
     assert image.shape[:3] == tuple(info["analysis"]["shape"])
@@ -633,8 +648,9 @@ _REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real"
 _NO_REAL = f"the real cases are not here ({_REAL}; CI has them beside the checkout)"
 
 
-def _real_sharpness(t1: str, moving: str, name: str, tmp_path: Path) -> float:
-    """The check of ``qrvae preprocess`` on two real series: N4 work copies, rigid registration, peak sharpness."""
+def _real_check(t1: str, moving: str, name: str, tmp_path: Path) -> tuple[dict[str, float], list[str]]:
+    """The check of ``qrvae preprocess`` on two real series: N4 work copies, rigid registration, then
+    :func:`_check_alignment` with the default refusal bound: ``(figures, warnings)``; raises when refused."""
     import importlib
 
     pp = importlib.import_module("monai_qrvae.raw.preprocess")
@@ -645,33 +661,27 @@ def _real_sharpness(t1: str, moving: str, name: str, tmp_path: Path) -> float:
         work[key] = (small, affine)
     t1_to_moving = pp._register(*work["T1"], *work[name], "Rigid", tmp_path / "x.mat")
     paths = {"T1": _REAL / t1, name: _REAL / moving}
-    return pp._check_alignment(name, work, t1_to_moving, pp._head_mask(work["T1"][0]), None, paths)["sharpness"]
+    warnings: list[str] = []
+    limit = pp.DEFAULT_THRESHOLDS["sharpness"]
+    figures = pp._check_alignment(name, work, t1_to_moving, pp._head_mask(work["T1"][0]), limit, paths, warnings)
+    return figures, warnings
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _REAL.is_dir(), reason=_NO_REAL)
 def test_real_other_patient_series_fail_the_alignment_check(tmp_path):
-    """du7294's T1 with met110's T2 and FLAIR (another patient, skull-stripped both): refused."""
+    """du7294's T1 with met110's T2 and FLAIR (another patient, skull-stripped both): refused (no similarity peak)."""
     pytest.importorskip("ants")
-    from monai_qrvae.raw.preprocess import DEFAULT_THRESHOLDS
-
     for name, moving in (("T2", "met110_t2.nii.gz"), ("FLAIR", "met110_flair.nii.gz")):
-        sharpness = _real_sharpness("du7294_native_t1.nii.gz", moving, name, tmp_path)
-        assert sharpness < DEFAULT_THRESHOLDS["sharpness"], (moving, sharpness)
+        with pytest.raises(RegistrationError, match="is not a similarity peak"):
+            _real_check("du7294_native_t1.nii.gz", moving, name, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _REAL.is_dir(), reason=_NO_REAL)
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the sharpness threshold chosen on the raw-like data (0.54) is above the real same-patient pairs' "
-    "sharpness (du7294 0.30-0.42, 5 mm slices); docs/raw.md, 'Alignment check'",
-)
 def test_real_same_patient_series_pass_the_alignment_check(tmp_path):
-    """du7294's own T2 and FLAIR (skull-stripped, each on its own grid) with its T1: should be accepted."""
+    """du7294's own T2 and FLAIR (skull-stripped, each on its own grid) with its T1: accepted (at most a warning)."""
     pytest.importorskip("ants")
-    from monai_qrvae.raw.preprocess import DEFAULT_THRESHOLDS
-
     for name, moving in (("T2", "du7294_native_t2.nii.gz"), ("FLAIR", "du7294_native_flair.nii.gz")):
-        sharpness = _real_sharpness("du7294_native_t1.nii.gz", moving, name, tmp_path)
-        assert sharpness >= DEFAULT_THRESHOLDS["sharpness"], (moving, sharpness)
+        figures, _ = _real_check("du7294_native_t1.nii.gz", moving, name, tmp_path)
+        assert figures["sharpness"] > 0.0, (moving, figures)  # not refused

@@ -36,7 +36,7 @@ def add_raw_series_arguments(p: argparse.ArgumentParser, required: bool = True) 
     p.add_argument(
         "--no-alignment-check",
         action="store_true",
-        help="do not refuse series whose alignment fails the checks (peak sharpness, template); docs/raw.md",
+        help="do not refuse a T2/FLAIR series whose found pose is not a similarity peak (alignment check; docs/raw.md)",
     )
 
 
