@@ -110,8 +110,8 @@ def test_outline_sharpness_same_anatomy_is_sharper_than_its_outline_and_than_oth
     assert image > outline > 0.0  # fine anatomy aligns: sharper than the outline alone
     other_image, other_outline = outline_sharpness(fixed, affine, other, affine, np.eye(4), ball, ball)
     assert other_outline == pytest.approx(outline)  # the same outlines
-    # only the outline aligns: far less sharp than the same anatomy, but not below the outline's own sharpness
-    # (0.41 vs 0.35 here, same anatomy 0.47): the outline null is not a bound, so it only warns (docs/raw.md, "Alignment check")
+    # only the outline aligns: less sharp than the same anatomy, but not below the outline's own sharpness (0.41
+    # vs 0.35 here, same anatomy 0.47): the outline null is not a bound, so it only warns (docs/raw.md)
     assert outline < other_image < image
 
 
@@ -670,11 +670,17 @@ def _real_check(t1: str, moving: str, name: str, tmp_path: Path) -> tuple[dict[s
 @pytest.mark.slow
 @pytest.mark.skipif(not _REAL.is_dir(), reason=_NO_REAL)
 def test_real_other_patient_series_fail_the_alignment_check(tmp_path):
-    """du7294's T1 with met110's T2 and FLAIR (another patient, skull-stripped both): refused (no similarity peak)."""
+    """du7294's T1 with met110's T2 and FLAIR (another patient, skull-stripped both): refused (no similarity peak) or
+    at least warned. Their sharpness lies at the refusal bound (-0.03..0.01 between runs), so either can happen;
+    met110's T1 with du7294's series is neither (docs/raw.md, "Alignment check")."""
     pytest.importorskip("ants")
     for name, moving in (("T2", "met110_t2.nii.gz"), ("FLAIR", "met110_flair.nii.gz")):
-        with pytest.raises(RegistrationError, match="is not a similarity peak"):
-            _real_check("du7294_native_t1.nii.gz", moving, name, tmp_path)
+        try:
+            _, warnings = _real_check("du7294_native_t1.nii.gz", moving, name, tmp_path)
+        except RegistrationError as e:
+            assert "is not a similarity peak" in str(e)
+        else:
+            assert warnings and "no sharper than that of the two series' outlines" in warnings[0], (moving, warnings)
 
 
 @pytest.mark.slow
