@@ -172,7 +172,8 @@ def similarity_pairs(work: Path) -> list[dict[str, Any]]:
     """Normalised mutual information after rigid registration of every subject's T1 with every subject's T2/FLAIR.
 
     Uses the raw series and brain masks of a previous run in ``work``; the same-subject pairs are the correct input,
-    the others stand for "contrasts from different patients" (the calibration of ``DEFAULT_THRESHOLDS``).
+    the others stand for "contrasts from different patients" (the former absolute NMI limits; the relative check of
+    ``DEFAULT_THRESHOLDS`` is calibrated by ``benchmarks/bench_alignment.py``).
     """
     import importlib
     import itertools

@@ -124,7 +124,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             from monai_qrvae.raw.inverse import infer_raw_items
 
             base_dir = Path(args.datalist).parent
-            for result in infer_raw_items(args.model, entries, args.out, base_dir=base_dir, **post_kwargs):
+            prep = {"alignment_check": not args.no_alignment_check}
+            for result in infer_raw_items(
+                args.model, entries, args.out, base_dir=base_dir, preprocess_kwargs=prep, **post_kwargs
+            ):
                 for path in (*result["maps"].values(), result["report"]):
                     print(path)
             return 0

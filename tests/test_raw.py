@@ -65,6 +65,100 @@ def test_normalised_mutual_information_ranks_alignment():
     assert normalised_mutual_information(a, rng.random((30, 30, 30))) < 1.05
 
 
+def _smooth_volume(seed: int, shape: tuple[int, int, int] = (40, 40, 30)) -> np.ndarray:
+    """Smooth random anatomy (Gaussian-filtered noise, 1.5 voxels) inside a zero background."""
+    from scipy import ndimage
+
+    vol = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), 1.5).astype(np.float32)
+    return vol - vol.min()
+
+
+def test_alignment_sharpness_aligned_pair_is_a_sharp_peak_unrelated_pair_is_not():
+    from monai_qrvae.raw.preprocess import DEFAULT_THRESHOLDS
+    from monai_qrvae.raw.series import alignment_sharpness
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    fixed = _smooth_volume(0)
+    mask = np.zeros(fixed.shape, bool)
+    mask[5:-5, 5:-5, 5:-5] = True
+    rng = np.random.default_rng(1)
+    other_contrast = (fixed.max() - fixed) ** 2 + 0.002 * rng.random(fixed.shape).astype(np.float32)
+    limit = DEFAULT_THRESHOLDS["sharpness"]
+    nmi, perturbed, sharp = alignment_sharpness(fixed, affine, other_contrast, affine, np.eye(4), mask)
+    assert nmi > perturbed > 1.0 and sharp > limit  # same anatomy, another contrast: a sharp peak
+    # the same image moved by 3 mm and registered back (the found map) is as sharp as the aligned one
+    moved = rigid_matrix((0.0, 0.0, 0.0), (3.0, 0.0, 0.0))
+    moving = resample_to_grid(other_contrast, affine, fixed.shape, affine, np.linalg.inv(moved), order=1)
+    assert alignment_sharpness(fixed, affine, moving, affine, moved, mask)[2] > limit
+    _, _, unrelated = alignment_sharpness(fixed, affine, _smooth_volume(7), affine, np.eye(4), mask)
+    assert unrelated < 0.2  # another "patient": no sharp peak at the found pose
+    # scale-free: the contrast and intensity scale of either image does not change the figure
+    again = alignment_sharpness(fixed * 50.0 + 3.0, affine, other_contrast * 0.01, affine, np.eye(4), mask)[2]
+    assert again == pytest.approx(sharp, abs=1e-3)
+
+
+def test_outline_sharpness_same_anatomy_is_sharper_than_its_outline_and_than_other_anatomy():
+    from monai_qrvae.raw.series import outline_sharpness
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    grid = np.indices((40, 40, 30)).astype(float)
+    ball = ((grid[0] - 20) ** 2 + (grid[1] - 20) ** 2 + (grid[2] - 15) ** 2) <= 11**2
+    fixed = np.where(ball, 1.0 + _smooth_volume(0), 0.0).astype(np.float32)
+    same = np.where(ball, 1.0 + (_smooth_volume(0).max() - _smooth_volume(0)) ** 2, 0.0).astype(np.float32)
+    other = np.where(ball, 1.0 + _smooth_volume(7), 0.0).astype(np.float32)  # same outline, other anatomy
+    image, outline = outline_sharpness(fixed, affine, same, affine, np.eye(4), ball, ball)
+    assert image > outline > 0.0  # fine anatomy aligns: sharper than the outline alone
+    other_image, other_outline = outline_sharpness(fixed, affine, other, affine, np.eye(4), ball, ball)
+    assert other_outline == pytest.approx(outline)  # the same outlines
+    # only the outline aligns: less sharp than the same anatomy, but not below the outline's own sharpness (0.41
+    # vs 0.35 here, same anatomy 0.47): the outline null is not a bound, so it only warns (docs/raw.md)
+    assert outline < other_image < image
+
+
+def test_skull_stripped_series_is_detected():
+    from monai_qrvae.raw.preprocess import _skull_stripped
+
+    grid = np.indices((40, 40, 30)).astype(float)
+    ball = ((grid[0] - 20) ** 2 + (grid[1] - 20) ** 2 + (grid[2] - 15) ** 2) <= 12**2
+    brain = np.where(ball, 100.0 + _smooth_volume(3), 0.0)
+    assert _skull_stripped(brain)
+    head = brain + 5.0 * np.random.default_rng(0).random(brain.shape)  # noisy background: not stripped
+    assert not _skull_stripped(head)
+    two = brain.copy()
+    two[:3, :3, :3] = 50.0  # a small speck beside the brain does not matter
+    assert _skull_stripped(two)
+
+
+def test_alignment_refusal_is_one_line_naming_the_files_and_the_option():
+    from monai_qrvae.raw.preprocess import _check_alignment
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    work = {"T1": (_smooth_volume(0), affine), "T2": (_smooth_volume(7), affine)}
+    mask = np.ones((40, 40, 30), bool)
+    paths = {"T1": Path("a/t1.nii.gz"), "T2": Path("b/t2.nii.gz")}
+    with pytest.raises(RegistrationError) as err:
+        _check_alignment("T2", work, np.eye(4), mask, 0.5, paths)
+    text = str(err.value)
+    assert "\n" not in text and "b/t2.nii.gz does not align with the T1 series a/t1.nii.gz" in text
+    assert "--no-alignment-check" in text and "expected > 0.50" in text
+    warnings: list[str] = []
+    figures = _check_alignment("T2", work, np.eye(4), mask, None, paths, warnings)  # no limit: no refusal
+    assert set(figures) == {"nmi", "perturbed_nmi", "sharpness", "image_sharpness", "outline_sharpness"}
+    assert figures["sharpness"] < 0.5
+
+
+def test_no_alignment_check_option_reaches_preprocess():
+    from monai_qrvae.cli import build_parser
+    from monai_qrvae.raw.cli import _preprocess_kwargs
+
+    series = ["--t1", "a", "--t2", "b", "--flair", "c"]
+    for argv in (["preprocess", *series, "--out", "o"], ["infer", *series]):
+        args = build_parser().parse_args(argv)
+        assert _preprocess_kwargs(args)["alignment_check"] is True
+        args = build_parser().parse_args([*argv, "--no-alignment-check"])
+        assert _preprocess_kwargs(args)["alignment_check"] is False
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # maps back on a series' grid
 # ---------------------------------------------------------------------------------------------------------------
@@ -351,17 +445,12 @@ def test_preprocess_end_to_end_against_truth(tmp_path):
         preprocess(series[0], series[1], noise, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
-    # a T2 of another patient: no alignment passes the check
-    other = tmp_path / "other"
-    make_raw_subject(
-        other, 2, seed=5, spacings={"T1": (3.0, 3.0, 3.0), "T2": (1.5, 1.5, 2.5), "FLAIR": (3.0, 3.0, 3.0)}
-    )
-    with pytest.raises(RegistrationError, match=r"T2 series .*other/T2\.nii\.gz does not align"):
-        preprocess(series[0], other / "T2.nii.gz", series[2], tmp_path / "bad")
-    assert not (tmp_path / "bad").exists()
-
+    # (a T2 of another patient is no longer refused: docs/raw.md, 'Alignment check')
     out = tmp_path / "prep"
     info = preprocess(*series, out, threads=2)
+    assert (
+        info["warnings"] == [] and info["similarity"]["T2_image_sharpness"] > info["similarity"]["T2_outline_sharpness"]
+    )
     image = nib.load(out / "image.nii.gz")
     assert image.shape[-1] == 3 and image.get_data_dtype() == np.float32
     assert image.shape[:3] == tuple(info["analysis"]["shape"])
@@ -550,3 +639,55 @@ def test_bundle_inference_raw_matches_the_cli(raw_cohort_cli, tmp_path):
     proc = subprocess.run(_bundle_raw_cmd(output_dir=str(bad), **series), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "missing_T2.nii.gz" in proc.stderr and not bad.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the alignment check on real scans (../shared/real beside the checkout; checked there, never tuned on)
+# ---------------------------------------------------------------------------------------------------------------
+_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real"
+_NO_REAL = f"the real cases are not here ({_REAL}; CI has them beside the checkout)"
+
+
+def _real_check(t1: str, moving: str, name: str, tmp_path: Path) -> tuple[dict[str, float], list[str]]:
+    """The check of ``qrvae preprocess`` on two real series: N4 work copies, rigid registration, then
+    :func:`_check_alignment` with the default refusal bound: ``(figures, warnings)``; raises when refused."""
+    import importlib
+
+    pp = importlib.import_module("monai_qrvae.raw.preprocess")
+    work = {}
+    for key, file in (("T1", t1), (name, moving)):
+        img = pp.load_series(_REAL / file, key)
+        _, small, affine = pp._n4(np.asarray(img.dataobj, np.float32), img.affine, 2.0, 6.0)
+        work[key] = (small, affine)
+    t1_to_moving = pp._register(*work["T1"], *work[name], "Rigid", tmp_path / "x.mat")
+    paths = {"T1": _REAL / t1, name: _REAL / moving}
+    warnings: list[str] = []
+    limit = pp.DEFAULT_THRESHOLDS["sharpness"]
+    figures = pp._check_alignment(name, work, t1_to_moving, pp._head_mask(work["T1"][0]), limit, paths, warnings)
+    return figures, warnings
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _REAL.is_dir(), reason=_NO_REAL)
+def test_real_other_patient_series_fail_the_alignment_check(tmp_path):
+    """du7294's T1 with met110's T2 and FLAIR (another patient, skull-stripped both): refused (no similarity peak) or
+    at least warned. Their sharpness lies at the refusal bound (-0.03..0.01 between runs), so either can happen;
+    met110's T1 with du7294's series is neither (docs/raw.md, "Alignment check")."""
+    pytest.importorskip("ants")
+    for name, moving in (("T2", "met110_t2.nii.gz"), ("FLAIR", "met110_flair.nii.gz")):
+        try:
+            _, warnings = _real_check("du7294_native_t1.nii.gz", moving, name, tmp_path)
+        except RegistrationError as e:
+            assert "is not a similarity peak" in str(e)
+        else:
+            assert warnings and "no sharper than that of the two series' outlines" in warnings[0], (moving, warnings)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _REAL.is_dir(), reason=_NO_REAL)
+def test_real_same_patient_series_pass_the_alignment_check(tmp_path):
+    """du7294's own T2 and FLAIR (skull-stripped, each on its own grid) with its T1: accepted (at most a warning)."""
+    pytest.importorskip("ants")
+    for name, moving in (("T2", "du7294_native_t2.nii.gz"), ("FLAIR", "du7294_native_flair.nii.gz")):
+        figures, _ = _real_check("du7294_native_t1.nii.gz", moving, name, tmp_path)
+        assert figures["sharpness"] > 0.0, (moving, figures)  # not refused

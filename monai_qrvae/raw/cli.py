@@ -29,10 +29,15 @@ __all__ = [
 
 
 def add_raw_series_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--t1 --t2 --flair`` (the three raw series)."""
+    """``--t1 --t2 --flair`` (the three raw series) and ``--no-alignment-check``."""
     p.add_argument("--t1", required=required, help="T1-weighted series (NIfTI), with skull, any grid")
     p.add_argument("--t2", required=required, help="T2-weighted series (NIfTI)")
     p.add_argument("--flair", required=required, help="FLAIR series (NIfTI); maps are written on its grid")
+    p.add_argument(
+        "--no-alignment-check",
+        action="store_true",
+        help="do not refuse a T2/FLAIR series whose found pose is not a similarity peak (alignment check; docs/raw.md)",
+    )
 
 
 def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
@@ -51,6 +56,7 @@ def _preprocess_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "work_mm": getattr(args, "work_mm", 2.0),
         "threads": getattr(args, "threads", None),
         "mask_erosion_mm": getattr(args, "mask_erosion_mm", 2.0),
+        "alignment_check": not getattr(args, "no_alignment_check", False),
     }
 
 

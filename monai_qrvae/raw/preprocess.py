@@ -24,9 +24,13 @@ The steps live in :mod:`~monai_qrvae.raw.series` (1), :mod:`~monai_qrvae.raw.bia
 The intensity standardisation of training (percentiles inside the brain mask) is part of the model's own
 preprocessing (:func:`monai_qrvae.preprocessing.volume_transforms`), so it is applied at inference as in training.
 
-**Checks before anything is written**: a missing or unreadable series, a series that is not a head (its
-registration fails the normalised-mutual-information check), contrasts from different patients (no alignment found
-inside the brain) raise :class:`~monai_qrvae.raw.errors.RawInputError` subclasses naming the file.
+**Checks before anything is written**: a missing or unreadable series, or a T2/FLAIR pose that is not a similarity
+peak at all (:func:`alignment_sharpness` <= ``DEFAULT_THRESHOLDS["sharpness"]`` = 0) raise
+:class:`~monai_qrvae.raw.errors.RawInputError` subclasses naming the file; ``alignment_check=False``
+(``--no-alignment-check``) records the figures and refuses nothing. A series whose similarity peak is no sharper
+than its outline's (:func:`outline_sharpness`), or a T1 brain loosely aligned with the template, gives a warning
+(logged, and listed in ``transforms.json``'s ``warnings``), not a refusal. Skull-stripped series are accepted as well
+as heads (docs/raw.md, "Alignment check").
 
 Output folder::
 
@@ -44,6 +48,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -60,7 +65,14 @@ from monai_qrvae.raw.brain_extraction import _bet_model, _brain_extraction  # no
 from monai_qrvae.raw.errors import RawInputError, RegistrationError
 from monai_qrvae.raw.geometry import resample_to_grid
 from monai_qrvae.raw.registration import _ants, _ants_affine, _register, _template, _to_ants  # noqa: F401
-from monai_qrvae.raw.series import _MIN_FOV_MM, _head_mask, load_series, normalised_mutual_information  # noqa: F401
+from monai_qrvae.raw.series import (  # noqa: F401
+    _MIN_FOV_MM,
+    _head_mask,
+    alignment_sharpness,
+    load_series,
+    normalised_mutual_information,
+    outline_sharpness,
+)
 
 __all__ = [
     "SERIES",
@@ -82,13 +94,14 @@ MASK_FILE = "brain_mask.nii.gz"
 MASK_T1_FILE = "brain_mask_t1.nii.gz"
 TRANSFORMS_FILE = "transforms.json"
 TIMING_FILE = "timing.json"
-#: Normalised mutual information (Studholme, 1 = independent, 2 = identical) below which a registration is refused:
-#: ``head`` inside the fixed image's head after rigid registration, ``brain`` inside the T1 brain mask,
-#: ``template`` of the brain-extracted T1 against the MNI template.
-#: Calibrated on the raw-like data (``benchmarks/bench_raw.py --similarity``, 3 subjects): same patient 1.226-1.302
-#: (head) and 1.163-1.234 (brain); another subject's T2/FLAIR 1.072-1.096 (head) and 1.074-1.127 (brain) after
-#: rigid registration; the T1 brain against the template 1.128-1.144.
-DEFAULT_THRESHOLDS: dict[str, float] = {"head": 1.15, "brain": 1.13, "template": 1.05}
+#: Alignment checks (docs/raw.md, "Alignment check"). ``sharpness``: a T2/FLAIR series is **refused** when the peak
+#: sharpness of its found rigid pose (:func:`~monai_qrvae.raw.series.alignment_sharpness`, inside the T1 foreground)
+#: is <= this bound; 0 is the null of "no peak" (4 mm / 4 degrees of misalignment lose nothing), fitted to no data
+#: (``--no-alignment-check``: refuse nothing). A **warning** (logged, in ``transforms.json`` ``warnings``) is given when
+#: the images' peak is no sharper than their outlines' (:func:`~monai_qrvae.raw.series.outline_sharpness`: no evidence
+#: of shared anatomy beyond the head/brain outline). ``template``: a warning, not a refusal, when the NMI of the
+#: brain-extracted T1 with the MNI template is below it (raw-like data 1.128-1.144, a real 5 mm T1 1.036).
+DEFAULT_THRESHOLDS: dict[str, float] = {"sharpness": 0.0, "template": 1.05}
 
 
 @functools.lru_cache(maxsize=4)
@@ -129,8 +142,8 @@ def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, descrip: str
     atomic_write(path, lambda tmp: img.to_filename(tmp))
 
 
-_HEAD_HINT = "is it a head scan of the same patient?"
-_BRAIN_HINT = "are both series of the same patient?"
+_LOG = logging.getLogger(__name__)
+_NO_CHECK = "give --no-alignment-check (alignment_check=False) to skip this check"
 
 
 def _check_alignment(
@@ -138,27 +151,75 @@ def _check_alignment(
     work: Mapping[str, tuple[np.ndarray, np.ndarray]],
     t1_to_series: np.ndarray,
     mask: np.ndarray,
-    limit: float,
+    limit: float | None,
     paths: Mapping[str, Path],
-    where: tuple[str, str],
-    hint: str,
-) -> float:
-    """Normalised mutual information of series ``name`` (mapped by ``t1_to_series``) and T1 inside ``mask``, on
-    their ``work`` copies, rounded to 4 decimals.
+    warnings: list[str] | None = None,
+) -> dict[str, float]:
+    """Alignment figures of series ``name`` (mapped by ``t1_to_series``) with T1 on their ``work`` copies, rounded to
+    4 decimals: ``nmi``, ``perturbed_nmi`` and ``sharpness`` inside ``mask`` (:func:`alignment_sharpness`),
+    ``image_sharpness`` and ``outline_sharpness`` around it (:func:`outline_sharpness`). A warning is logged and
+    appended to ``warnings`` when ``image_sharpness <= outline_sharpness``.
 
     Raises:
-        RegistrationError: below ``limit``; ``where`` is the (region, stage) text of the message.
+        RegistrationError: ``sharpness <= limit`` (``None``: never).
     """
     t1_work, t1_work_affine = work["T1"]
     moving, moving_affine = work[name]
-    warped = resample_to_grid(moving, moving_affine, t1_work.shape, t1_work_affine, t1_to_series, order=1)
-    nmi = round(normalised_mutual_information(t1_work, warped, mask), 4)
-    if nmi < limit:
+    nmi, perturbed, sharpness = alignment_sharpness(t1_work, t1_work_affine, moving, moving_affine, t1_to_series, mask)
+    if limit is not None and sharpness <= limit:
         raise RegistrationError(
-            f"{name} series {paths[name]} does not align with the T1 series {paths['T1']}{where[0]}: normalised "
-            f"mutual information {nmi:.3f}{where[1]}, expected >= {limit:.2f}; {hint}"
+            f"{name} series {paths[name]} does not align with the T1 series {paths['T1']}: after rigid registration "
+            f"the found pose is not a similarity peak (a 4 mm / 4 degree misalignment keeps {1 - sharpness:.0%} of "
+            f"the similarity, sharpness {sharpness:.3f}, expected > {limit:.2f}); are both series of the same "
+            f"patient's head? {_NO_CHECK}."
         )
-    return nmi
+    image, outline = outline_sharpness(
+        t1_work, t1_work_affine, moving, moving_affine, t1_to_series, mask, _head_mask(moving)
+    )
+    out = {"nmi": round(nmi, 4), "perturbed_nmi": round(perturbed, 4), "sharpness": round(sharpness, 4)}
+    out.update(image_sharpness=round(image, 4), outline_sharpness=round(outline, 4))
+    if image <= outline:
+        text = (
+            f"{name} series {paths[name]}: its similarity peak with T1 is no sharper than that of the two series' "
+            f"outlines (image sharpness {image:.3f} <= outline sharpness {outline:.3f}): no evidence beyond the "
+            "outline that it is the same patient's; check it is."
+        )
+        _LOG.warning(text)
+        if warnings is not None:
+            warnings.append(text)
+    return out
+
+
+def _skull_stripped(data: np.ndarray) -> bool:
+    """Whether a series looks skull-stripped: most voxels exactly zero around one non-zero, brain-sized object."""
+    from scipy import ndimage
+
+    nonzero = data != 0
+    if nonzero.mean() > 0.5:
+        return False
+    labels, n = ndimage.label(nonzero)
+    if n == 0:
+        return False
+    largest = np.bincount(labels.ravel())[1:].max()
+    return bool(largest >= 0.9 * nonzero.sum())
+
+
+def _brain_mask(
+    corrected: np.ndarray, raw: np.ndarray, affine: np.ndarray, threads: int | None
+) -> tuple[np.ndarray, str]:
+    """The T1 brain mask and where it came from: deepbet's mask, or -- on a skull-stripped series whose deepbet mask
+    disagrees with its non-zero region (Dice < 0.9) -- that region (holes filled)."""
+    from scipy import ndimage
+
+    from monai_qrvae.raw.geometry import dice
+
+    mask = _brain_extraction(corrected, affine, threads)
+    if not _skull_stripped(raw):
+        return mask, "deepbet"
+    nonzero = ndimage.binary_fill_holes(raw != 0)
+    if dice(mask, nonzero) >= 0.9:
+        return mask, "deepbet (skull-stripped input)"
+    return nonzero, "non-zero region (skull-stripped input; deepbet's mask had Dice < 0.9 with it)"
 
 
 def _erode_mm(mask: np.ndarray, affine: np.ndarray, distance_mm: float) -> np.ndarray:
@@ -182,6 +243,7 @@ def preprocess(
     thresholds: Mapping[str, float] | None = None,
     threads: int | None = None,
     mask_erosion_mm: float = 2.0,
+    alignment_check: bool = True,
 ) -> dict[str, Any]:
     """Turn three raw series into the analysis-ready image, brain mask and transforms (layout in the module doc).
 
@@ -193,11 +255,14 @@ def preprocess(
         work_mm: voxel size of the copies the registrations work on (their last level runs at twice this size).
         n4_mm: voxel size of the copies the N4 bias field is fitted on.
         spacing: voxel size of the analysis grid (2 mm: the embedded data's and the shipped model's grid).
-        thresholds: overrides of :data:`DEFAULT_THRESHOLDS` (normalised mutual information).
+        thresholds: overrides of :data:`DEFAULT_THRESHOLDS` (``sharpness``, ``template``).
         threads: torch threads for brain extraction (``None``: torch's default). ANTs follows
             ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``.
         mask_erosion_mm: the analysed brain is the extracted brain without its voxels within this distance (mm) of
             the mask's surface (0: the whole extracted brain); ``brain_mask_t1.nii.gz`` keeps the extraction itself.
+        alignment_check: refuse a T2/FLAIR pose that is not a similarity peak (:data:`DEFAULT_THRESHOLDS`
+            ``sharpness``; ``False``: compute and record the figures and warnings, refuse nothing;
+            ``--no-alignment-check``).
 
     Returns:
         the content of ``transforms.json`` plus ``"timing"`` (seconds per step) and ``"files"`` (written paths).
@@ -207,6 +272,10 @@ def preprocess(
         RawInputError: a series cannot be used, or no acceptable alignment was found (:class:`RegistrationError`).
     """
     limits = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+
+    def check(key: str) -> float | None:
+        return limits[key] if alignment_check else None
+
     paths = {"T1": Path(t1), "T2": Path(t2), "FLAIR": Path(flair)}
     timing: dict[str, float] = {}
     total_start = time.perf_counter()
@@ -224,10 +293,11 @@ def preprocess(
         corrected[name], work[name] = full, (small, small_affine)
 
     similarity: dict[str, float] = {}
+    warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="qrvae-preprocess-") as tmp_name:
         tmp = Path(tmp_name)
         t1_work, t1_work_affine = work["T1"]
-        t1_head = _head_mask(t1_work)
+        t1_head = _head_mask(t1_work)  # the head, or the brain of a skull-stripped series
         maps: dict[str, np.ndarray] = {}  # RAS point maps T1 world -> series world
         for name in SERIES[1:]:
             moving, moving_affine = work[name]
@@ -238,10 +308,15 @@ def preprocess(
                     t1_work, t1_work_affine, m, a, "Rigid", tmp / f"{n}_to_T1.mat"
                 ),
             )
-            similarity[f"{name}_head_nmi"] = _check_alignment(
-                name, work, maps[name], t1_head, limits["head"], paths, ("", " after rigid registration"), _HEAD_HINT
+            figures = _timed(
+                timing,
+                "alignment_check",
+                lambda n=name: _check_alignment(n, work, maps[n], t1_head, check("sharpness"), paths, warnings),
             )
-        mask_t1 = _timed(timing, "brain_extraction", lambda: _brain_extraction(corrected["T1"], affines["T1"], threads))
+            similarity.update({f"{name}_{k}": v for k, v in figures.items()})
+        mask_t1, mask_source = _timed(
+            timing, "brain_extraction", lambda: _brain_mask(corrected["T1"], data["T1"], affines["T1"], threads)
+        )
         if mask_t1.sum() * abs(np.linalg.det(affines["T1"][:3, :3])) < 200_000:  # 200 ml
             raise RawInputError(
                 f"T1 series {paths['T1']}: brain extraction found {mask_t1.sum()} voxels "
@@ -249,10 +324,10 @@ def preprocess(
                 "(>= 200 ml); is it a T1-weighted head scan?"
             )
         brain_work = resample_to_grid(mask_t1.astype(np.float32), affines["T1"], t1_work.shape, t1_work_affine) > 0.5
-        for name in SERIES[1:]:
-            similarity[f"{name}_brain_nmi"] = _check_alignment(
-                name, work, maps[name], brain_work, limits["brain"], paths, (" inside the brain", ""), _BRAIN_HINT
-            )
+        for name in SERIES[1:]:  # recorded, not checked (an absolute NMI depends on the scanner)
+            t1_to_series = maps[name]
+            warped = resample_to_grid(*work[name], t1_work.shape, t1_work_affine, t1_to_series, order=1)
+            similarity[f"{name}_brain_nmi"] = round(normalised_mutual_information(t1_work, warped, brain_work), 4)
         tpl, tpl_affine = _template()
         mni_to_t1 = _timed(
             timing,
@@ -261,11 +336,13 @@ def preprocess(
         )
         warped = resample_to_grid(t1_work * brain_work, t1_work_affine, tpl.shape, tpl_affine, mni_to_t1, order=1)
         similarity["T1_template_nmi"] = round(normalised_mutual_information(tpl, warped, tpl > 0), 4)
-        if similarity["T1_template_nmi"] < limits["template"]:
-            raise RegistrationError(
-                f"T1 series {paths['T1']}: its brain does not align with the MNI152 template (normalised mutual "
-                f"information {similarity['T1_template_nmi']:.3f}, expected >= {limits['template']:.2f})."
+        if similarity["T1_template_nmi"] < limits["template"]:  # a warning: an absolute NMI depends on the scanner
+            text = (
+                f"T1 series {paths['T1']}: its brain aligns loosely with the MNI152 template (normalised mutual "
+                f"information {similarity['T1_template_nmi']:.3f} < {limits['template']:.2f}); check it is a T1 head."
             )
+            _LOG.warning(text)
+            warnings.append(text)
 
         analysed_t1 = _erode_mm(mask_t1, affines["T1"], mask_erosion_mm)
 
@@ -317,6 +394,9 @@ def preprocess(
         "template": "MNI152 2009 T1 (nilearn, 2 mm, brain)",
         "similarity": similarity,
         "thresholds": limits,
+        "alignment_check": bool(alignment_check),
+        "warnings": warnings,
+        "brain_mask_source": mask_source,
         "brain_volume_ml": round(float(mask_t1.sum() * abs(np.linalg.det(affines["T1"][:3, :3]))) / 1000.0, 2),
         "analysed_volume_ml": round(float(analysed_t1.sum() * abs(np.linalg.det(affines["T1"][:3, :3]))) / 1000.0, 2),
         "mask_erosion_mm": float(mask_erosion_mm),
