@@ -146,7 +146,10 @@ def series_maps_items(
     for p in prepared:
         written = [Path(output_dir) / f"{p['name']}_{postfix}.nii.gz" for postfix in ("zmap", "pmap", "lesion")]
         maps = analysis_maps_by_key([w for w in written if w.is_file()])
-        result = write_series_maps(maps, p["prep_dir"], Path(output_dir) / p["name"], p["series"][index], reference)
+        report = Path(output_dir) / f"{p['name']}_lesions.json"
+        result = write_series_maps(
+            maps, p["prep_dir"], Path(output_dir) / p["name"], p["series"][index], reference, report
+        )
         logger.info(
             "%s: maps and lesion report on the %s grid in %s", p["name"], reference.upper(), result["maps"]["z"]
         )

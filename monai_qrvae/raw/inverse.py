@@ -182,8 +182,12 @@ def write_series_maps(
     out_dir: str | os.PathLike,
     source: str | os.PathLike,
     reference: str = "flair",
+    analysis_report: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Put the z, p and lesion maps of the analysis grid back on a raw series' grid, with its lesion report.
+
+    ``analysis_report``: the lesion report written on the analysis grid; its ``site`` check (the scan against the
+    healthy calibration) is carried over to the series' report.
 
     Writes ``<stem>_zmap.nii.gz``, ``<stem>_pmap.nii.gz`` (1 where nothing was tested), ``<stem>_lesion.nii.gz``
     and ``<stem>_lesions.json`` / ``.csv`` (:func:`monai_qrvae.report.write_lesion_report`) into ``out_dir``, where
@@ -207,6 +211,10 @@ def write_series_maps(
         maps[key], images[key] = str(path), img
     report = lesion_report(images["lesion"], images["z"])
     report.update({"series": name, "source": os.path.abspath(source)})
+    if analysis_report is not None and Path(analysis_report).is_file():
+        site = json.loads(Path(analysis_report).read_text()).get("site")
+        if site is not None:
+            report["site"] = site
     json_path, csv_path = write_lesion_report(report, out, stem)
     return {"maps": maps, "report": str(json_path), "report_csv": str(csv_path)}
 
@@ -252,7 +260,8 @@ def infer_raw(
     item = {"image": str(prep_dir / IMAGE_FILE), "brain_mask": str(prep_dir / MASK_FILE)}
     written = infer(model_dir, [item], out / "analysis", **infer_kwargs)
     source = {"T1": t1, "T2": t2, "FLAIR": flair}[name]
-    result = write_series_maps(analysis_maps_by_key(written), prep_dir, out, source, reference=name)
+    analysis_report = next((p for p in written if p.name.endswith("_lesions.json")), None)
+    result = write_series_maps(analysis_maps_by_key(written), prep_dir, out, source, name, analysis_report)
     return {
         "preprocess": {k: v for k, v in prep.items() if k in ("timing", "similarity", "files")},
         "analysis_maps": [str(p) for p in written],
