@@ -49,12 +49,15 @@ def table_figures(table: str) -> dict[str, float]:
     """``{"row | column": value}`` of a Markdown comparison table (``n/a`` cells left out)."""
     lines = [line for line in table.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    figures = {}
+    figures, parent = {}, ""
     for line in lines[2:]:
-        cells = [c.strip().replace("&nbsp;", "") for c in line.strip("|").split("|")]
+        raw = [c.strip() for c in line.strip("|").split("|")]
+        cells = [c.replace("&nbsp;", "") for c in raw]
+        row = cells[0] if not raw[0].startswith("&nbsp;") else f"{parent}, {cells[0]}"  # a stratum of the method above
+        parent = parent if raw[0].startswith("&nbsp;") else cells[0]
         for column, cell in zip(header[1:], cells[1:]):
             if cell != "n/a" and _NUMBER.fullmatch(cell):
-                figures[f"{cells[0]} | {column}"] = float(cell)
+                figures[f"{row}: {column}"] = float(cell)
     return figures
 
 
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "spread")
     parser.add_argument("--jobs", type=int, default=2, help="settings run at once (one process each)")
     parser.add_argument("--update-docs", nargs="*", default=[], help="Markdown files whose 'spread' block is rewritten")
+    parser.add_argument("--merge", type=Path, help="a spread.json of an earlier run whose other probes are kept")
     parser.add_argument("--child", choices=PROBES, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--no-onednn", action="store_true", help=argparse.SUPPRESS)
@@ -128,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, float]]] = {}
+    if args.merge:
+        results.update({k: v for k, v in json.loads(args.merge.read_text()).items() if k not in args.probes})
     for probe in args.probes:
         if probe == "card":  # make the shared cohort once, before the parallel runs
             _run_one(probe, args.settings[0], args.out)
