@@ -27,8 +27,10 @@ __all__ = ["infer"]
 
 
 #: label-free thresholds: ``"conformal"`` (default: Benjamini-Hochberg on p-values calibrated on healthy volumes),
-#: ``"volume"`` (at most alpha of healthy volumes with any detection), ``"gaussian"`` (the paper's N(0, 1) p-values).
-THRESHOLD_CHOICES = ("conformal", "volume", "gaussian")
+#: ``"volume"`` (at most alpha of healthy volumes with any detection), ``"gaussian"`` (the paper's N(0, 1) p-values),
+#: ``"lesion"`` (BH over candidate lesions: lesion-level FDR) and ``"lesion-volume"`` (at most alpha of healthy
+#: volumes with any lesion).
+THRESHOLD_CHOICES = ("conformal", "volume", "gaussian", "lesion", "lesion-volume")
 
 
 def _calibration_for(model_dir: str | os.PathLike, threshold: str) -> Any:
