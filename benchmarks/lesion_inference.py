@@ -51,7 +51,7 @@ def run(
     """Score ``section`` once and summarise every configuration (see the module docstring)."""
     from monai.data import DataLoader, Dataset
 
-    from monai_qrvae.calibration import load_calibration
+    from monai_qrvae.calibration import load_calibration, min_volumes
     from monai_qrvae.defaults import method_defaults
     from monai_qrvae.engines import create_anomaly_evaluator
     from monai_qrvae.evaluation import InputGridCollector, summarise
@@ -67,7 +67,11 @@ def run(
     pre = config.transforms()
     handlers: list[Any] = [AnomalyMapHandler(median_size=score_median, score=config.score, contrast_key="zc")]
     collectors = {}
+    skipped = []
     for name, threshold, alpha, statistic in configurations(alphas, statistics, volume):
+        if threshold == "lesion-volume" and min_volumes(alpha) > cal.n_volumes:
+            skipped.append(f"{name}: needs {min_volumes(alpha)} calibration volumes, has {cal.n_volumes}")
+            continue
         key = f"lesion_{len(collectors)}"
         handlers.append(
             ThresholdHandler(
@@ -97,6 +101,7 @@ def run(
         "datalist": datalist,
         "section": section,
         "calibration": {"n_volumes": cal.n_volumes, "lesion_threshold": cal.lesion_threshold},
+        "skipped": skipped,
         "seconds": time.perf_counter() - start,
         "results": results,
     }
@@ -136,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(result)
     (out / f"lesion_inference_{args.section}.md").write_text(text)
     print(text)
+    for line in result["skipped"]:
+        print("skipped", line)
     print(f"{result['seconds']:.0f} s")
     return 0
 

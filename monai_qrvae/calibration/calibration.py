@@ -52,7 +52,7 @@ SITE_MARGIN = 1.5
 #: fewest brain voxels of a volume whose empirical null is estimated.
 MIN_NULL_VOXELS = 10
 #: conformal voxel p-value of the primary (cluster-forming) threshold of lesion-level inference.
-LESION_P = 0.001
+LESION_P = 1e-4
 #: voxel volume (mL) assumed for a calibration map without an affine: 1 mm isotropic.
 _DEFAULT_VOXEL_ML = 1e-3
 
