@@ -98,8 +98,9 @@ def infer(
 
     Args:
         images: paths of 4D (T1, T2, FLAIR) images, or datalist entries (``{"image": ..., "brain_mask": ...}``).
-        threshold: the label-free threshold, one of :data:`THRESHOLD_CHOICES` (``"conformal"`` and ``"volume"``
-            need the model's ``calibration.pt``).
+        threshold: the label-free threshold, one of :data:`THRESHOLD_CHOICES` (all but ``"gaussian"`` need the
+            model's ``calibration.pt``; ``"lesion"`` and ``"lesion-volume"`` one with the healthy cluster statistics,
+            and the report then gives each lesion's statistic, p-value and q-value or volume-level flag).
     """
     from monai_qrvae.data.datalist import check_item
 
