@@ -69,12 +69,13 @@ def threshold_transforms(
 
     ``"conformal"`` gives :class:`~monai_qrvae.transforms.ConformalPValued` (the healthy calibration
     ``ckpt_dir/calibration.pt``, checked against ``method``, ``score_median`` and ``score``) then
-    :class:`~monai_qrvae.transforms.FDRMaskd`; ``"volume"`` the volume-level threshold; ``"gaussian"`` the paper's
-    Benjamini-Hochberg on N(0, 1) p-values (no calibration). See
+    :class:`~monai_qrvae.transforms.FDRMaskd`; ``"volume"`` the volume-level threshold; ``"lesion"`` and
+    ``"lesion-volume"`` the lesion-level thresholds (:class:`~monai_qrvae.transforms.LesionThresholdd`);
+    ``"gaussian"`` the paper's Benjamini-Hochberg on N(0, 1) p-values (no calibration). See
     :func:`~monai_qrvae.transforms.anomaly.thresholds.label_free_transforms`.
 
     Raises:
-        ValueError: ``threshold`` is not ``"conformal"``, ``"volume"`` or ``"gaussian"``.
+        ValueError: ``threshold`` is not one of :data:`~monai_qrvae.workflows.THRESHOLD_CHOICES`.
         FileNotFoundError: a calibrated threshold and no ``calibration.pt`` in ``ckpt_dir`` (the CLI's message).
     """
     from monai_qrvae.transforms.anomaly.thresholds import label_free_transforms

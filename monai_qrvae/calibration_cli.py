@@ -28,11 +28,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "cluster_p",
         "device",
         "null",
+        "lesion_p",
     )
     cal = fit_calibration(args.model, args.datalist, **arg_values(args, *options))
     summary: dict[str, Any] = cal.summary()
     summary.pop("volume_maxima", None)
     summary.pop("max_cluster_sizes", None)
+    summary.pop("lesion_volume_max", None)
     print(
         f"calibrated {summary['score'].get('score_name', 'the score')} of {summary['score'].get('method')} on "
         f"n = {cal.n_volumes} healthy volumes ({cal.n_voxels} brain voxels); wrote {args.model}/{CALIBRATION_FILE}"
@@ -70,6 +72,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="also calibrate a minimum lesion size: clusters of voxels with conformal p <= this (e.g. 0.001)",
+    )
+    p.add_argument(
+        "--lesion-p",
+        type=float,
+        default=1e-4,
+        help="primary threshold of the lesion-level thresholds (--threshold lesion, lesion-volume): candidate lesions "
+        "are clusters of voxels with conformal p <= this; their healthy statistics are calibrated (default 1e-4)",
     )
     p.add_argument("--max-voxels", type=int, default=2_000_000, help="voxel scores kept (thinned above)")
     p.add_argument(

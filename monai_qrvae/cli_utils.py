@@ -60,17 +60,20 @@ def add_post_options(p: argparse.ArgumentParser) -> None:
     """The lesion-mask options: ``--threshold --alpha --per --score-median --median-size --min-size``."""
     p.add_argument(
         "--threshold",
-        choices=("conformal", "volume", "gaussian"),
+        choices=("conformal", "volume", "gaussian", "lesion", "lesion-volume"),
         default="conformal",
         help="label-free threshold: 'conformal' (default; Benjamini-Hochberg on p-values calibrated on healthy scans, "
-        "calibration.pt beside the model), 'volume' (at most --alpha of healthy volumes get any detection) or "
+        "calibration.pt beside the model), 'volume' (at most --alpha of healthy volumes get any detection), "
+        "'lesion' (Benjamini-Hochberg over candidate lesions: at most --alpha of reported lesions false, on average), "
+        "'lesion-volume' (at most --alpha of healthy volumes get any lesion) or "
         "'gaussian' (the paper's N(0, 1) p-values, no calibration needed)",
     )
     p.add_argument(
         "--alpha",
         type=float,
         default=0.05,
-        help="false discovery rate (conformal, gaussian) or share of healthy volumes with a detection (volume); 0.05",
+        help="false discovery rate (conformal, gaussian, lesion) or share of healthy volumes with a detection (volume, "
+        "lesion-volume); 0.05",
     )
     p.add_argument("--per", choices=("volume", "slice"), default="volume", help="FDR per volume or per slice")
     p.add_argument(

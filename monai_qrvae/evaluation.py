@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from monai_qrvae.metrics import compute_best_dice, compute_masked_average_precis
 __all__ = [
     "NO_DETECTION_SCORE",
     "LESION_OVERLAP",
+    "LESION_MARGIN",
     "VolumeRecord",
     "lesion_wise_counts",
     "InputGridCollector",
@@ -44,6 +45,9 @@ __all__ = [
 NO_DETECTION_SCORE = -1.0e4
 #: a ground-truth lesion (connected component) is detected when the prediction covers this share of its voxels.
 LESION_OVERLAP = 0.1
+#: false voxels within this many voxels (26-neighbourhood steps) of a true lesion are boundary spill: the voxel FDR
+#: is also reported without them (``voxel_fdr_margin``).
+LESION_MARGIN = 2
 _STRUCTURE = ndimage.generate_binary_structure(3, 3)  # 26-connectivity, as lesion counts in 3D usually use
 
 
@@ -100,6 +104,8 @@ class VolumeRecord:
         pred: the label-free lesion mask of every brain voxel.
         analysed: whether the method analysed each brain voxel.
         counts: :func:`lesion_wise_counts` of the label-free mask.
+        near_lesion: whether each brain voxel lies within :data:`LESION_MARGIN` voxels of a true lesion (``None``:
+            not recorded).
     """
 
     name: str
@@ -109,6 +115,7 @@ class VolumeRecord:
     pred: np.ndarray
     analysed: np.ndarray
     counts: dict[str, int]
+    near_lesion: np.ndarray | None = field(default=None)
 
 
 def _path_of(value: Any) -> str | None:
@@ -247,6 +254,7 @@ class InputGridCollector:
         score_in = np.where(analysed, inv["score"], NO_DETECTION_SCORE).astype(np.float32)
         pred = (inv["lesion"] > 0.5) & analysed & brain
         label = label & brain
+        near = ndimage.binary_dilation(label, _STRUCTURE, iterations=LESION_MARGIN) if label.any() else label
         stratum = batch.get(self.stratum_key, out.get(self.stratum_key, ""))
         return VolumeRecord(
             name=_short_name(name),
@@ -256,6 +264,7 @@ class InputGridCollector:
             pred=pred[brain],
             analysed=analysed[brain],
             counts=lesion_wise_counts(pred, label, self.min_overlap),
+            near_lesion=near[brain],
         )
 
 
@@ -293,8 +302,34 @@ def _pooled(records: Sequence[VolumeRecord]) -> dict[str, float]:
         "lesions": lesions,
         "lesion_recall": detected / lesions if lesions else math.nan,
         "fp_per_volume": float(np.mean([r.counts["false_positive_components"] for r in records])),
+        **_lesion_fdr(records),
+        **_voxel_fdr(records),
         "lesion_voxels": n_lesion_voxels,
     }
+
+
+def _lesion_fdr(records: Sequence[VolumeRecord]) -> dict[str, float]:
+    """Realised lesion-level FDR: the mean over volumes of the share of predicted components touching no lesion
+    (0 for a volume without any), and its standard error across volumes."""
+    fdp = [
+        r.counts["false_positive_components"] / r.counts["pred_components"] if r.counts["pred_components"] else 0.0
+        for r in records
+    ]
+    se = float(np.std(fdp, ddof=1) / math.sqrt(len(fdp))) if len(fdp) > 1 else math.nan
+    return {"lesion_fdr": float(np.mean(fdp)), "lesion_fdr_se": se}
+
+
+def _voxel_fdr(records: Sequence[VolumeRecord]) -> dict[str, float]:
+    """Pooled voxel FDR (false detected voxels / detected voxels), also ignoring the false voxels within
+    :data:`LESION_MARGIN` voxels of a true lesion (``voxel_fdr_margin``; NaN when not recorded)."""
+    detected = sum(int(r.pred.sum()) for r in records)
+    false = sum(int((r.pred & ~r.label).sum()) for r in records)
+    out = {"voxel_fdr": false / detected if detected else 0.0, "voxel_fdr_margin": math.nan}
+    if all(r.near_lesion is not None for r in records):
+        spill = sum(int((r.pred & ~r.label & r.near_lesion).sum()) for r in records)  # type: ignore[operator]
+        kept = detected - spill
+        out["voxel_fdr_margin"] = (false - spill) / kept if kept else 0.0
+    return out
 
 
 def summarise(records: Sequence[VolumeRecord]) -> dict[str, Any]:
@@ -303,7 +338,10 @@ def summarise(records: Sequence[VolumeRecord]) -> dict[str, Any]:
     Voxel-wise (inside each brain mask, pooled over volumes): ``dice_fdr`` (label-free mask), ``best_dice`` (best
     single threshold, chosen with the labels: an upper bound), ``auroc``, ``auprc``; ``coverage`` is the share of
     lesion voxels the method analysed. Lesion-wise (label-free mask): ``lesion_recall`` and ``fp_per_volume``
-    (false-positive components per volume). On volumes without lesions: ``healthy_any_detection``, the fraction
+    (false-positive components per volume), ``lesion_fdr`` (realised lesion-level FDR: mean share of predicted
+    components touching no lesion, with its s.e. ``lesion_fdr_se`` across volumes), ``voxel_fdr`` (pooled share of
+    detected voxels outside the lesions) and ``voxel_fdr_margin`` (the same ignoring false voxels within
+    :data:`LESION_MARGIN` voxels of a lesion). On volumes without lesions: ``healthy_any_detection``, the fraction
     with any detected voxel. ``strata`` repeats the voxel- and lesion-wise figures for each stratum of volumes
     with lesions (e.g. ``typical`` and ``subtle``).
 

@@ -3,7 +3,11 @@
 For each lesion (26-connected component of the mask): its volume in mL, its centroid in world mm (the NIfTI affine
 of the grid the mask is on), its peak anomaly score and, when the per-contrast z-maps are given, the mean
 direction-signed z of each contrast inside it (FLAIR and T2 brighter, T1 darker count as positive) and the
-contrasts that drive it (mean signed z at least ``driver_z``). Written as JSON and CSV beside the maps.
+contrasts that drive it (mean signed z at least ``driver_z``). With a lesion-level threshold
+(:class:`~monai_qrvae.transforms.LesionThresholdd`) each lesion also carries its evidence: the cluster statistic,
+its conformal p-value and BH q-value (``"lesion"``) or its flag against the volume-level threshold
+(``"lesion-volume"``), and the report the threshold, alpha and the calibration used. Written as JSON and CSV beside
+the maps.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ __all__ = ["DRIVER_Z", "REPORT_COLUMNS", "lesion_report", "write_lesion_report"]
 DRIVER_Z = 2.0
 
 #: the CSV columns (one row per lesion).
-REPORT_COLUMNS = ("id", "voxels", "volume_ml", "x_mm", "y_mm", "z_mm", "max_z", "drivers")
+REPORT_COLUMNS = ("id", "voxels", "volume_ml", "x_mm", "y_mm", "z_mm", "max_z", "drivers", "statistic", "p", "q")
 
 
 def lesion_report(
@@ -35,6 +39,8 @@ def lesion_report(
     contrast_z: np.ndarray | None = None,
     contrast_names: Sequence[str] = ("T1", "T2", "FLAIR"),
     driver_z: float = DRIVER_Z,
+    lesion_labels: np.ndarray | None = None,
+    lesion_stats: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Describe the connected lesions of a binary mask.
 
@@ -45,6 +51,11 @@ def lesion_report(
         contrast_z: ``(C, H, W, D)`` direction-signed z-map of each contrast (adds ``contrast_z`` and ``drivers``).
         contrast_names: names of the ``C`` contrasts.
         driver_z: smallest mean signed z of a driving contrast.
+        lesion_labels: ``(H, W, D)`` labels of the lesion-level threshold's kept candidates on the same grid
+            (inverted with nearest neighbour); each lesion takes the evidence of the label covering most of it.
+        lesion_stats: the lesion-level threshold's evidence (``LesionThresholdd``'s ``lesion_stats``): adds
+            ``inference`` (threshold, alpha, statistic, calibration) and, per lesion, ``statistic``, ``value``,
+            ``p`` and ``q`` (or ``above_volume_threshold``).
 
     Returns:
         ``{"n_lesions", "total_volume_ml", "voxel_ml", "grid": {"shape", "affine"}, "lesions": [...]}``, lesions
@@ -58,7 +69,7 @@ def lesion_report(
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4):
         raise ValueError(f"lesion_report: expected a 4 x 4 affine, got shape {affine.shape}.")
-    for name, array in (("zmap", zmap), ("contrast_z", contrast_z)):
+    for name, array in (("zmap", zmap), ("contrast_z", contrast_z), ("lesion_labels", lesion_labels)):
         if array is not None and np.asarray(array).shape[-3:] != mask.shape:
             shape = np.asarray(array).shape
             raise ValueError(f"lesion_report: {name} of shape {shape} does not match the mask {mask.shape}.")
@@ -68,6 +79,7 @@ def lesion_report(
         )
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    evidence = {int(e["label"]): e for e in (lesion_stats or {}).get("lesions", [])}
     lesions = []
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
         part = labels[box] == i
@@ -87,17 +99,41 @@ def lesion_report(
             entry["drivers"] = [
                 name for name, m in sorted(zip(contrast_names, means), key=lambda t: -t[1]) if m >= driver_z
             ]
+        if lesion_stats is not None and lesion_labels is not None:
+            entry.update(_evidence(np.asarray(lesion_labels)[box][part], evidence, lesion_stats))
         lesions.append(entry)
     lesions.sort(key=lambda e: (-e["voxels"], e["id"]))
     for new_id, entry in enumerate(lesions, start=1):
         entry["id"] = new_id
-    return {
+    report: dict[str, Any] = {
         "n_lesions": int(n),
         "total_volume_ml": round(float(mask.sum()) * voxel_ml, 4),
         "voxel_ml": voxel_ml,
         "grid": {"shape": list(mask.shape), "affine": affine.tolist()},
         "lesions": lesions,
     }
+    if lesion_stats is not None:
+        report["inference"] = {k: v for k, v in lesion_stats.items() if k != "lesions"}
+    return report
+
+
+def _evidence(labels: np.ndarray, evidence: dict[int, dict[str, Any]], stats: dict[str, Any]) -> dict[str, Any]:
+    """The evidence of the candidate whose label covers most of a lesion's voxels (``{}`` when none does)."""
+    ids = np.asarray(labels).round().astype(np.int64).ravel()
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return {}
+    candidate = int(np.bincount(ids).argmax())
+    e = evidence.get(candidate)
+    if e is None:
+        return {}
+    out: dict[str, Any] = {"statistic": stats.get("statistic"), "value": round(float(e["value"]), 5)}
+    out["p"] = float(e["p"])
+    if "q" in e:
+        out["q"] = float(e["q"])
+    if "above_volume_threshold" in e:
+        out["above_volume_threshold"] = bool(e["above_volume_threshold"])
+    return out
 
 
 def write_lesion_report(report: dict[str, Any], output_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
@@ -122,6 +158,9 @@ def write_lesion_report(report: dict[str, Any], output_dir: str | os.PathLike, s
                         "z_mm": z,
                         "max_z": e.get("max_z", ""),
                         "drivers": "+".join(e.get("drivers", [])),
+                        "statistic": e.get("value", ""),
+                        "p": e.get("p", ""),
+                        "q": e.get("q", ""),
                     }
                 )
 

@@ -298,19 +298,27 @@ def _fake_calibration(folder: Path, n: int = 19, **score: Any) -> Path:
 
     g = torch.Generator().manual_seed(0)
     definition = {"method": "qrvae", "score_median": 1, "score": "flair_t2", "score_key": "z", **score}
-    cal = Calibration.from_scores([torch.randn(1, 8, 8, 4, generator=g) for _ in range(n)], score=definition)
+    cal = Calibration.from_scores(
+        [torch.randn(1, 8, 8, 4, generator=g) for _ in range(n)], score=definition, lesion_p=0.01
+    )
     folder.mkdir(parents=True, exist_ok=True)
     return cal.save(folder / "calibration.pt")
 
 
 def test_postprocessing_thresholds_like_the_command_line(tmp_path):
-    """``threshold``: conformal (default), volume or gaussian, with the CLI's transforms, errors and the maps'
-    convention outside the brain (z = 0, p = 1, lesion = 0)."""
+    """``threshold``: conformal (default), volume, gaussian, lesion or lesion-volume, with the CLI's transforms,
+    errors and the maps' convention outside the brain (z = 0, p = 1, lesion = 0)."""
     from monai_qrvae.transforms import FDRMaskd
-    from monai_qrvae.transforms.anomaly.thresholds import ConformalPValued, VolumeThresholdd
+    from monai_qrvae.transforms.anomaly.thresholds import ConformalPValued, LesionThresholdd, VolumeThresholdd
 
     _fake_calibration(tmp_path / "models")
-    kinds = {"conformal": [ConformalPValued, FDRMaskd], "volume": [VolumeThresholdd], "gaussian": [FDRMaskd]}
+    kinds = {
+        "conformal": [ConformalPValued, FDRMaskd],
+        "volume": [VolumeThresholdd],
+        "gaussian": [FDRMaskd],
+        "lesion": [LesionThresholdd],
+        "lesion-volume": [LesionThresholdd],
+    }
     g = torch.Generator().manual_seed(1)
     brain = torch.zeros(1, 16, 16, 5)
     brain[:, 4:12, 4:12, 1:4] = 1
@@ -339,7 +347,9 @@ def test_postprocessing_thresholds_like_the_command_line(tmp_path):
         _parser("inference.json", ckpt_dir=str(tmp_path / "models"), threshold="max").get_parsed_content(
             "postprocessing"
         )
-    assert "threshold must be one of ('conformal', 'volume', 'gaussian')" in str(info.value.__cause__)
+    assert "threshold must be one of ('conformal', 'volume', 'gaussian', 'lesion', 'lesion-volume')" in str(
+        info.value.__cause__
+    )
     _fake_calibration(tmp_path / "other", score_median=3)  # calibrated for another score: refused
     with pytest.raises(RuntimeError) as info:
         _parser("inference.json", ckpt_dir=str(tmp_path / "other")).get_parsed_content("postprocessing")

@@ -2,8 +2,9 @@
 
 Quantiles -> (mu, sigma) under a Gaussian model of x given z, z-scores, p-values (:mod:`.gaussian`), the
 quantile-function score (:mod:`.quantile_score`), multi-contrast scores
-(:mod:`.scores`), Benjamini-Hochberg false-discovery-rate masks (:mod:`.fdr`), and the
-usual post-processing filters (:mod:`.filters`); shared helpers in :mod:`.utils`. No engine or file handling lives here.
+(:mod:`.scores`), Benjamini-Hochberg false-discovery-rate masks (:mod:`.fdr`), lesion-level inference
+(:mod:`.lesions`), and the usual post-processing filters (:mod:`.filters`); shared helpers in :mod:`.utils`. No
+engine or file handling lives here.
 
 Reference:
     Akrami, Joshi, Aydore, Leahy. "Addressing Variance Shrinkage in Variational Autoencoders using
@@ -15,6 +16,15 @@ from __future__ import annotations
 from monai_qrvae.anomaly.fdr import benjamini_hochberg
 from monai_qrvae.anomaly.filters import median_filter, remove_small_components
 from monai_qrvae.anomaly.gaussian import PPF_085, anomaly_maps, p_value, quantiles_to_mu_sigma, z_score
+from monai_qrvae.anomaly.lesions import (
+    LESION_STATISTICS,
+    bh_q_values,
+    bh_reject,
+    cluster_statistics,
+    lesion_candidates,
+    lesion_p_values,
+    voxel_volume_ml,
+)
 from monai_qrvae.anomaly.quantile_score import interpolate_normal_score, quantile_function_score
 from monai_qrvae.anomaly.scores import LESION_DIRECTION, SCORES, combine_z, score_weights, signed_z
 from monai_qrvae.anomaly.utils import (  # noqa: F401 - imported by monai_qrvae.metrics
@@ -44,4 +54,11 @@ __all__ = [
     "median_filter",
     "remove_small_components",
     "anomaly_maps",
+    "LESION_STATISTICS",
+    "lesion_candidates",
+    "cluster_statistics",
+    "lesion_p_values",
+    "bh_q_values",
+    "bh_reject",
+    "voxel_volume_ml",
 ]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from monai_qrvae.calibration.calibration import (
     CALIBRATION_FILE,
+    LESION_P,
     MAX_VOXELS,
     STRATIFY,
     Calibration,
@@ -67,5 +68,6 @@ __all__ = [
     "subsample_sorted",
     "run_shipped_score",
     "fit_calibration",
+    "LESION_P",
     "load_calibration",
 ]

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from monai_qrvae.anomaly.lesions import LESION_STATISTICS, cluster_statistics, lesion_candidates, lesion_p_values
 from monai_qrvae.anomaly.null import NULL_METHODS, empirical_null, standardise
 from monai_qrvae.calibration.conformal import (
     _flat,
@@ -28,6 +30,7 @@ __all__ = [
     "STRATIFY",
     "SITE_NULL",
     "SITE_MARGIN",
+    "LESION_P",
     "Calibration",
     "load_calibration",
     "conformal_bh",
@@ -48,6 +51,10 @@ SITE_NULL = "central"
 SITE_MARGIN = 1.5
 #: fewest brain voxels of a volume whose empirical null is estimated.
 MIN_NULL_VOXELS = 10
+#: conformal voxel p-value of the primary (cluster-forming) threshold of lesion-level inference.
+LESION_P = 1e-4
+#: voxel volume (mL) assumed for a calibration map without an affine: 1 mm isotropic.
+_DEFAULT_VOXEL_ML = 1e-3
 
 
 @dataclass(eq=False)  # tensors: compare fields explicitly
@@ -70,6 +77,12 @@ class Calibration:
             :data:`~monai_qrvae.anomaly.null.NULL_METHODS`; ``"none"``: raw scores).
         null_params: ``(n, 2)`` float32 ``(centre, width)`` of each calibration volume's raw scores (the reference
             for :meth:`site_check`); ``None`` for calibrations written before it was recorded.
+        lesion_threshold: primary threshold of lesion-level inference (the pooled calibration voxel score at
+            conformal p ``score["lesion_p"]``); ``None``: not fitted (calibrations written before it).
+        lesion_stats: each :data:`~monai_qrvae.anomaly.lesions.LESION_STATISTICS` (``extent`` mL, ``mass`` mL,
+            ``peak``) of every healthy calibration cluster (26-connected, above ``lesion_threshold``), float64.
+        lesion_volume_max: each statistic's largest value per calibration volume (``0`` for extent and mass, the
+            threshold for peak, in a volume without cluster), float64, in datalist order.
     """
 
     voxel_scores: torch.Tensor
@@ -83,6 +96,9 @@ class Calibration:
     names: list[str] = field(default_factory=list)
     null: str = "none"
     null_params: torch.Tensor | None = None
+    lesion_threshold: float | None = None
+    lesion_stats: dict[str, torch.Tensor] | None = None
+    lesion_volume_max: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.null not in NULL_METHODS:
@@ -96,6 +112,10 @@ class Calibration:
         self.volume_maxima = torch.as_tensor(self.volume_maxima, dtype=torch.float32).flatten()
         if self.max_cluster_sizes is not None:
             self.max_cluster_sizes = torch.as_tensor(self.max_cluster_sizes, dtype=torch.int64).flatten()
+        for name in ("lesion_stats", "lesion_volume_max"):
+            values = getattr(self, name)
+            if values is not None:
+                setattr(self, name, {k: torch.as_tensor(v, dtype=torch.float64).flatten() for k, v in values.items()})
         if len(self.offsets) < 2 or int(self.offsets[0]) != 0 or int(self.offsets[-1]) != self.voxel_scores.numel():
             raise ValueError(
                 f"offsets must run from 0 to the {self.voxel_scores.numel()} voxel scores, got {self.offsets.tolist()}."
@@ -132,6 +152,8 @@ class Calibration:
         connectivity: int = 1,
         names: Sequence[str] = (),
         null: str = "none",
+        lesion_p: float | None = None,
+        voxel_ml: float | Sequence[float] | None = None,
     ) -> Calibration:
         """Build a calibration from the score maps of healthy volumes.
 
@@ -148,6 +170,10 @@ class Calibration:
             names: volume names for the record.
             null: standardise each volume's scores by its own empirical null first (see
                 :mod:`monai_qrvae.anomaly.null`); the same is done to every scored volume.
+            lesion_p: also fit lesion-level inference (:meth:`fit_lesions`) with the primary threshold at this
+                conformal voxel p-value (``None``: skip).
+            voxel_ml: voxel volume in mL of every map (or one per map); ``None`` reads each map's affine (a
+                MetaTensor's), 1 mm isotropic without one.
 
         Raises:
             ValueError: for no volume, mismatched masks, an empty brain mask or a bad stratification.
@@ -195,7 +221,54 @@ class Calibration:
         )
         if cluster_p is not None:
             cal.fit_clusters(maps, cluster_p, connectivity)
+        if lesion_p is not None:
+            if voxel_ml is None:
+                voxel_ml = [_voxel_ml_of(v) for v in volumes]
+            cal.fit_lesions(maps, lesion_p, voxel_ml)
         return cal
+
+    def primary_threshold(self, p: float) -> float:
+        """Smallest pooled calibration voxel score ``t`` such that every score ``s > t`` has conformal p ``<= p``."""
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"the primary p-value must be in (0, 1), got {p}.")
+        pooled = torch.sort(self.voxel_scores).values
+        # smallest t with conformal p(s) <= p for every s > t: (1 + #{c >= s}) / (n + 1) <= p
+        n = pooled.numel()
+        allowed = int(math.floor(p * (n + 1) + 1e-9)) - 1  # most calibration scores >= s allowed
+        return float(pooled[max(n - 1 - allowed, 0)]) if allowed >= 0 else float(pooled[-1])
+
+    def fit_lesions(
+        self, maps: Sequence[Any], lesion_p: float = LESION_P, voxel_ml: float | Sequence[float] = 1e-3
+    ) -> None:
+        """Calibrate lesion-level inference: the cluster statistics of the healthy calibration volumes.
+
+        Clusters are the 26-connected components of brain voxels above :meth:`primary_threshold` of ``lesion_p``;
+        every cluster's ``extent``, ``mass`` and ``peak`` go to ``lesion_stats`` and each volume's largest to
+        ``lesion_volume_max``.
+
+        Args:
+            maps: the calibration score maps (standardised as calibrated) with ``-inf`` outside the brain.
+            lesion_p: conformal voxel p-value of the primary threshold.
+            voxel_ml: voxel volume in mL, one for all maps or one per map.
+        """
+        threshold = self.primary_threshold(lesion_p)
+        sizes = [float(voxel_ml)] * len(maps) if isinstance(voxel_ml, (int, float)) else [float(v) for v in voxel_ml]
+        if len(sizes) != len(maps):
+            raise ValueError(f"got {len(sizes)} voxel volumes for {len(maps)} maps.")
+        stats: dict[str, list[float]] = {k: [] for k in LESION_STATISTICS}
+        volume_max: dict[str, list[float]] = {k: [] for k in LESION_STATISTICS}
+        for m, ml in zip(maps, sizes):
+            s = _flat(m).cpu().double().numpy()
+            labels, n = lesion_candidates(s, threshold, mask=np.isfinite(s))
+            values = cluster_statistics(s, labels, n, threshold, ml)
+            for k in LESION_STATISTICS:
+                stats[k].extend(values[k].tolist())
+                empty = threshold if k == "peak" else 0.0
+                volume_max[k].append(float(values[k].max()) if n else empty)
+        self.lesion_threshold = threshold
+        self.lesion_stats = {k: torch.tensor(v, dtype=torch.float64) for k, v in stats.items()}
+        self.lesion_volume_max = {k: torch.tensor(v, dtype=torch.float64) for k, v in volume_max.items()}
+        self.score["lesion_p"] = float(lesion_p)
 
     def fit_clusters(self, maps: Sequence[torch.Tensor], cluster_p: float, connectivity: int = 1) -> None:
         """Calibrate the largest cluster size above the pooled ``1 - cluster_p`` voxel quantile (see ``from_scores``).
@@ -204,11 +277,7 @@ class Calibration:
         """
         if not 0.0 < cluster_p < 1.0:
             raise ValueError(f"cluster_p must be in (0, 1), got {cluster_p}.")
-        pooled = torch.sort(self.voxel_scores).values
-        # smallest t with conformal p(s) <= cluster_p for every s > t: (1 + #{c >= s}) / (n + 1) <= cluster_p
-        n = pooled.numel()
-        allowed = int(math.floor(cluster_p * (n + 1) + 1e-9)) - 1  # most calibration scores >= s allowed
-        self.cluster_threshold = float(pooled[max(n - 1 - allowed, 0)]) if allowed >= 0 else float(pooled[-1])
+        self.cluster_threshold = self.primary_threshold(cluster_p)
         self.max_cluster_sizes = torch.tensor(
             [max_cluster_size(m > self.cluster_threshold, connectivity) for m in maps], dtype=torch.int64
         )
@@ -319,6 +388,25 @@ class Calibration:
             raise ValueError("this calibration has no cluster-size calibration; run it with a cluster_p.")
         return int(volume_threshold(self.max_cluster_sizes.float(), alpha))
 
+    def _lesion_fitted(self, statistic: str) -> None:
+        if self.lesion_stats is None or self.lesion_volume_max is None or self.lesion_threshold is None:
+            raise ValueError(
+                "this calibration has no lesion-level calibration (written before it); run 'qrvae calibrate' again."
+            )
+        if statistic not in LESION_STATISTICS:
+            raise ValueError(f"statistic must be one of {LESION_STATISTICS}, got {statistic!r}.")
+
+    def lesion_p_values(self, statistics: Any, statistic: str) -> np.ndarray:
+        """Conformal lesion p-values ``(1 + #{healthy clusters >= s}) / (N + 1)`` of candidates' ``statistic``."""
+        self._lesion_fitted(statistic)
+        return lesion_p_values(statistics, self.lesion_stats[statistic].numpy())  # type: ignore[index]
+
+    def lesion_volume_threshold(self, statistic: str, alpha: float) -> float:
+        """The volume-level threshold of ``statistic`` (keep candidates ``> it``): at most ``alpha`` of healthy
+        volumes get any lesion (:func:`volume_threshold` of the per-volume maxima)."""
+        self._lesion_fitted(statistic)
+        return volume_threshold(self.lesion_volume_max[statistic], alpha)  # type: ignore[index]
+
     def check_score(self, **expected: Any) -> None:
         """Raise ``ValueError`` when the calibration was computed for another score definition.
 
@@ -357,6 +445,10 @@ class Calibration:
         if self.max_cluster_sizes is not None:
             out["cluster_threshold"] = self.cluster_threshold
             out["max_cluster_sizes"] = self.max_cluster_sizes.tolist()
+        if self.lesion_stats is not None and self.lesion_volume_max is not None:
+            out["lesion_threshold"] = self.lesion_threshold
+            out["lesion_clusters"] = int(self.lesion_stats["extent"].numel())
+            out["lesion_volume_max"] = {k: [round(float(v), 4) for v in t] for k, t in self.lesion_volume_max.items()}
         return out
 
     # --- files --------------------------------------------------------------------------------------------------
@@ -369,12 +461,21 @@ class Calibration:
             "volume_maxima": self.volume_maxima.contiguous(),
             "max_cluster_sizes": None if self.max_cluster_sizes is None else self.max_cluster_sizes.contiguous(),
             "null_params": None if self.null_params is None else self.null_params.contiguous(),
+            "lesion_stats": (
+                None if self.lesion_stats is None else {k: v.contiguous() for k, v in self.lesion_stats.items()}
+            ),
+            "lesion_volume_max": (
+                None
+                if self.lesion_volume_max is None
+                else {k: v.contiguous() for k, v in self.lesion_volume_max.items()}
+            ),
             "meta": {
                 "null": self.null,
                 "score": dict(self.score),
                 "stratify": self.stratify,
                 "n_voxels": int(self.n_voxels),
                 "cluster_threshold": self.cluster_threshold,
+                "lesion_threshold": self.lesion_threshold,
                 "names": list(self.names),
             },
         }
@@ -425,7 +526,21 @@ class Calibration:
             names=list(meta["names"]),
             null=meta.get("null", "none"),  # calibrations written before the empirical null: raw scores
             null_params=state.get("null_params"),
+            lesion_threshold=meta.get("lesion_threshold"),  # calibrations written before lesion-level inference
+            lesion_stats=state.get("lesion_stats"),
+            lesion_volume_max=state.get("lesion_volume_max"),
         )
+
+
+def _voxel_ml_of(volume: Any) -> float:
+    """Voxel volume (mL) of a score map: from a MetaTensor's affine, else 1 mm isotropic."""
+    from monai.data import MetaTensor
+
+    from monai_qrvae.anomaly.lesions import voxel_volume_ml
+
+    if isinstance(volume, MetaTensor):
+        return voxel_volume_ml(volume.affine)
+    return _DEFAULT_VOXEL_ML
 
 
 def load_calibration(model_dir: str | os.PathLike, required: bool = False) -> Calibration | None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_qrvae.calibration.calibration import CALIBRATION_FILE, MAX_VOXELS, Calibration
+from monai_qrvae.calibration.calibration import CALIBRATION_FILE, LESION_P, MAX_VOXELS, Calibration, _voxel_ml_of
 from monai_qrvae.calibration.conformal import _flat
 from monai_qrvae.calibration.thresholds import min_volumes
 from monai_qrvae.utils import CONTRAST_NAMES
@@ -32,7 +32,8 @@ class CalibrationCollector:
 
     Attach after :class:`~monai_qrvae.handlers.AnomalyMapHandler`: at ``ITERATION_COMPLETED`` the decollated
     output items' ``score_key`` map and ``mask_key`` mask (the ``roi`` the anomaly handler writes) are stored on
-    the CPU, on the analysed grid; ``calibration(...)`` then builds the :class:`Calibration`.
+    the CPU, on the analysed grid, with the voxel volume of that grid (``voxel_ml``, from the score's affine);
+    ``calibration(...)`` then builds the :class:`Calibration`.
 
     Args:
         score_key: the score map key.
@@ -54,6 +55,7 @@ class CalibrationCollector:
         self.masks: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.names: list[str] = []
+        self.voxel_ml: list[float] = []
 
     def attach(self, engine: Any) -> None:
         """Collect at the end of every iteration; forget previous runs at the start of each."""
@@ -66,7 +68,7 @@ class CalibrationCollector:
 
     def reset(self, engine: Any = None) -> None:
         """Forget the collected volumes."""
-        self.scores, self.masks, self.labels, self.names = [], [], [], []
+        self.scores, self.masks, self.labels, self.names, self.voxel_ml = [], [], [], [], []
 
     def __call__(self, engine: Any) -> None:
         outputs = self.output_transform(engine.state.output)
@@ -78,6 +80,7 @@ class CalibrationCollector:
                 )
             score = out[self.score_key]
             self.scores.append(_flat(score).detach().cpu()[0])
+            self.voxel_ml.append(_voxel_ml_of(score))
             self.masks.append(_flat(out[self.mask_key]).detach().cpu()[0] > 0)
             if self.label_key is not None:
                 label = out.get(self.label_key)
@@ -90,6 +93,7 @@ class CalibrationCollector:
 
     def calibration(self, **kwargs: Any) -> Calibration:
         """:meth:`Calibration.from_scores` of the collected maps (keyword arguments passed on)."""
+        kwargs.setdefault("voxel_ml", self.voxel_ml)
         return Calibration.from_scores(self.scores, self.masks, names=self.names, **kwargs)
 
 
@@ -177,6 +181,7 @@ def fit_calibration(
     save: bool = True,
     model: tuple[Any, Any] | None = None,
     null: str | None = None,
+    lesion_p: float | None = LESION_P,
 ) -> Calibration:
     """Calibrate a trained model's shipped score on the healthy volumes of a datalist section.
 
@@ -203,6 +208,8 @@ def fit_calibration(
             ``AnomalyMapNet.quantile_score`` switched on); ``None`` loads it.
         null: per-volume empirical null the scores are standardised with (:mod:`monai_qrvae.anomaly.null`);
             ``None``: the method's default.
+        lesion_p: conformal voxel p-value of the primary threshold of lesion-level inference, whose healthy
+            cluster statistics are calibrated (:meth:`Calibration.fit_lesions`); ``None``: skip.
 
     Raises:
         ValueError: no such or an empty section, entries with lesion labels, too few volumes for ``alpha``.
@@ -242,7 +249,13 @@ def fit_calibration(
         "score_name": f"{'qf' if quantile_score else 'z'}[{contrast}]",
     }
     cal = collector.calibration(
-        score=score, stratify=stratify, num_strata=num_strata, max_voxels=max_voxels, cluster_p=cluster_p, null=null
+        score=score,
+        stratify=stratify,
+        num_strata=num_strata,
+        max_voxels=max_voxels,
+        cluster_p=cluster_p,
+        null=null,
+        lesion_p=lesion_p,
     )
     cal.names = [_short(n) for n in cal.names]
     if save:

@@ -80,7 +80,8 @@ class ThresholdHandler(PostProcessing):
     """Add the label-free lesion mask (``lesion``) with one of the thresholds of
     :func:`~monai_qrvae.postprocessing.label_free_transforms`: ``"gaussian"`` (BH on N(0, 1) p-values, as
     :class:`FDRHandler`), ``"conformal"`` (conformal BH; also replaces ``p`` by the conformal p-map), ``"volume"``
-    (volume-level threshold) or ``"cluster"`` (volume-level cluster size).
+    (volume-level threshold), ``"cluster"`` (volume-level cluster size), ``"lesion"`` (BH over candidate lesions)
+    or ``"lesion-volume"`` (volume-level threshold of a lesion statistic).
 
     Args:
         threshold: the threshold kind.
@@ -89,6 +90,7 @@ class ThresholdHandler(PostProcessing):
         alpha: the FDR (BH kinds) or the tolerated fraction of healthy volumes with any detection (volume kinds).
         per: BH family, ``"volume"`` or ``"slice"``.
         score: the score definition in use, checked against the calibration's (e.g. ``{"score_median": 3}``).
+        statistic: the lesion-level thresholds' cluster statistic (``None``: the default).
     """
 
     def __init__(
@@ -103,9 +105,11 @@ class ThresholdHandler(PostProcessing):
         mask_key: str | None = "brain_mask",
         output_key: str = "lesion",
         event: str = "MODEL_COMPLETED",
+        statistic: str | None = None,
     ) -> None:
+        extra = {} if statistic is None else {"statistic": statistic}
         transforms = label_free_transforms(
-            threshold, calibration, alpha, per, score_key, p_key, mask_key, output_key, score=score
+            threshold, calibration, alpha, per, score_key, p_key, mask_key, output_key, score=score, **extra
         )
         super().__init__(Compose(transforms), event=event)
 

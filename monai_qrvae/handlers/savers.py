@@ -178,6 +178,10 @@ class AnomalyMapSaver(_ItemSaver):
         mask_key: the brain mask of the batch (its ``filename_or_obj`` names the file read back).
         site_key: the calibrated thresholds' comparison of the scan with the healthy calibration
             (:meth:`~monai_qrvae.calibration.Calibration.site_check`); the report carries it as ``site``.
+        lesion_stats_key: the lesion-level thresholds' per-lesion evidence (statistic, p, q); the report carries
+            it per lesion and as ``inference``.
+        lesion_labels_key: the kept candidates' labels on the analysed grid, inverted (nearest neighbour) to
+            match the report's lesions to their evidence.
 
     Outside the brain the written maps are ``z = 0``, ``p = 1`` and ``lesion = 0`` (nothing was tested there).
     """
@@ -198,10 +202,13 @@ class AnomalyMapSaver(_ItemSaver):
         roi_key: str = "roi",
         mask_key: str = "brain_mask",
         site_key: str = "site",
+        lesion_stats_key: str = "lesion_stats",
+        lesion_labels_key: str = "lesion_labels",
     ) -> None:
         super().__init__(output_dir, output_transform, batch_transform)
         self.report = bool(report)
         self.site_key = site_key
+        self.lesion_stats_key, self.lesion_labels_key = lesion_stats_key, lesion_labels_key
         self.contrast_key = contrast_key
         self.roi_key = roi_key
         self.mask_key = mask_key
@@ -222,8 +229,12 @@ class AnomalyMapSaver(_ItemSaver):
         stem = _stem(meta, fallback)
         written = self.write_maps(data, stem, meta)
         if self.report:
-            extra = [k for k in data if k not in self.keys]
-            written.extend(self._write_report(data, stem, meta, extra, site=out.get(self.site_key)))
+            extra = [k for k in data if k not in self.keys and k != self.lesion_labels_key]
+            written.extend(
+                self._write_report(
+                    data, stem, meta, extra, site=out.get(self.site_key), lesion_stats=out.get(self.lesion_stats_key)
+                )
+            )
         self.saved.extend(written)
         return written
 
@@ -235,6 +246,8 @@ class AnomalyMapSaver(_ItemSaver):
             raise KeyError(f"AnomalyMapSaver: output is missing {missing}; attach the anomaly handlers first.")
         meta = dict(orig.meta) if isinstance(orig, MetaTensor) else {}
         extra = [self.contrast_key] if self.report and self.contrast_key in out else []
+        if self.report and self.lesion_labels_key in out and self.lesion_stats_key in out:
+            extra.append(self.lesion_labels_key)
         roi = [self.roi_key] if self.roi_key in out and self.roi_key not in self.keys else []
         data = invert_to_input(
             {k: out[k] for k in [*self.keys, *extra, *roi]},
@@ -244,6 +257,7 @@ class AnomalyMapSaver(_ItemSaver):
             nearest_interp={
                 **dict(zip(self.keys, self.nearest_interp)),
                 **{k: False for k in extra},
+                self.lesion_labels_key: True,
                 self.roi_key: True,
             },
             one_outside=self.one_outside,
@@ -280,10 +294,17 @@ class AnomalyMapSaver(_ItemSaver):
         return written
 
     def _write_report(
-        self, data: dict, stem: str, meta: dict, extra: list[str], site: dict | None = None
+        self,
+        data: dict,
+        stem: str,
+        meta: dict,
+        extra: list[str],
+        site: dict | None = None,
+        lesion_stats: dict | None = None,
     ) -> tuple[Path, Path]:
         """The lesion report of one item, on the grid of its written maps, with the calibrated thresholds' comparison
-        of the scan with the calibration (``site``; its warning also goes to the log)."""
+        of the scan with the calibration (``site``; its warning also goes to the log) and the lesion-level
+        thresholds' per-lesion evidence (``lesion_stats``, matched through the inverted candidate labels)."""
         for key in ("lesion", "z"):
             if key not in data:
                 raise KeyError(f"AnomalyMapSaver(report=True) needs {key!r} among its keys, got {self.keys}.")
@@ -301,6 +322,8 @@ class AnomalyMapSaver(_ItemSaver):
             as_np(data["z"])[0],
             contrast_z,
             contrast_names=names or [str(c) for c in range(0 if contrast_z is None else contrast_z.shape[0])],
+            lesion_labels=as_np(data[self.lesion_labels_key])[0] if self.lesion_labels_key in data else None,
+            lesion_stats=lesion_stats if self.lesion_labels_key in data else None,
         )
         if site is not None:
             report["site"] = dict(site)

@@ -27,8 +27,10 @@ __all__ = ["infer"]
 
 
 #: label-free thresholds: ``"conformal"`` (default: Benjamini-Hochberg on p-values calibrated on healthy volumes),
-#: ``"volume"`` (at most alpha of healthy volumes with any detection), ``"gaussian"`` (the paper's N(0, 1) p-values).
-THRESHOLD_CHOICES = ("conformal", "volume", "gaussian")
+#: ``"volume"`` (at most alpha of healthy volumes with any detection), ``"gaussian"`` (the paper's N(0, 1) p-values),
+#: ``"lesion"`` (BH over candidate lesions: lesion-level FDR) and ``"lesion-volume"`` (at most alpha of healthy
+#: volumes with any lesion).
+THRESHOLD_CHOICES = ("conformal", "volume", "gaussian", "lesion", "lesion-volume")
 
 
 def _calibration_for(model_dir: str | os.PathLike, threshold: str) -> Any:
@@ -96,8 +98,9 @@ def infer(
 
     Args:
         images: paths of 4D (T1, T2, FLAIR) images, or datalist entries (``{"image": ..., "brain_mask": ...}``).
-        threshold: the label-free threshold, one of :data:`THRESHOLD_CHOICES` (``"conformal"`` and ``"volume"``
-            need the model's ``calibration.pt``).
+        threshold: the label-free threshold, one of :data:`THRESHOLD_CHOICES` (all but ``"gaussian"`` need the
+            model's ``calibration.pt``; ``"lesion"`` and ``"lesion-volume"`` one with the healthy cluster statistics,
+            and the report then gives each lesion's statistic, p-value and q-value or volume-level flag).
     """
     from monai_qrvae.data.datalist import check_item
 

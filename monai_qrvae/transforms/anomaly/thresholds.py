@@ -11,11 +11,19 @@ import os
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-from monai_qrvae.anomaly import remove_small_components
+from monai_qrvae.anomaly import (
+    bh_q_values,
+    cluster_statistics,
+    lesion_candidates,
+    remove_small_components,
+    voxel_volume_ml,
+)
 from monai_qrvae.calibration import Calibration
 from monai_qrvae.transforms.anomaly.dictionary import FDRMaskd
 from monai_qrvae.transforms.utils import _like
@@ -32,12 +40,26 @@ __all__ = [
     "ClusterThresholdd",
     "ClusterThresholdD",
     "ClusterThresholdDict",
+    "LESION_STATISTIC",
+    "LESION_STATS_KEY",
+    "LESION_LABELS_KEY",
+    "LesionThresholdd",
+    "LesionThresholdD",
+    "LesionThresholdDict",
     "label_free_transforms",
 ]
 
 #: the label-free thresholds: BH on N(0, 1) p-values (the paper's), conformal BH, volume-level (max-statistic),
-#: cluster-size (volume-level control of the largest cluster).
-THRESHOLDS = ("gaussian", "conformal", "volume", "cluster")
+#: cluster-size (volume-level control of the largest cluster), lesion-level BH (``"lesion"``: false discovery rate
+#: over candidate lesions) and the lesion-level volume threshold (``"lesion-volume"``: any false lesion on a healthy
+#: scan with probability at most alpha).
+THRESHOLDS = ("gaussian", "conformal", "volume", "cluster", "lesion", "lesion-volume")
+#: the cluster statistic of the lesion-level thresholds (chosen on the ``tuning`` split, docs/experiments.md).
+LESION_STATISTIC = "mass"
+#: key of the per-lesion evidence (statistic, p- and q-value) of the lesion-level thresholds, for the lesion report.
+LESION_STATS_KEY = "lesion_stats"
+#: key of the kept candidates' labels on the analysed grid (matches the report's lesions to ``LESION_STATS_KEY``).
+LESION_LABELS_KEY = "lesion_labels"
 #: key of the comparison of a scored volume with the calibration (shift and width of its score distribution, and
 #: a warning when it is off the calibration), which the lesion report carries.
 SITE_KEY = "site"
@@ -217,6 +239,138 @@ class ClusterThresholdd(_CalibratedMapTransform):
         return d
 
 
+class LesionThresholdd(_CalibratedMapTransform):
+    """Lesion mask of the candidate lesions that are significant against the healthy calibration's clusters.
+
+    Candidates are the 26-connected components of brain voxels above the calibration's primary threshold
+    (``calibration.lesion_threshold``: the pooled healthy voxel score at conformal p ``lesion_p``); each gets its
+    ``statistic`` (``extent`` in mL, ``mass`` = sum of ``(score - threshold) * voxel mL``, or ``peak``). With
+    ``mode="fdr"`` each candidate's conformal p-value ``(1 + #{healthy clusters >= s}) / (N + 1)`` enters
+    Benjamini-Hochberg over the volume's candidates at ``alpha`` (expected share of reported lesions that are false
+    <= alpha, for p-values independent or PRDS and healthy clusters exchangeable with false candidates); with
+    ``mode="volume"`` candidates whose statistic is ``>`` the volume-level threshold of the healthy per-volume
+    maxima are kept (P(any false lesion on a healthy scan) <= alpha).
+
+    Writes ``output_key`` (float 0/1 mask), ``labels_key`` (kept candidates' labels, 0 elsewhere), ``stats_key``
+    (``{"threshold", "alpha", "statistic", "primary_threshold", "candidates", "calibration", "lesions": [...]}``,
+    one entry per kept candidate: ``label``, ``voxels``, ``extent_ml``, ``mass_ml``, ``peak``, ``value``, ``p`` and
+    ``q`` (BH-adjusted) or ``volume_threshold`` and ``above_volume_threshold``) and, with ``p_key``, the map of
+    each candidate's p-value (1 elsewhere).
+
+    Args:
+        keys: score map key(s), ``(1, H, W, D)``.
+        calibration: a calibration with lesion statistics (:meth:`Calibration.fit_lesions`), or its path.
+        alpha: lesion-level FDR (``"fdr"``) or tolerated fraction of healthy volumes with any lesion (``"volume"``).
+        mode: ``"fdr"`` or ``"volume"``.
+        statistic: one of :data:`~monai_qrvae.anomaly.LESION_STATISTICS`.
+        mask_key: brain mask key (``None``: every voxel).
+        output_key: key of the lesion mask.
+        stats_key: key of the per-lesion evidence.
+        labels_key: key of the kept candidates' label map.
+        p_key: key of the lesion p-value map, or ``None``.
+        voxel_ml: voxel volume in mL; ``None`` reads the score map's affine (1 mm isotropic without one).
+        score: the score definition in use, checked against the calibration's.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "z",
+        calibration: Calibration | str | os.PathLike = "calibration.pt",
+        alpha: float = 0.05,
+        mode: str = "fdr",
+        statistic: str = LESION_STATISTIC,
+        mask_key: str | None = "brain_mask",
+        output_key: str = "lesion",
+        stats_key: str = LESION_STATS_KEY,
+        labels_key: str | None = LESION_LABELS_KEY,
+        p_key: str | None = None,
+        voxel_ml: float | None = None,
+        score: Mapping[str, object] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, calibration, mask_key, score, allow_missing_keys)
+        if mode not in ("fdr", "volume"):
+            raise ValueError(f"mode must be 'fdr' or 'volume', got {mode!r}.")
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
+        self.calibration._lesion_fitted(statistic)  # raises for a calibration without lesion statistics
+        self.alpha, self.mode, self.statistic = alpha, mode, statistic
+        self.volume_threshold = self.calibration.lesion_volume_threshold(statistic, alpha) if mode == "volume" else None
+        self.output_key, self.stats_key, self.labels_key, self.p_key = output_key, stats_key, labels_key, p_key
+        self.voxel_ml = voxel_ml
+
+    def _voxel_ml(self, score: Any) -> float:
+        if self.voxel_ml is not None:
+            return float(self.voxel_ml)
+        return voxel_volume_ml(score.affine) if isinstance(score, MetaTensor) else 1e-3
+
+    def evidence(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(kept, p, q)`` of candidates with statistic ``values`` (``q`` NaN for ``mode="volume"``)."""
+        cal = self.calibration
+        if self.mode == "fdr":
+            p = cal.lesion_p_values(values, self.statistic)
+            q = bh_q_values(p)
+            return q <= self.alpha, p, q
+        maxima = torch.sort(cal.lesion_volume_max[self.statistic]).values.numpy()  # type: ignore[index]
+        p = (1.0 + maxima.size - np.searchsorted(maxima, values, side="left")) / (maxima.size + 1.0)
+        return values > self.volume_threshold, p, np.full(values.shape, np.nan)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        cal = self.calibration
+        t = float(cal.lesion_threshold)  # type: ignore[arg-type]
+        for key, s, inside in self._score_maps(d):
+            if s.ndim != 4 or s.shape[0] != 1:
+                raise ValueError(f"LesionThresholdd: expected a (1, H, W, D) score map, got shape {tuple(s.shape)}.")
+            ml = self._voxel_ml(d[key])
+            labels, n = lesion_candidates(s[0].numpy(), t, inside[0].numpy())
+            stats = cluster_statistics(s[0].numpy(), labels, n, t, ml)
+            kept, p, q = self.evidence(stats[self.statistic])
+            keep_ids = np.flatnonzero(kept) + 1
+            lookup = np.zeros(n + 1, dtype=np.int32)
+            lookup[keep_ids] = keep_ids
+            kept_labels = lookup[labels]
+            d[self.output_key] = _like(torch.from_numpy(kept_labels > 0).float()[None], d[key])
+            if self.labels_key is not None:
+                d[self.labels_key] = _like(torch.from_numpy(kept_labels).float()[None], d[key])
+            if self.p_key is not None:
+                p_lookup = np.concatenate([[1.0], p]).astype(np.float32)
+                d[self.p_key] = _like(torch.from_numpy(p_lookup[labels])[None], d[key])
+            lesions = []
+            for i in keep_ids:
+                entry: dict[str, Any] = {
+                    "label": int(i),
+                    "voxels": int(stats["voxels"][i - 1]),
+                    "extent_ml": round(float(stats["extent"][i - 1]), 5),
+                    "mass_ml": round(float(stats["mass"][i - 1]), 5),
+                    "peak": round(float(stats["peak"][i - 1]), 4),
+                    "value": float(stats[self.statistic][i - 1]),
+                    "p": float(p[i - 1]),
+                }
+                if self.mode == "fdr":
+                    entry["q"] = float(q[i - 1])
+                else:
+                    entry["above_volume_threshold"] = True
+                lesions.append(entry)
+            d[self.stats_key] = {
+                "threshold": "lesion" if self.mode == "fdr" else "lesion-volume",
+                "alpha": self.alpha,
+                "statistic": self.statistic,
+                "primary_threshold": t,
+                "primary_p": cal.score.get("lesion_p"),
+                "volume_threshold": self.volume_threshold,
+                "voxel_ml": ml,
+                "candidates": n,
+                "calibration": {
+                    "n_volumes": cal.n_volumes,
+                    "names": list(cal.names),
+                    "healthy_clusters": int(cal.lesion_stats[self.statistic].numel()),  # type: ignore[index]
+                },
+                "lesions": lesions,
+            }
+        return d
+
+
 def label_free_transforms(
     threshold: str = "gaussian",
     calibration: Calibration | str | os.PathLike | None = None,
@@ -227,13 +381,20 @@ def label_free_transforms(
     mask_key: str | None = "brain_mask",
     output_key: str = "lesion",
     score: Mapping[str, object] | None = None,
+    statistic: str = LESION_STATISTIC,
 ) -> list[Transform]:
     """The transforms that turn a score map (after :class:`AnomalyMapsd`) into the label-free lesion mask.
 
     - ``"gaussian"``: Benjamini-Hochberg on the N(0, 1) p-values of :class:`AnomalyMapsd` (the paper's);
     - ``"conformal"``: :class:`ConformalPValued` (replaces ``p_key``) then :class:`FDRMaskd` (conformal BH);
     - ``"volume"``: :class:`VolumeThresholdd` (at most ``alpha`` of healthy volumes with any detection);
-    - ``"cluster"``: :class:`ClusterThresholdd` (the same for clusters; needs a calibration with ``cluster_p``).
+    - ``"cluster"``: :class:`ClusterThresholdd` (the same for clusters; needs a calibration with ``cluster_p``);
+    - ``"lesion"``: :class:`LesionThresholdd` (BH over candidate lesions: lesion-level FDR; replaces ``p_key`` by
+      each candidate's lesion p-value);
+    - ``"lesion-volume"``: :class:`LesionThresholdd` with ``mode="volume"`` (at most ``alpha`` of healthy volumes
+      with any lesion).
+
+    ``statistic`` is the lesion-level thresholds' cluster statistic (default :data:`LESION_STATISTIC`).
 
     Raises:
         ValueError: for an unknown ``threshold`` or a calibrated one without ``calibration``.
@@ -255,9 +416,15 @@ def label_free_transforms(
         ]
     if threshold == "volume":
         return [VolumeThresholdd(score_key, cal, alpha, mask_key, output_key, score=score)]
+    if threshold in ("lesion", "lesion-volume"):
+        mode = "fdr" if threshold == "lesion" else "volume"
+        return [
+            LesionThresholdd(score_key, cal, alpha, mode, statistic, mask_key, output_key, p_key=p_key, score=score)
+        ]
     return [ClusterThresholdd(score_key, cal, alpha, mask_key, output_key, score=score)]
 
 
 ConformalPValueD = ConformalPValueDict = ConformalPValued
 VolumeThresholdD = VolumeThresholdDict = VolumeThresholdd
 ClusterThresholdD = ClusterThresholdDict = ClusterThresholdd
+LesionThresholdD = LesionThresholdDict = LesionThresholdd

@@ -37,7 +37,7 @@ from monai_qrvae.calibration import CALIBRATION_FILE, Calibration, load_calibrat
 from monai_qrvae.defaults import method_defaults
 from monai_qrvae.handlers.savers import invert_to_input
 from monai_qrvae.postprocessing import AnomalyMapsd, LesionFilterd, label_free_transforms
-from monai_qrvae.transforms.anomaly.thresholds import SITE_KEY
+from monai_qrvae.transforms.anomaly.thresholds import LESION_STATS_KEY, SITE_KEY
 from monai_qrvae.workflows.models import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 
 __all__ = [
@@ -65,9 +65,9 @@ CONTRASTS = ("T1", "T2", "FLAIR")
 ZMAP_BANDS = (2.0, 3.0, 4.0)
 
 #: label-free thresholds a request may ask for (``threshold``), as ``qrvae infer --threshold``: ``"conformal"``
-#: (default; needs the model's calibration.pt), ``"volume"`` (needs it too) and ``"gaussian"`` (the paper's N(0, 1)
-#: p-values, no calibration).
-THRESHOLDS = ("conformal", "volume", "gaussian")
+#: (default; needs the model's calibration.pt), ``"volume"``, ``"lesion"`` and ``"lesion-volume"`` (need it too)
+#: and ``"gaussian"`` (the paper's N(0, 1) p-values, no calibration).
+THRESHOLDS = ("conformal", "volume", "gaussian", "lesion", "lesion-volume")
 
 #: what an infer task returns: the lesion mask, the score's z-map in bands or as floats, or the p-map.
 OUTPUTS = ("lesion", "zmap_bands", "zmap", "pmap")
@@ -429,7 +429,8 @@ def postprocess(
     (``config.score``); the lesion mask is inverted with nearest-neighbour interpolation, z and p with the forward
     interpolation (p = 1 where nothing was analysed). Outside the input's brain: ``z = 0``, ``p = 1``,
     ``lesion = 0``. A calibrated threshold also leaves its site check (shift of the study's scores from the healthy
-    calibration, and a warning when it is off) in ``data["site"]``.
+    calibration, and a warning when it is off) in ``data["site"]``; the lesion-level thresholds leave their
+    per-lesion evidence (analysed grid) in ``data["lesion_stats"]``.
     """
     transforms: list[Any] = [
         AnomalyMapsd(keys=pred_key, mask_key="brain_mask", median_size=options.score_median, score=model.config.score)
@@ -443,6 +444,8 @@ def postprocess(
         d = transform(d)
     if SITE_KEY in d:  # the calibrated threshold's comparison of the study with the calibration, for the result
         data[SITE_KEY] = d[SITE_KEY]
+    if LESION_STATS_KEY in d:  # the lesion-level thresholds' evidence (statistic, p, q per lesion), for the result
+        data[LESION_STATS_KEY] = d[LESION_STATS_KEY]
     key = {"lesion": "lesion", "pmap": "p"}.get(options.output, "z")
     image = d["image"]
     inverted = invert_to_input({key: d[key]}, image, pre, one_outside=("p",))[key]

@@ -108,6 +108,7 @@ class QRVAEInfer(BasicInferTask):
         array, affine = postprocess(data, self._pre, options, self.model, pred_key="pred")
         data.pop(INPUT_BRAIN_KEY, None)
         site = data.pop("site", None)
+        lesion_stats = data.pop("lesion_stats", None)
         data["pred"] = array
         data["pred_meta_dict"] = {"affine": affine}
         data["result_dtype"] = "float32" if options.output in ("zmap", "pmap") else "uint8"
@@ -130,6 +131,8 @@ class QRVAEInfer(BasicInferTask):
             summary.update(threshold=options.threshold, p_min=float(array.min()))
         if site is not None:  # how far the study's scores lie from the calibration; a warning names the remedy
             summary["site"] = site
+        if lesion_stats is not None and options.output == "lesion":  # lesion-level evidence: statistic, p, q
+            summary["lesion_inference"] = lesion_stats
         data["result"] = summary
         # one readable line per study (MONAI Label logs the request and its timings; this is the answer)
         study = os.path.basename(str(data.get("image_path", "?")))
