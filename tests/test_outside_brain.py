@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from monai_qrvae.report import REPORT_COLUMNS
 from monai_qrvae.workflows import ModelConfig, build_networks, infer
 
 
@@ -45,4 +46,5 @@ def test_outside_the_brain_nothing_is_tested(setup, tmp_path, with_mask):
     assert report["n_lesions"] >= 1 and report["grid"]["shape"] == list(brain.shape)
     assert np.allclose(report["grid"]["affine"], nib.load(str(written[2])).affine)
     assert set(report["lesions"][0]["contrast_z"]) == {"T1", "T2", "FLAIR"}
-    assert written[4].read_text().splitlines()[0] == "id,voxels,volume_ml,x_mm,y_mm,z_mm,max_z,drivers"
+    assert written[4].read_text().splitlines()[0] == ",".join(REPORT_COLUMNS)  # statistic, p, q empty for voxel BH
+    assert written[4].read_text().splitlines()[0].startswith("id,voxels,volume_ml,x_mm,y_mm,z_mm,max_z,drivers")
