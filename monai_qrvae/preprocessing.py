@@ -19,13 +19,18 @@ from monai.transforms import (
     LoadImaged,
     Orientationd,
     Resized,
-    Spacingd,
 )
 from tqdm.auto import tqdm
 
 from monai_qrvae.context import context_transform
 from monai_qrvae.logging_utils import progress_enabled
-from monai_qrvae.transforms import BrainMaskd, MaskedScaleIntensityPercentilesd, SelectSlicesd, slices_to_items
+from monai_qrvae.transforms import (
+    BrainMaskd,
+    MaskedScaleIntensityPercentilesd,
+    ModelSpacingd,
+    SelectSlicesd,
+    slices_to_items,
+)
 
 __all__ = ["RAS_LABELS", "volume_transforms", "SliceDataset"]
 
@@ -72,10 +77,10 @@ def volume_transforms(
         context: through-plane context channels appended to the image after the slices are chosen: ``"none"``,
             ``"neighbours"`` (2.5D) or ``"position"``, see :mod:`monai_qrvae.context`.
         num_neighbours: slices on each side for ``context="neighbours"``.
-        spacing: voxel size (mm, RAS axes) the volume is resampled to before anything else (``Spacingd``: bilinear
-            image, nearest mask and label; invertible), so that what the network sees and how many voxels are tested
-            do not depend on the scanner's grid; ``None`` keeps the input's grid. An input already on that grid is
-            not resampled.
+        spacing: voxel size (mm, RAS axes) the volume is resampled to after reorientation (:class:`ModelSpacingd`,
+            MONAI's ``Spacingd``: bilinear image, nearest mask and label; invertible), so that what the network sees
+            and how many voxels are tested do not depend on the scanner's grid; ``None`` keeps the input's grid. An
+            input already on that grid is not resampled.
     """
     keys = [image_key, mask_key, label_key]
     steps: list[Callable] = []
@@ -91,7 +96,7 @@ def volume_transforms(
     ]
     if spacing is not None:
         steps.append(
-            Spacingd(
+            ModelSpacingd(
                 keys=keys,
                 pixdim=tuple(float(s) for s in spacing),
                 mode=("bilinear", "nearest", "nearest"),

@@ -463,7 +463,7 @@ def test_package_layout_aliases_and_old_import_paths():
     import monai_qrvae.transforms as mt
 
     dict_names = [n for n in mt.__all__ if n.endswith("d") and isinstance(getattr(mt, n), type)]
-    assert len(dict_names) == 12, dict_names  # LesionThresholdd (issue 24) is the 12th
+    assert len(dict_names) == 13, dict_names  # + LesionThresholdd (issue 24), ModelSpacingd (issue 23)
     for name in dict_names:
         cls = getattr(mt, name)
         assert getattr(mt, name[:-1] + "D") is cls and getattr(mt, name[:-1] + "Dict") is cls, name

@@ -12,6 +12,7 @@ Volumes are channel-first ``(C, H, W, D)`` with the axial slices along the last 
 - ``anomaly``: dictionary transforms on the anomaly network's output (:class:`AnomalyMapsd`, :class:`FDRMaskd`,
   :class:`LesionFilterd`) and the calibrated label-free thresholds (:func:`label_free_transforms`); also
   importable from :mod:`monai_qrvae.postprocessing`.
+- ``spatial``: :class:`ModelSpacingd`, MONAI's ``Spacingd`` onto the model's grid, leaving other entries alone.
 - ``utils``: private helpers shared by the families.
 """
 
@@ -33,6 +34,8 @@ from monai_qrvae.transforms.slices import array as _slices_array
 from monai_qrvae.transforms.slices import dictionary as _slices_dictionary
 from monai_qrvae.transforms.slices.array import *  # noqa: F403
 from monai_qrvae.transforms.slices.dictionary import *  # noqa: F403
+from monai_qrvae.transforms.spatial import dictionary as _spatial_dictionary
+from monai_qrvae.transforms.spatial.dictionary import *  # noqa: F403
 
 # private helpers importable from here before the split (benchmarks/bench_speedups.py uses them)
 from monai_qrvae.transforms.utils import (  # noqa: F401
@@ -53,4 +56,5 @@ __all__ = [
     *_intensity_dictionary.__all__,
     *_anomaly_dictionary.__all__,
     *_anomaly_thresholds.__all__,
+    *_spatial_dictionary.__all__,
 ]

@@ -1,0 +1,1 @@
+"""Spatial transforms: resampling a volume onto the grid a model was trained on."""
