@@ -11,7 +11,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_average", "machine_info", "machine_markdown"]
+__all__ = ["load_average", "locked_markdown", "locked_versions", "machine_info", "machine_markdown"]
+
+REPO = Path(__file__).resolve().parents[1]
+#: the packages whose locked versions the report names (constraints.txt; monailabel: constraints-monailabel.txt)
+LOCKED = ("torch", "monai", "pytorch-ignite", "numpy", "scipy", "nibabel", "antspyx", "deepbet")
 
 
 def _cpu_model() -> str:
@@ -76,4 +80,35 @@ def machine_markdown(info: Mapping[str, Any]) -> str:
         f"Ignite {info['ignite']}, numpy {info['numpy']}. Threads: torch intra-op {info['torch_threads']}, "
         f"inter-op {info['torch_interop_threads']}; OMP_NUM_THREADS={info['OMP_NUM_THREADS']}, "
         f"OMP_WAIT_POLICY={info['OMP_WAIT_POLICY']}, MKL_NUM_THREADS={info['MKL_NUM_THREADS']}."
+    )
+
+
+def locked_versions(path: Path) -> dict[str, str]:
+    """``name -> version`` of the ``name==version`` lines of a constraints file (empty if there is none)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return {}
+    pins = (line.split("#")[0].strip().partition("==") for line in lines)
+    return {name.strip().lower(): version.strip() for name, sep, version in pins if sep}
+
+
+def locked_markdown(repo: Path = REPO) -> str:
+    """One sentence: where the installed versions are locked, and the key ones (empty without constraints.txt)."""
+    main = locked_versions(repo / "constraints.txt")
+    if not main:
+        return ""
+    names = {"pytorch-ignite": "Ignite", "monai": "MONAI"}
+    listed = ", ".join(f"{names.get(n, n)} {main[n]}" for n in LOCKED if n in main)
+    ml = locked_versions(repo / "constraints-monailabel.txt")
+    ml_text = (
+        f"; MONAI Label's environment (`make monailabel-env`, `constraints-monailabel.txt`): monailabel "
+        f"{ml.get('monailabel', '?')}, torch {ml.get('torch', '?')}, numpy {ml.get('numpy', '?')}"
+        if ml
+        else ""
+    )
+    return (
+        f"Installed versions: `make install` installs with `constraints.txt` (a `pip freeze` of a fresh install; "
+        f"`make install CONSTRAINTS=` installs without it): {listed}{ml_text}. The line above gives the versions of "
+        f"the process that measured these figures; where the two differ, the figures predate the lock."
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.context import Context
-from benchmarks.machine import load_average, machine_info, machine_markdown
+from benchmarks.machine import load_average, locked_markdown, machine_info, machine_markdown
 
 __all__ = ["SECTIONS", "Section", "timed_section", "timed", "update_doc", "save_section"]
 
@@ -103,7 +103,8 @@ Measured and not adopted: channels-last, `torch.inference_mode`, one batched for
 
 
 def _machine_block(info: Mapping[str, Any]) -> str:
-    return "## Machine\n\n" + machine_markdown(info) + "\n"
+    locked = locked_markdown()
+    return "## Machine\n\n" + machine_markdown(info) + "\n" + (f"\n{locked}\n" if locked else "")
 
 
 def timed(name: str) -> Callable[[Callable[[Context], tuple[str, dict[str, Any]]]], Callable[[Context], Section]]:

@@ -15,6 +15,7 @@ from monai.data import Dataset
 
 from benchmarks.bench_training import measure
 from benchmarks.context import ROOT, Context, pipeline_defaults
+from benchmarks.machine import locked_markdown, locked_versions
 from benchmarks.processes import child_env, run_process
 from benchmarks.report import Section, timed, update_doc
 from benchmarks.timing import interleave, paired_ratio, quartiles
@@ -60,6 +61,27 @@ def test_update_doc_replaces_one_section_and_keeps_the_others(tmp_path):
     assert "second training body" in text and "first training body" not in text
     assert "quality body" in text and "test cpu" in text
     assert text.index("Training throughput") < text.index("Detection quality")  # the fixed section order
+
+
+def test_locked_versions_in_the_machine_block(tmp_path):
+    lock = "# header\ntorch==2.13.0\nmonai==1.6.1\npytorch-ignite==0.5.5\nnumpy==2.3.5  # a comment\n"
+    (tmp_path / "constraints.txt").write_text(lock)
+    (tmp_path / "constraints-monailabel.txt").write_text("monailabel==0.8.5\ntorch==2.14.1\nnumpy==1.26.4\n")
+    assert locked_versions(tmp_path / "constraints.txt")["pytorch-ignite"] == "0.5.5"
+    text = locked_markdown(tmp_path)
+    assert "torch 2.13.0, MONAI 1.6.1, Ignite 0.5.5, numpy 2.3.5;" in text and "monailabel 0.8.5, torch 2.14.1" in text
+    assert locked_markdown(tmp_path / "missing") == ""
+    # the repository's own lock holds the key versions, and the report's machine block names it
+    repo_lock = locked_versions(ROOT / "constraints.txt")
+    assert {"torch", "monai", "pytorch-ignite", "numpy", "scipy", "nibabel", "antspyx", "deepbet"} <= set(repo_lock)
+    assert locked_versions(ROOT / "constraints-monailabel.txt")["monailabel"] == "0.8.5"
+    doc = tmp_path / "benchmarks.md"
+    machine = {"cpu": "c", "usable_cpus": 2, "logical_cpus": 2, "memory_gb": 1.0, "python": "3", "torch": "t"}
+    machine.update(monai="m", ignite="i", numpy="n", torch_threads=2, torch_interop_threads=2)
+    machine.update(OMP_NUM_THREADS="(unset)", OMP_WAIT_POLICY="PASSIVE", MKL_NUM_THREADS="(unset)")
+    update_doc(doc, [Section("training", "body", machine=machine)])
+    block = doc.read_text().split("<!-- bench:machine -->")[1].split("<!-- /bench:machine -->")[0]
+    assert "`constraints.txt`" in block and f"torch {repo_lock['torch']}" in block
 
 
 def test_run_process_reports_the_child_alone(tmp_path):
