@@ -821,7 +821,8 @@ def test_bundle_card_figures_on_the_default_test_split(tmp_path):
     _run(_run_cmd(*RUN_CONFIGS["evaluate.json"], dataset_dir=Path(datalist).parent, output_dir=out_dir), timeout=600)
     whole = json.loads((out_dir / "whole_brain_metrics.json").read_text())
     card = json.loads((CONFIGS / "metadata.json").read_text())["eval_metrics"]
-    assert {k: whole[k] for k in card} == pytest.approx(card, abs=0.01), whole
+    # 0.002: across 9 emulated CPUs and thread counts the card's figures did not move (docs/benchmarks.md)
+    assert {k: whole[k] for k in card} == pytest.approx(card, abs=0.002), whole
     readme = (BUNDLE / "docs" / "README.md").read_text()
     for key in ("auprc", "dice_fdr", "lesion_recall"):
         assert f"{whole[key]:.3f}" in readme, (key, whole[key])
