@@ -21,7 +21,7 @@ from typing import Any
 
 from monai.config import PathLike
 
-__all__ = ["folder_datalist", "check_input_dir", "threshold_transforms", "save_model_folder"]
+__all__ = ["folder_datalist", "check_input_dir", "threshold_transforms", "model_spacing", "save_model_folder"]
 
 logger = logging.getLogger("monai_qrvae")
 
@@ -86,6 +86,16 @@ def threshold_transforms(
     return label_free_transforms(
         threshold, calibration, alpha, per, score=definition if calibration is not None else None
     )
+
+
+def model_spacing(ckpt_dir: PathLike, default: Sequence[float]) -> list[float]:
+    """The analysis grid of the model in ``ckpt_dir`` (``spacing`` of its ``model_config.json``), else ``default``
+    (the bundle's own, for the shipped weights or a folder without a configuration)."""
+    from monai_qrvae.workflows import CONFIG_FILE, ModelConfig
+
+    path = Path(ckpt_dir) / CONFIG_FILE
+    spacing = ModelConfig.load(path).spacing if path.is_file() else None
+    return [float(s) for s in (default if spacing is None else spacing)]
 
 
 def save_model_folder(
