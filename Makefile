@@ -35,7 +35,7 @@ demo: install
 	$(VENV)/bin/qrvae demo $(DEMO_ARGS)
 
 test: install monailabel-env
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -437,13 +438,18 @@ def test_preprocess_end_to_end_against_truth(tmp_path):
     truth = make_raw_subject(raw, 1, lesions=True, seed=5, spacings=spacings)
     series = [raw / f"{s}.nii.gz" for s in ("T1", "T2", "FLAIR")]
 
-    # a series that is not a head: registration fails its similarity check, nothing is written
+    # a series that is not a head: refused (no similarity peak), nothing written; or, when the registration finds a
+    # chance peak (ANTs is not bit-reproducible), warned that nothing beyond the outline aligns
     noise = tmp_path / "noise.nii.gz"
     rng = np.random.default_rng(0)
     _write(noise, rng.random((90, 90, 60)).astype(np.float32) * 1000, np.diag([2.0, 2.0, 3.0, 1.0]))
-    with pytest.raises(RegistrationError, match=r"FLAIR series .*noise\.nii\.gz does not align with the T1"):
-        preprocess(series[0], series[1], noise, tmp_path / "bad")
-    assert not (tmp_path / "bad").exists()
+    try:
+        noisy = preprocess(series[0], series[1], noise, tmp_path / "bad")
+    except RegistrationError as e:
+        assert re.search(r"FLAIR series .*noise\.nii\.gz does not align with the T1", str(e)), str(e)
+        assert not (tmp_path / "bad").exists()
+    else:
+        assert any("FLAIR" in w for w in noisy["warnings"]), noisy["warnings"]
 
     # (a T2 of another patient is no longer refused: docs/raw.md, 'Alignment check')
     out = tmp_path / "prep"
