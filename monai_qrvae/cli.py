@@ -280,9 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--section", default="test", help="datalist section to read with --datalist (default: test)")
     p.add_argument("--out", default="qrvae_output", help="output folder (default: ./qrvae_output)")
     p.add_argument("--no-png", action="store_true", help="do not write the PNG overlays")
-    from monai_qrvae.raw.cli import add_raw_series_arguments
+    from monai_qrvae.raw.cli import add_dicom_out_argument, add_raw_series_arguments
 
     add_raw_series_arguments(p, required=False)  # raw series instead of images: needs the raw extra (docs/raw.md)
+    add_dicom_out_argument(p)  # DICOM SEG / Parametric Map of raw series (monai_qrvae.io.dicom_out)
     add_post_options(p)
     add_common_options(p)
     p.set_defaults(func=_cmd_infer)
