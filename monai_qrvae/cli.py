@@ -121,17 +121,15 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         if entries and all(isinstance(e, dict) and e.get("raw") for e in entries):  # raw series (raw_datalist.json)
             if images:
                 raise ValueError(f"give either image paths or a datalist of raw series, not both; got {images}.")
-            from monai_qrvae.raw.inverse import infer_raw_items
+            from monai_qrvae.io.cohort_infer import infer_datalist
 
-            base_dir = Path(args.datalist).parent
-            prep = {"alignment_check": not args.no_alignment_check}
-            for result in infer_raw_items(
-                args.model, entries, args.out, base_dir=base_dir, preprocess_kwargs=prep, **post_kwargs
-            ):
-                for path in (*result["maps"].values(), result["report"]):
-                    print(path)
-            return 0
-        images += load_decathlon_datalist(args.datalist, is_segmentation=False, data_list_key=args.section)
+            return infer_datalist(args, entries, raw=True)  # resumable cohort run (io/cohort.py), torchrun-aware
+        entries = load_decathlon_datalist(args.datalist, is_segmentation=False, data_list_key=args.section)
+        if not images:
+            from monai_qrvae.io.cohort_infer import infer_datalist
+
+            return infer_datalist(args, entries, raw=False)
+        images += entries
     if not images:
         raise ValueError("no input: give image paths or --datalist.")
     written = infer(args.model, images, args.out, **post_kwargs)

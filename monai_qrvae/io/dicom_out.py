@@ -145,14 +145,15 @@ def write_dicom_results(result: dict[str, Any], flair: str | os.PathLike, out_di
     A FLAIR DICOM folder is referenced as it is; a FLAIR NIfTI file is first written as a DICOM series
     (``out_dir/dicom/FLAIR``) so the results have a series to refer to. Writes ``out_dir/dicom/lesion_seg.dcm``
     and ``zmap_pm.dcm`` and adds ``"dicom"`` (the FLAIR's Study/Series/FrameOfReference UIDs and the written
-    objects' UIDs and paths) to the lesion report JSON (rewritten atomically).
+    objects' UIDs and paths relative to ``out_dir``) to the lesion report JSON (rewritten atomically).
 
     Returns:
         the ``"dicom"`` entry of the report.
     """
     import pydicom
 
-    out = Path(out_dir) / "dicom"
+    out_dir = Path(out_dir)
+    out = out_dir / "dicom"
     flair = Path(flair)
     lesion_img = nib.load(result["maps"]["lesion"])
     if not flair.is_dir():
@@ -177,11 +178,17 @@ def write_dicom_results(result: dict[str, Any], flair: str | os.PathLike, out_di
     pm_ds = pydicom.dcmread(pm_path, stop_before_pixels=True)
     entry = {
         **series_uids(series),
-        "source_folder": str(flair.resolve()),
-        "segmentation": {"path": str(seg_path), "SeriesInstanceUID": str(seg_ds.SeriesInstanceUID),
-                         "SOPInstanceUID": str(seg_ds.SOPInstanceUID)},
-        "parametric_map": {"path": str(pm_path), "SeriesInstanceUID": str(pm_ds.SeriesInstanceUID),
-                           "SOPInstanceUID": str(pm_ds.SOPInstanceUID)},
+        "source_folder": os.path.abspath(flair) if flair.parent != out else "dicom/FLAIR",
+        "segmentation": {
+            "path": str(seg_path.relative_to(out_dir)),
+            "SeriesInstanceUID": str(seg_ds.SeriesInstanceUID),
+            "SOPInstanceUID": str(seg_ds.SOPInstanceUID),
+        },
+        "parametric_map": {
+            "path": str(pm_path.relative_to(out_dir)),
+            "SeriesInstanceUID": str(pm_ds.SeriesInstanceUID),
+            "SOPInstanceUID": str(pm_ds.SOPInstanceUID),
+        },
     }
     report_path = Path(result["report"])
     report = json.loads(report_path.read_text())

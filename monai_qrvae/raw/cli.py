@@ -121,7 +121,7 @@ def run_infer_raw(args: argparse.Namespace) -> int:
         from monai_qrvae.io.dicom_out import write_dicom_results
 
         dicom = write_dicom_results(result, args.flair, args.out)
-        paths += [dicom["segmentation"]["path"], dicom["parametric_map"]["path"]]
+        paths += [os.path.join(args.out, dicom[k]["path"]) for k in ("segmentation", "parametric_map")]
     for path in paths:
         print(path)
     return 0

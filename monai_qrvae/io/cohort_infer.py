@@ -1,0 +1,83 @@
+"""``qrvae infer --datalist`` as a cohort run (:mod:`monai_qrvae.io.cohort`): raw-series or analysis-ready entries."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from monai_qrvae.cli_utils import POST_ARGS, arg_values
+from monai_qrvae.io.cohort import run_cohort
+
+__all__ = ["infer_datalist"]
+
+
+def _image_subjects(model_dir: str, entries: list[dict[str, Any]]) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """``(name, input files, item)`` per analysis-ready entry, every entry's header checked before anything runs."""
+    from monai.utils import ImageMetaKey
+
+    from monai_qrvae.data.io import check_item
+    from monai_qrvae.handlers.savers import _stem
+    from monai_qrvae.workflows.models import CONFIG_FILE, ModelConfig
+
+    config = ModelConfig.load(Path(model_dir) / CONFIG_FILE)
+    subjects = []
+    for i, entry in enumerate(entries):
+        item = dict(entry)
+        item.pop("label", None)
+        check_item(item, num_channels=config.in_channels)
+        image = item["image"]
+        files = [os.fspath(p) for p in (image if isinstance(image, (list, tuple)) else [image])]
+        files += [os.fspath(item["brain_mask"])] if item.get("brain_mask") else []
+        subjects.append((_stem({ImageMetaKey.FILENAME_OR_OBJ: files[0]}, f"subject-{i}"), files, item))
+    names = [s[0] for s in subjects]
+    if len(set(names)) != len(names):
+        subjects = [(f"{n}-{i}", f, it) for i, (n, f, it) in enumerate(subjects)]
+    return subjects
+
+
+def infer_datalist(args: argparse.Namespace, entries: list[dict[str, Any]], raw: bool) -> int:
+    """Analyse a datalist section as a resumable cohort run; print the written paths and ``cohort.csv``.
+
+    ``entries``: raw entries as in the JSON (``raw: true``; relative to the datalist's folder) or analysis-ready
+    entries with resolved paths (``load_decathlon_datalist``).
+    """
+    post_kwargs = {**arg_values(args, *POST_ARGS, "device"), "save_png": not args.no_png}
+    settings = {k: v for k, v in post_kwargs.items() if k != "device"}
+    dicom_out = bool(getattr(args, "dicom_out", False))
+    if raw:
+        from monai_qrvae.raw.inverse import infer_raw, raw_entries
+
+        prep = {"alignment_check": not args.no_alignment_check}
+        jobs = [(name, [str(p) for p in paths]) for name, paths in raw_entries(entries, Path(args.datalist).parent)]
+        settings.update(prep, dicom_out=dicom_out)
+
+        def analyse(name: str, inputs: list[str], stage: Path) -> Path:
+            result = infer_raw(args.model, *inputs, stage, preprocess_kwargs=prep, **post_kwargs)
+            if dicom_out or Path(inputs[2]).is_dir():
+                from monai_qrvae.io.dicom_out import write_dicom_results
+
+                write_dicom_results(result, inputs[2], stage)
+            return Path(result["report"])
+
+        summary = run_cohort(jobs, analyse, args.out, args.model, settings, as_folders=True)
+    else:
+        if dicom_out:
+            raise ValueError("--dicom-out needs raw series (--t1 --t2 --flair or a raw datalist); got 4D images.")
+        from monai_qrvae.workflows import infer
+
+        subjects = _image_subjects(args.model, entries)
+        items = {name: item for name, _, item in subjects}
+
+        def analyse(name: str, inputs: list[str], stage: Path) -> Path:
+            written = infer(args.model, [items[name]], stage, **post_kwargs)
+            return next(p for p in written if p.name.endswith("_lesions.json"))
+
+        jobs = [(name, files) for name, files, _ in subjects]
+        summary = run_cohort(jobs, analyse, args.out, args.model, settings)
+    for path in summary["written"]:
+        print(path)
+    if summary["cohort_csv"]:
+        print(summary["cohort_csv"])
+    return 0
