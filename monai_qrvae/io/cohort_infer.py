@@ -24,8 +24,7 @@ def _image_subjects(model_dir: str, entries: list[dict[str, Any]]) -> list[tuple
     config = ModelConfig.load(Path(model_dir) / CONFIG_FILE)
     subjects = []
     for i, entry in enumerate(entries):
-        item = dict(entry)
-        item.pop("label", None)
+        item = {k: entry[k] for k in ("image", "brain_mask") if k in entry}  # not label, bids, stratum...
         check_item(item, num_channels=config.in_channels)
         image = item["image"]
         files = [os.fspath(p) for p in (image if isinstance(image, (list, tuple)) else [image])]
@@ -35,6 +34,31 @@ def _image_subjects(model_dir: str, entries: list[dict[str, Any]]) -> list[tuple
     if len(set(names)) != len(names):
         subjects = [(f"{n}-{i}", f, it) for i, (n, f, it) in enumerate(subjects)]
     return subjects
+
+
+def _write_bids_derivatives(entries: list[dict[str, Any]], names: list[str], out: Path, base: Path) -> list[str]:
+    """Copy the maps of every complete subject of a BIDS datalist into ``<BIDS root>/derivatives/qrvae``."""
+    import json
+
+    from monai_qrvae.io.bids import write_derivative
+    from monai_qrvae.io.cohort import MANIFEST_DIR
+
+    written: list[str] = []
+    for entry, name in zip(entries, names):
+        info, manifest = entry.get("bids"), out / MANIFEST_DIR / f"{name}.json"
+        if not info or not manifest.is_file():
+            continue
+        outputs = json.loads(manifest.read_text())["outputs"]
+        maps = {}
+        for rel in outputs:
+            for key, postfix in (("lesion", "_lesion.nii.gz"), ("z", "_zmap.nii.gz"), ("p", "_pmap.nii.gz")):
+                if rel.endswith(postfix):
+                    maps[key] = out / rel
+            if rel.endswith("_lesions.json"):
+                maps["report"] = out / rel
+        root = Path(info["root"]) if Path(info["root"]).is_absolute() else base / info["root"]
+        written += [str(p) for p in write_derivative(root, info["subject"], info.get("session"), maps).values()]
+    return written
 
 
 def infer_datalist(args: argparse.Namespace, entries: list[dict[str, Any]], raw: bool) -> int:
@@ -76,6 +100,9 @@ def infer_datalist(args: argparse.Namespace, entries: list[dict[str, Any]], raw:
 
         jobs = [(name, files) for name, files, _ in subjects]
         summary = run_cohort(jobs, analyse, args.out, args.model, settings)
+    if summary["rank"] == 0 and any(isinstance(e, dict) and e.get("bids") for e in entries):
+        names = [name for name, _ in jobs]
+        summary["written"] += _write_bids_derivatives(entries, names, Path(args.out), Path(args.datalist).parent)
     for path in summary["written"]:
         print(path)
     if summary["cohort_csv"]:
