@@ -81,7 +81,9 @@ def test_make_datalist_bids_subjects_sessions_groups_and_splits(bids_tree, tmp_p
         3 - sizes["test_lesion"],
     ]
     again = make_datalist(bids_tree, [], None, subjects=_subjects(bids_tree), seed=3, check=False)
-    assert [Path(e["image"][0]).name for e in again["training"]] == [Path(e["image"][0]).name for e in datalist["training"]]
+    assert [Path(e["image"][0]).name for e in again["training"]] == [
+        Path(e["image"][0]).name for e in datalist["training"]
+    ]
 
 
 def _subjects(root):

@@ -122,8 +122,9 @@ def _same_grid(paths: list[str]) -> bool:
     import numpy as np
 
     headers = [nib.load(p) for p in paths]
-    return all(h.shape[:3] == headers[0].shape[:3] and np.allclose(h.affine, headers[0].affine, atol=1e-4)
-               for h in headers)
+    return all(
+        h.shape[:3] == headers[0].shape[:3] and np.allclose(h.affine, headers[0].affine, atol=1e-4) for h in headers
+    )
 
 
 def make_bids_datalist(

@@ -32,9 +32,13 @@ __all__ = [
 
 def add_raw_series_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--t1 --t2 --flair`` (the three raw series) and ``--no-alignment-check``."""
-    p.add_argument("--t1", required=required, help="T1-weighted series (NIfTI file or DICOM series folder), with skull, any grid")
+    p.add_argument(
+        "--t1", required=required, help="T1-weighted series (NIfTI file or DICOM series folder), with skull, any grid"
+    )
     p.add_argument("--t2", required=required, help="T2-weighted series (NIfTI file or DICOM series folder)")
-    p.add_argument("--flair", required=required, help="FLAIR series (NIfTI file or DICOM folder); maps are written on its grid")
+    p.add_argument(
+        "--flair", required=required, help="FLAIR series (NIfTI file or DICOM folder); maps are written on its grid"
+    )
     p.add_argument(
         "--no-alignment-check",
         action="store_true",

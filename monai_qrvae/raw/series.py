@@ -18,7 +18,8 @@ _MIN_FOV_MM = 80.0
 
 
 def load_series(path: str | os.PathLike, name: str) -> nib.Nifti1Image:
-    """Read one raw series (NIfTI file or DICOM series folder) and check it: exists, readable, 3D, finite, not constant, field of view >= 80 mm.
+    """Read one raw series (NIfTI file or DICOM series folder, :mod:`monai_qrvae.io.dicom`) and check it: exists,
+    readable, 3D, finite, not constant, field of view >= 80 mm.
 
     Raises:
         MissingSeriesError: the file does not exist.
