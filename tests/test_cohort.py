@@ -66,7 +66,7 @@ def test_second_run_skips_complete_subjects_and_redoes_changed_ones(tmp_path):
     assert tuple(rows[0]) == COHORT_COLUMNS and [r["subject"] for r in rows] == ["s0", "s1", "s2", "s3"]
     assert rows[3]["lesions"] == "3" and rows[3]["largest_lesion_ml"] == "1.5" and rows[3]["total_ml"] == "1.5"
     assert [r["site_mismatch"] for r in rows] == ["False", "False", "True", "False"]
-    assert not any((out / PARTIAL_DIR).iterdir())
+    assert not (out / PARTIAL_DIR).exists()
 
     calls.clear()
     assert run_cohort(subjects, _analyse(calls), out, model, {"alpha": 0.05})["skipped"] == ["s0", "s1", "s2", "s3"]
@@ -82,6 +82,21 @@ def test_second_run_skips_complete_subjects_and_redoes_changed_ones(tmp_path):
     (model / "model.pt").write_bytes(b"new weights")  # another model: everything is redone
     run_cohort(subjects, _analyse(calls), out, model, {"alpha": 0.01})
     assert calls == ["s0", "s1", "s2", "s3"]
+
+
+def test_input_stamp_of_a_dicom_folder_follows_its_files(tmp_path):
+    from monai_qrvae.io.cohort import input_stamp
+
+    folder = tmp_path / "FLAIR"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"IM{i}.dcm").write_bytes(b"d" * (i + 1))
+    before = input_stamp([folder])
+    assert input_stamp([folder]) == before
+    os.utime(folder / "IM1.dcm", ns=(5, 5))
+    assert input_stamp([folder]) != before
+    (folder / "IM3.dcm").write_bytes(b"new slice")
+    assert len(input_stamp([folder])[str(folder.resolve())]) == 4
 
 
 def test_a_failed_subject_is_not_counted_done_and_its_leftovers_go(tmp_path):

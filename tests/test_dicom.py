@@ -186,6 +186,14 @@ def test_nifti_flair_with_dicom_out_gets_a_series_to_refer_to(raw_subject, tmp_p
     assert np.array_equal(read_seg(tmp_path / "out" / entry["segmentation"]["path"], series), lesion)
 
 
+def test_raw_datalist_entries_may_name_series_folders(raw_subject):
+    from monai_qrvae.raw.inverse import raw_entries
+
+    entry = {"image": ["dicom/T1", "dicom/T2", "nifti/FLAIR.nii.gz"], "raw": True}
+    [(name, paths)] = raw_entries([entry], base_dir=raw_subject)
+    assert paths[0] == raw_subject / "dicom" / "T1" and paths[2].is_file()
+
+
 def test_infer_parser_has_dicom_out():
     from monai_qrvae.cli import build_parser
 

@@ -225,7 +225,13 @@ def run_cohort(
     if skipped:
         log(f"[rank {rank}/{world}] skipped {len(skipped)} complete subject(s) (manifests in {out / MANIFEST_DIR})")
     _barrier(world)
-    csv_path = write_cohort_csv(out, [name for name, _ in subjects]) if rank == 0 else None
+    csv_path = None
+    if rank == 0:
+        csv_path = write_cohort_csv(out, [name for name, _ in subjects])
+        try:
+            (out / PARTIAL_DIR).rmdir()  # only when empty (nothing staged is left behind)
+        except OSError:
+            pass
     if world > 1:
         import torch.distributed as dist
 
