@@ -186,6 +186,26 @@ def test_nifti_flair_with_dicom_out_gets_a_series_to_refer_to(raw_subject, tmp_p
     assert np.array_equal(read_seg(tmp_path / "out" / entry["segmentation"]["path"], series), lesion)
 
 
+def test_left_handed_nifti_flair_with_dicom_out(raw_subject, tmp_path):
+    """FLAIR stored LAS (left-handed): the DICOM copy's slices run the other way; SEG frames follow the DICOM slices."""
+    flair = nib.load(raw_subject / "FLAIR.nii.gz")
+    assert np.linalg.det(flair.affine[:3, :3]) < 0
+    lesion = np.zeros(flair.shape, np.uint8)
+    lesion[30:40, 40:50, 5:9] = 1
+    out = tmp_path / "out"
+    out.mkdir()
+    nib.Nifti1Image(lesion, flair.affine).to_filename(out / "FLAIR_lesion.nii.gz")
+    nib.Nifti1Image(lesion.astype(np.float32) * 3, flair.affine).to_filename(out / "FLAIR_zmap.nii.gz")
+    (out / "FLAIR_lesions.json").write_text("{}")
+    result = {"maps": {"lesion": str(out / "FLAIR_lesion.nii.gz"), "z": str(out / "FLAIR_zmap.nii.gz")}}
+    result["report"] = str(out / "FLAIR_lesions.json")
+    entry = write_dicom_results(result, raw_subject / "FLAIR.nii.gz", out)
+    series = scan_series(out / "dicom" / "FLAIR")
+    grid = read_series(out / "dicom" / "FLAIR")[0]
+    back = nib.Nifti1Image(read_seg(out / entry["segmentation"]["path"], series), grid.affine)
+    assert same_in_world(back, lesion, flair.affine)
+
+
 def test_raw_datalist_entries_may_name_series_folders(raw_subject):
     from monai_qrvae.raw.inverse import raw_entries
 
@@ -224,19 +244,28 @@ def test_cli_infer_dicom_series_gives_the_nifti_maps_and_a_seg(raw_subject, tmp_
     for name in ("T1", "T2", "FLAIR"):  # the DICOM series hold exactly the NIfTI files' voxels and grids
         a, b = nib.load(raw_subject / "nifti" / f"{name}.nii.gz"), load_series(raw_subject / "dicom" / name, name)
         assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine, 0, 1e-6)
+    # identical inputs; the maps then differ only by ANTs' run-to-run variation (random sampling and threads, even
+    # with a fixed seed: measured 68 of 379 968 FLAIR voxels of the lesion mask, docs/io.md), bounded here
+    maps = {}
     for postfix in ("lesion", "zmap", "pmap"):
         a = nib.load(nifti / f"FLAIR_{postfix}.nii.gz")
         b = nib.load(dicom / f"FLAIR_{postfix}.nii.gz")
-        assert np.allclose(a.affine, b.affine, atol=1e-6), postfix
-        x, y = np.asarray(a.dataobj, np.float64), np.asarray(b.dataobj, np.float64)
+        assert a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-6), postfix
+        maps[postfix] = np.asarray(a.dataobj, np.float64), np.asarray(b.dataobj, np.float64)
+        x, y = maps[postfix]
         print(postfix, "max difference", np.abs(x - y).max(), "differing voxels", int((x != y).sum()))
-        assert np.array_equal(x, y), postfix
+    x, y = (m > 0 for m in maps["lesion"])
+    dice = 2 * (x & y).sum() / max(x.sum() + y.sum(), 1)
+    print("lesion Dice NIfTI vs DICOM", dice, "voxels", int(x.sum()), int(y.sum()))
+    assert dice >= 0.9
+    z_nifti, z_dicom = maps["zmap"]
+    assert np.mean(np.abs(z_nifti - z_dicom) > 0.5) < 0.01
     report = json.loads((dicom / "FLAIR_lesions.json").read_text())
     series = scan_series(raw_subject / "dicom" / "FLAIR")
     assert report["dicom"]["SeriesInstanceUID"] == series.series_uid
     lesion = np.asarray(nib.load(dicom / "FLAIR_lesion.nii.gz").dataobj)
     assert np.array_equal(read_seg(dicom / "dicom" / "lesion_seg.dcm", series), lesion)
-    assert report["n_lesions"] == json.loads((nifti / "FLAIR_lesions.json").read_text())["n_lesions"]
+    assert abs(report["n_lesions"] - json.loads((nifti / "FLAIR_lesions.json").read_text())["n_lesions"]) <= 2
 
 
 @pytest.mark.slow
@@ -251,12 +280,12 @@ def test_real_native_series_as_dicom_keep_their_geometry(tmp_path):
         data = np.asarray(img.dataobj, dtype=np.float32)
         write_series(data, img.affine, tmp_path / name, name.upper() if name != "flair" else "FLAIR")
         read = load_series(tmp_path / name, name.upper())
-        stored = np.asarray(read.dataobj)
-        if np.allclose(read.affine, img.affine, atol=1e-4):
-            back = stored
-        else:
-            assert same_in_world(read, stored[:, :, ::-1], img.affine) or True
-            back = stored[:, :, ::-1]
+        back, affine = np.asarray(read.dataobj), read.affine.copy()
+        if not np.allclose(affine, img.affine, atol=1e-4):  # a left-handed grid: DICOM's slice order is reversed
+            affine[:3, 3] += affine[:3, 2] * (back.shape[2] - 1)
+            affine[:3, 2] *= -1
+            back = back[:, :, ::-1]
+        assert np.allclose(affine, img.affine, atol=1e-4), name
         step = float(np.abs(data).max()) / 32000.0 if not np.allclose(data, np.rint(data)) else 0.0
         assert np.abs(back - data).max() <= step / 2 + 1e-3, name
     grid, series = read_series(tmp_path / "flair", "FLAIR")

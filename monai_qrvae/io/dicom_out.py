@@ -170,7 +170,15 @@ def write_dicom_results(result: dict[str, Any], flair: str | os.PathLike, out_di
     from monai_qrvae.io.dicom import read_series
 
     grid = read_series(flair, "FLAIR")[0]
-    if grid.shape != lesion.shape or not np.allclose(grid.affine, lesion_img.affine, atol=1e-3):
+    flipped = np.asarray(lesion_img.affine, dtype=np.float64).copy()  # a left-handed NIfTI grid: DICOM slices reversed
+    flipped[:3, 3] += flipped[:3, 2] * (lesion.shape[2] - 1)
+    flipped[:3, 2] *= -1
+    if grid.shape == lesion.shape and not np.allclose(grid.affine, lesion_img.affine, atol=1e-3):
+        if np.allclose(grid.affine, flipped, atol=1e-3):
+            lesion, zmap = lesion[:, :, ::-1], zmap[:, :, ::-1]
+    elif grid.shape != lesion.shape:
+        raise DicomSeriesError(f"the maps in {out_dir} are not on the grid of the FLAIR series {flair}.")
+    if not (np.allclose(grid.affine, lesion_img.affine, atol=1e-3) or np.allclose(grid.affine, flipped, atol=1e-3)):
         raise DicomSeriesError(f"the maps in {out_dir} are not on the grid of the FLAIR series {flair}.")
     seg_path = write_seg(lesion, series, out / "lesion_seg.dcm")
     pm_path = write_parametric_map(zmap, series, out / "zmap_pm.dcm")
