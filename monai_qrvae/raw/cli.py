@@ -124,7 +124,10 @@ def run_infer_raw(args: argparse.Namespace) -> int:
     if getattr(args, "dicom_out", False) or os.path.isdir(args.flair):  # DICOM SEG + Parametric Map (io.dicom_out)
         from monai_qrvae.io.dicom_out import write_dicom_results
 
-        dicom = write_dicom_results(result, args.flair, args.out)
+        try:
+            dicom = write_dicom_results(result, args.flair, args.out)
+        except ImportError as e:  # the dicom extra is missing: one line
+            raise RuntimeError(str(e)) from e
         paths += [os.path.join(args.out, dicom[k]["path"]) for k in ("segmentation", "parametric_map")]
     for path in paths:
         print(path)
