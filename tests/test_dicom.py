@@ -53,6 +53,9 @@ def raw_subject(tmp_path_factory):
     for number, name in enumerate(("T1", "T2", "FLAIR"), start=1):
         img = nib.load(out / f"{name}.nii.gz")
         data, affine = np.asarray(img.dataobj), img.affine.copy()
+        # origins on a 1/1024 mm grid: exact in NIfTI's float32 sform and in DICOM's decimal strings alike, so that
+        # both files give the pipeline bit-identical geometry (the grids are axis-aligned: cosines 0/+-1)
+        affine[:3, 3] = np.round(affine[:3, 3] * 1024) / 1024
         write_series(data, affine, out / "dicom" / name, name, study, frame, series_number=number)
         if np.linalg.det(affine[:3, :3]) < 0:  # DICOM slices go along row x column: the same voxels, slices reversed
             affine[:3, 3] += affine[:3, 2] * (data.shape[2] - 1)
@@ -89,9 +92,12 @@ def test_embedded_subject_dicom_equals_nifti_and_an_oblique_case(raw_subject, tm
     from monai_qrvae.raw.series import load_series
 
     for name in ("T1", "T2", "FLAIR"):
-        nifti = load_series(raw_subject / f"{name}.nii.gz", name)
+        nifti = load_series(raw_subject / f"{name}.nii.gz", name)  # as generated (T1 ASL, T2 LPS, FLAIR LAS)
         dicom = load_series(raw_subject / "dicom" / name, name)
-        assert same_in_world(dicom, np.asarray(nifti.dataobj), nifti.affine), name
+        assert same_in_world(dicom, np.asarray(nifti.dataobj), nifti.affine, atol=1e-3), name
+        same = load_series(raw_subject / "nifti" / f"{name}.nii.gz", name)  # the same grid, right-handed order
+        assert np.array_equal(np.asarray(dicom.dataobj), np.asarray(same.dataobj))
+        assert np.array_equal(dicom.affine, same.affine), name
     flair = nib.load(raw_subject / "FLAIR.nii.gz")
     oblique = _oblique(flair.affine)
     write_series(np.asarray(flair.dataobj), oblique, tmp_path / "oblique", "FLAIR")
@@ -243,9 +249,8 @@ def test_cli_infer_dicom_series_gives_the_nifti_maps_and_a_seg(raw_subject, tmp_
     nifti, dicom = run("nifti"), run("dicom")
     for name in ("T1", "T2", "FLAIR"):  # the DICOM series hold exactly the NIfTI files' voxels and grids
         a, b = nib.load(raw_subject / "nifti" / f"{name}.nii.gz"), load_series(raw_subject / "dicom" / name, name)
-        assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine, 0, 1e-6)
-    # identical inputs; the maps then differ only by ANTs' run-to-run variation (random sampling and threads, even
-    # with a fixed seed: measured 68 of 379 968 FLAIR voxels of the lesion mask, docs/io.md), bounded here
+        assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.array_equal(a.affine, b.affine)
+    # bit-identical inputs (voxels and geometry) and ANTs seeded on one thread: the same maps, voxel for voxel
     maps = {}
     for postfix in ("lesion", "zmap", "pmap"):
         a = nib.load(nifti / f"FLAIR_{postfix}.nii.gz")
@@ -254,18 +259,14 @@ def test_cli_infer_dicom_series_gives_the_nifti_maps_and_a_seg(raw_subject, tmp_
         maps[postfix] = np.asarray(a.dataobj, np.float64), np.asarray(b.dataobj, np.float64)
         x, y = maps[postfix]
         print(postfix, "max difference", np.abs(x - y).max(), "differing voxels", int((x != y).sum()))
-    x, y = (m > 0 for m in maps["lesion"])
-    dice = 2 * (x & y).sum() / max(x.sum() + y.sum(), 1)
-    print("lesion Dice NIfTI vs DICOM", dice, "voxels", int(x.sum()), int(y.sum()))
-    assert dice >= 0.9
-    z_nifti, z_dicom = maps["zmap"]
-    assert np.mean(np.abs(z_nifti - z_dicom) > 0.5) < 0.01
+    for postfix, (x, y) in maps.items():
+        assert np.array_equal(x, y), postfix
     report = json.loads((dicom / "FLAIR_lesions.json").read_text())
     series = scan_series(raw_subject / "dicom" / "FLAIR")
     assert report["dicom"]["SeriesInstanceUID"] == series.series_uid
     lesion = np.asarray(nib.load(dicom / "FLAIR_lesion.nii.gz").dataobj)
     assert np.array_equal(read_seg(dicom / "dicom" / "lesion_seg.dcm", series), lesion)
-    assert abs(report["n_lesions"] - json.loads((nifti / "FLAIR_lesions.json").read_text())["n_lesions"]) <= 2
+    assert report["n_lesions"] == json.loads((nifti / "FLAIR_lesions.json").read_text())["n_lesions"]
 
 
 @pytest.mark.slow
