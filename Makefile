@@ -15,7 +15,7 @@ ML_CONSTRAINTS ?= $(if $(CONSTRAINTS),constraints-monailabel.txt)
 C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 MLC := $(if $(ML_CONSTRAINTS),-c $(ML_CONSTRAINTS))
 
-.PHONY: install demo test test-fast test-slow lint format bench monailabel-env lock clean
+.PHONY: install demo test test-fast test-slow mutation lint format bench monailabel-env lock clean
 
 # tools/pip_check.py: `pip check` (after repairing itk's malformed installed WHEEL tag, on which pip check crashes).
 # EDITABLE_QUIET: setuptools' notice "Editable installation. Please be careful with folders in your working directory
@@ -42,6 +42,17 @@ test-fast: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow tests
+
+# Mutation testing of the statistical core (docs/testing.md; not in CI): mutmut mutates the modules listed in
+# pyproject.toml's [tool.mutmut] in a copy under mutants/ and, for each mutant, runs the fast tests that call the
+# mutated function. `make mutation MUTANTS="monai_qrvae.anomaly.fdr*"` checks some modules only. The score per module
+# and the survivors are printed at the end (`mutmut show NAME` prints a survivor's diff, `mutmut browse` all of them).
+MUTANTS ?=
+MUTATION_JOBS ?= 2
+mutation: install
+	rm -rf mutants
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(PY) tools/mutation_score.py --survivors
 
 lint: install
 	$(VENV)/bin/ruff check monai_qrvae tests benchmarks
@@ -89,4 +100,4 @@ lock:
 	rm -rf .venv-lock .venv-lock-ml
 
 clean:
-	rm -rf $(VENV) $(MLVENV) outputs .pytest_cache
+	rm -rf $(VENV) $(MLVENV) outputs .pytest_cache mutants

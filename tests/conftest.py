@@ -6,11 +6,26 @@ it with :func:`cohort_factory`, so the cohort is made once per module in its own
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests (hypothesis) are reproducible on any machine: examples come from a fixed seed (derandomize), none is
+# stored between runs, no deadline (a shared 2-core machine has slow moments). Each test sets its own max_examples to
+# keep the fast suite within its 2-minute budget;
+settings.register_profile(
+    "qrvae",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "qrvae"))
 
 
 @pytest.fixture(scope="session")

@@ -310,3 +310,33 @@ def test_anomaly_maps_reduced_precision_crossing_and_metatensor():
     assert ((maps["p"] >= 0) & (maps["p"] <= 1)).all()
     with pytest.raises(ValueError, match="channel"):
         anomaly_maps(image, mu, sigma, channel=5)
+
+
+def test_the_shipped_flair_t2_score_weights_t2_and_flair_not_t1():
+    """The score every shipped config uses (bundle configs, the shipped model's model_config.json, the VAE defaults)
+    is ``flair_t2``: the Stouffer sum of the T2 and FLAIR z-maps, channels 1 and 2 of (T1, T2, FLAIR)."""
+    import json
+    from pathlib import Path
+
+    from monai_qrvae.anomaly import SCORES, combine_z, score_weights
+    from monai_qrvae.data.io import _CONTRASTS
+    from monai_qrvae.defaults import DEFAULTS
+    from monai_qrvae.transforms import AnomalyMapsd
+
+    repo = Path(__file__).parents[1]
+    assert json.loads((repo / "bundle" / "models" / "model_config.json").read_text())["score"] == "flair_t2"
+    for config in ("train.json", "inference.json"):
+        assert json.loads((repo / "bundle" / "configs" / config).read_text())["score"] == "flair_t2"
+    assert _CONTRASTS == ("T1", "T2", "FLAIR")
+    assert SCORES["flair_t2"] == (0.0, 1.0, 1.0) and torch.equal(
+        score_weights("flair_t2", 3), torch.tensor([0, 1, 1.0])
+    )
+    assert SCORES["flair"] == (0.0, 0.0, 1.0) and SCORES["all"] == (-1.0, 1.0, 1.0)
+    z = torch.tensor([5.0, 2.0, 1.0]).reshape(3, 1, 1, 1)  # T1, T2, FLAIR
+    assert float(combine_z(z, score_weights("flair_t2", 3))) == pytest.approx(3.0 / np.sqrt(2.0))
+    assert float(combine_z(z, score_weights("all", 3))) == pytest.approx(-2.0 / np.sqrt(3.0))
+    # through the transform the shipped configs use: mu, sigma, z per contrast -> one score map
+    pred = torch.cat([torch.zeros(3, 2, 2, 1), torch.ones(3, 2, 2, 1), z.expand(3, 2, 2, 1)])
+    out = AnomalyMapsd(score="flair_t2", mask_key=None)({"pred": pred})
+    assert torch.allclose(out["z"], torch.full((1, 2, 2, 1), 3.0 / np.sqrt(2.0)))
+    assert all(DEFAULTS[m].score == "flair_t2" for m in ("qrvae", "gaussian", "mse"))

@@ -200,11 +200,16 @@ def test_conformal_bh_equals_scipy_bh_on_conformal_p_values():
     cal = _cal(torch.randn(5000, generator=gen), [3.0])
     scores = torch.randn(1, 1, 8, 8, 4, generator=gen)
     scores[0, 0, :3, :3] += 6.0  # 36 outliers
-    detected = conformal_bh(scores, cal, alpha=0.1)
+    scores[0, 0, 5:, 5:, 0] += torch.linspace(1.5, 3.5, 9).reshape(3, 3)  # graded: more of them pass as alpha grows
     p = conformal_p_values(scores, cal.voxel_scores).flatten().double().numpy()
-    expected = false_discovery_control(p) <= 0.1
-    assert np.array_equal(detected.flatten().numpy(), expected)
-    assert detected[0, 0, :3, :3].all()
+    counts = []
+    for alpha in (0.01, 0.05, 0.1, 0.3):  # BH must use the alpha it is given: the detections differ between them
+        detected = conformal_bh(scores, cal, alpha=alpha)
+        expected = false_discovery_control(p) <= alpha
+        assert np.array_equal(detected.flatten().numpy(), expected), alpha
+        assert detected[0, 0, :3, :3].all()
+        counts.append(int(detected.sum()))
+    assert counts == sorted(counts) and len(set(counts)) >= 3, counts
 
 
 def _item(score: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -238,6 +243,8 @@ def test_volume_threshold_transform():
     score = torch.zeros(1, 3, 3, 2)
     score[0, 0, 0, 0] = 20.5  # above t(0.05) = 20
     score[0, 1, 1, 0] = 19.5  # above t(0.1) = 19 only
+    score[0, 2, 0, 1] = 20.0  # at t(0.05) = 20: not above it (the guarantee needs score > t)
+    score[0, 0, 2, 1] = 19.0  # at t(0.1) = 19: not above it either
     score[0, 2, 2, 1] = 50.0  # outside the brain
     mask = torch.ones(1, 3, 3, 2)
     mask[0, 2, 2, 1] = 0
@@ -246,8 +253,9 @@ def test_volume_threshold_transform():
     assert isinstance(d["lesion"], MetaTensor)
     assert float(d["p_fwer"][0, 0, 0, 0]) == pytest.approx(1 / 21)
     assert torch.equal(d["p_fwer"] <= 0.05, d["lesion"] > 0)
+    assert float(d["p_fwer"][0, 2, 0, 1]) == pytest.approx(2 / 21)  # maxima >= 20: one, and the voxel itself
     d = VolumeThresholdd(calibration=cal, alpha=0.1)(_item(score, mask))
-    assert d["lesion"].sum() == 2
+    assert d["lesion"].sum() == 3 and d["lesion"][0, 0, 2, 1] == 0  # 20.5, 19.5 and 20.0 are above 19; 19.0 is not
     with pytest.raises(ValueError, match="at least 99 healthy calibration volumes"):
         VolumeThresholdd(calibration=cal, alpha=0.01)
 

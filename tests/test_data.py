@@ -709,3 +709,50 @@ def test_make_datalist_auto_five_sections_and_missing_ones(tmp_path: Path, capsy
     assert "calibration: 2 entries OK (healthy: 2)" in printed and "tuning: 2 entries OK" in printed
     assert cli.main(["check-datalist", str(old), "--job", "tune"]) == 2
     assert "has no 'tuning' section (needed by 'tune')" in capsys.readouterr().err
+
+
+def _moved(affine: np.ndarray, how: str) -> np.ndarray:
+    out = affine.copy()
+    if how == "rotation":  # 3 degrees about the z axis, same origin and spacing
+        c, s = np.cos(np.radians(3.0)), np.sin(np.radians(3.0))
+        out[:3, :3] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ affine[:3, :3]
+    elif how == "spacing":  # 2.0 -> 2.1 mm along y, same origin and orientation
+        out[:3, 1] *= 1.05
+    elif how == "flip":  # the same voxels read with the x axis reversed (LAS instead of RAS)
+        out[:3, 0] *= -1
+        out[0, 3] += 2.0 * 9
+    elif how == "translation":
+        out[2, 3] += 1.0
+    elif how == "rounding":  # header float noise, within the tolerance
+        out[:3, :3] += 2e-4
+    return out
+
+
+@pytest.mark.parametrize("how", ["rotation", "spacing", "flip", "translation", "rounding"])
+def test_input_checks_compare_whole_affines(tmp_path, how):
+    """Label, brain mask and per-contrast files must share the image's affine: a rotation, another spacing or a
+    flip is refused like a translation; float noise within ``atol`` is accepted."""
+    from monai_qrvae.data.io import check_item, read_image
+
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    affine[:3, 3] = (-9.0, -9.0, -6.0)
+    data = np.random.default_rng(0).random((10, 10, 5)).astype(np.float32) + 0.5
+    paths = {}
+    for name, aff in (("t1", affine), ("t2", affine), ("flair", affine), ("other", _moved(affine, how))):
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.Nifti1Image(data, aff).to_filename(paths[name])
+    label = str(tmp_path / "label.nii.gz")
+    nib.Nifti1Image(np.zeros((10, 10, 5), np.uint8), _moved(affine, how)).to_filename(label)
+    good = {"image": [paths["t1"], paths["t2"], paths["flair"]]}
+    assert check_item(good).n_channels == 3
+    cases = [
+        lambda: check_item({**good, "label": label}),
+        lambda: check_item({**good, "brain_mask": label}),
+        lambda: read_image([paths["t1"], paths["t2"], paths["other"]]),
+    ]
+    for case in cases:
+        if how == "rounding":
+            case()
+        else:
+            with pytest.raises(ValueError, match="must share one affine"):
+                case()

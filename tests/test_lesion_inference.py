@@ -140,6 +140,19 @@ def test_lesion_volume_threshold_is_strict():
     d = tf(_item())
     assert [e["label"] for e in d["lesion_stats"]["lesions"]] == [1]  # 0.0045 is not > 0.0045
     assert d["lesion_stats"]["lesions"][0]["above_volume_threshold"] is True
+    # the evidence of the kept lesion and the max-statistic p of each candidate: (1 + #{maxima >= value}) / (n + 1)
+    (kept,) = d["lesion_stats"]["lesions"]
+    assert (kept["voxels"], kept["extent_ml"], kept["mass_ml"], kept["peak"]) == (3, 0.027, 0.054, 5.0)
+    assert kept["value"] == pytest.approx(0.054) and kept["p"] == pytest.approx(1 / 20) and "q" not in kept
+    stats = d["lesion_stats"]
+    assert stats["threshold"] == "lesion-volume" and stats["volume_threshold"] == pytest.approx(0.0045)
+    assert stats["candidates"] == 2 and stats["voxel_ml"] == 0.009 and stats["statistic"] == "mass"
+    with_p = LesionThresholdd("z", cal, alpha=0.05, mode="volume", statistic="mass", p_key="p")(_item())
+    assert float(with_p["p"][0, 6, 6, 6]) == pytest.approx(2 / 20)  # 0.0045: the largest maximum is >= it
+    assert float(with_p["p"][0, 2, 2, 2]) == pytest.approx(1 / 20) and float(with_p["p"][0, 0, 0, 0]) == 1.0
+    for alpha in (0.0, 1.0):
+        with pytest.raises(ValueError, match="alpha"):
+            LesionThresholdd("z", cal, alpha=alpha, mode="volume", statistic="mass")
     (t,) = label_free_transforms("lesion-volume", cal, alpha=0.05, statistic="mass")
     assert isinstance(t, LesionThresholdd) and t.mode == "volume"
 

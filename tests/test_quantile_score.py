@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from scipy.stats import expon, norm
@@ -64,6 +66,14 @@ def test_degenerate_and_crossing_predictions_stay_finite():
     assert torch.allclose(
         quantile_function_score(x, crossing, TAILS), quantile_function_score(x, _pred([0.1, 0.3, 0.5, 0.6, 0.7]), TAILS)
     )
+    # x = 0.2 lies between the crossing pair: sorted, it is on the segment q_0.025 = 0.1 .. q_0.15 = 0.3 (unsorted,
+    # the segment 0.3 .. 0.1 would be read backwards)
+    x = torch.full((1, 1, 2, 3), 0.2)
+    n1, n2 = norm.ppf(0.025), norm.ppf(0.15)
+    score = quantile_function_score(x, crossing, TAILS)
+    assert (
+        float(score.max()) == pytest.approx(float(score.min())) == pytest.approx(n1 + 0.1 * (n2 - n1) / 0.2, rel=1e-5)
+    )
 
 
 def test_one_channel_of_a_multichannel_prediction():
@@ -110,5 +120,7 @@ def test_anomaly_map_net_quantile_score_matches_the_function_and_scripts():
     torch.testing.assert_close(out[:, 6:], expected)
     torch.testing.assert_close(out[:, :6], gaussian[:, :6])  # mu and sigma unchanged
     assert not torch.allclose(out[:, 6:], gaussian[:, 6:])
+    if "MUTANT_UNDER_TEST" in os.environ:  # `make mutation`: TorchScript cannot compile mutmut's trampolines
+        return
     scripted = torch.jit.script(wrapper)
     torch.testing.assert_close(scripted(x), out)

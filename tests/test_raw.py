@@ -220,6 +220,43 @@ def test_maps_to_series_mask_is_nearest_uint8_and_checks_shape(tmp_path):
         maps_to_series(mask, tmp_path / "nothing")
 
 
+def test_series_maps_fill_values_where_the_series_sees_beyond_the_analysis_grid(tmp_path):
+    """write_series_maps: z 0, p 1 (nothing tested) and lesion 0 where a FLAIR voxel maps outside the analysis grid;
+    the analysis values inside; every map on the FLAIR grid, with the lesion report of the lesion map."""
+    from monai_qrvae.raw.inverse import write_series_maps
+
+    prep, info = _fake_prep(tmp_path)
+    a_aff = np.asarray(info["analysis"]["affine"])
+    lesion = np.zeros((21, 23, 19), np.uint8)
+    lesion[8:14, 9:15, 7:12] = 1
+    maps = {}
+    for key, value in (("z", np.full((21, 23, 19), 3.0, np.float32)), ("p", np.full((21, 23, 19), 0.2, np.float32))):
+        maps[key] = tmp_path / f"case_{key}map.nii.gz"
+        nib.Nifti1Image(value, a_aff).to_filename(str(maps[key]))
+    maps["lesion"] = tmp_path / "case_lesion.nii.gz"
+    nib.Nifti1Image(lesion, a_aff).to_filename(str(maps["lesion"]))
+    out = tmp_path / "out"
+    out.mkdir()
+    written = write_series_maps(maps, prep, out, tmp_path / "flair.nii.gz")
+    f_aff = np.asarray(info["series"]["FLAIR"]["affine"])
+    f_idx = np.stack(np.meshgrid(*[np.arange(n) for n in (28, 20, 10)], indexing="ij"), -1).reshape(-1, 3)
+    to_analysis = np.linalg.inv(a_aff) @ series_to_analysis(info, "FLAIR") @ f_aff
+    a_vox = (np.c_[f_idx, np.ones(len(f_idx))] @ to_analysis.T)[:, :3]
+    beyond = np.any((a_vox < -1.0) | (a_vox > np.array([21, 23, 19])), axis=1).reshape(28, 20, 10)
+    within = np.all((a_vox > 0.01) & (a_vox < np.array([20, 22, 18]) - 0.01), axis=1).reshape(28, 20, 10)
+    assert beyond.any() and within.any()
+    z, p, les = (nib.load(written["maps"][k]) for k in ("z", "p", "lesion"))
+    for img in (z, p, les):
+        assert img.shape == (28, 20, 10) and np.allclose(img.affine, f_aff)
+    z, p, les = (np.asarray(img.dataobj) for img in (z, p, les))
+    assert np.all(z[beyond] == 0.0) and np.allclose(z[within], 3.0)
+    assert np.all(p[beyond] == 1.0) and np.allclose(p[within], 0.2)
+    assert not les[beyond].any() and les.any() and les.dtype == np.uint8
+    report = json.loads(Path(written["report"]).read_text())
+    assert report["n_lesions"] == 1 and report["lesions"][0]["voxels"] == int(les.sum())
+    assert report["series"] == "FLAIR" and Path(written["report_csv"]).is_file()
+
+
 def test_lesion_report_counts_components():
     mask = np.zeros((20, 20, 20), np.uint8)
     mask[2:5, 2:5, 2:5] = 1  # 27 voxels

@@ -49,3 +49,28 @@ def test_report_files_and_bad_input(tmp_path):
         lesion_report(mask, affine, z[:5])
     with pytest.raises(ValueError, match="4 x 4 affine"):
         lesion_report(mask, np.eye(3))
+
+
+def test_lesion_report_on_an_oblique_grid():
+    """A rotated, anisotropic grid (an oblique acquisition): the centroid is affine @ the voxel centroid (not its
+    transpose) and each lesion's volume its voxel count times |det(affine)|."""
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.diag([1.0, 1.5, 2.5])
+    affine[:3, 3] = (30.0, -40.0, 12.0)
+    mask = np.zeros((12, 12, 8), np.uint8)
+    mask[2:5, 6:8, 1:3] = 1  # 12 voxels, voxel centroid (3, 6.5, 1.5)
+    mask[9, 1, 6] = 1  # a single voxel
+    rep = lesion_report(mask, affine)
+    big, single = rep["lesions"]
+    voxel_ml = 1.0 * 1.5 * 2.5 / 1000  # a rotation keeps volumes: |det| = product of the spacings
+    assert rep["voxel_ml"] == pytest.approx(voxel_ml)
+    assert (big["voxels"], single["voxels"]) == (12, 1)
+    assert big["volume_ml"] == pytest.approx(12 * voxel_ml) and single["volume_ml"] == pytest.approx(voxel_ml, abs=6e-5)
+    # voxel (3, 6.5, 1.5) -> (1.0 * 3, 1.5 * 6.5, 2.5 * 1.5) = (3, 9.75, 3.75) rotated by 30 degrees, then moved
+    x, y = c * 3.0 - s * 9.75 + 30.0, s * 3.0 + c * 9.75 - 40.0
+    assert big["centroid_mm"] == pytest.approx([round(x, 2), round(y, 2), 3.75 + 12.0], abs=1e-9)
+    assert single["centroid_mm"] == pytest.approx(
+        [c * 9 - s * 1.5 + 30.0, s * 9 + c * 1.5 - 40.0, 15.0 + 12.0], abs=0.006
+    )
+    assert rep["total_volume_ml"] == pytest.approx(13 * voxel_ml, abs=6e-5)  # rounded to 0.1 uL
