@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     table = spread_table(results)
     print(table)
     for doc in args.update_docs:
-        from monai_qrvae.study import update_doc_block
+        from monai_qrvae.tables import update_doc_block
 
         update_doc_block(doc, "spread", table)
     return 0

@@ -152,7 +152,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from monai_qrvae.study import benchmark, update_doc_block
+    from monai_qrvae.study import benchmark
+    from monai_qrvae.tables import update_doc_block
 
     options = ("methods", "seeds", "section", "reuse")
     result = benchmark(args.datalist, args.out, **arg_values(args, *options), progress=show_progress(args))

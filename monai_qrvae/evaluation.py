@@ -195,7 +195,7 @@ class InputGridCollector:
         """Summarise the collected volumes; write them to ``summary_file`` when one was given."""
         import json
 
-        from monai_qrvae.handlers import atomic_write
+        from monai_qrvae.utils import atomic_write
 
         self.summary = summarise(self.records)
         if self.summary_file is not None:

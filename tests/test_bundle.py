@@ -27,7 +27,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
-from monai_qrvae.checkpoints import AtomicCheckpointSaver, load_state_dict_file
+from monai_qrvae.handlers.checkpoint import AtomicCheckpointSaver, load_state_dict_file
 from monai_qrvae.networks import QRVAE, AnomalyMapNet
 from monai_qrvae.preprocessing import volume_transforms
 from monai_qrvae.workflows import ModelConfig

@@ -23,7 +23,7 @@ from monai_qrvae.calibration import (
     subsample_sorted,
     volume_threshold,
 )
-from monai_qrvae.postprocessing import (
+from monai_qrvae.transforms import (
     ClusterThresholdd,
     ConformalPValued,
     FDRMaskd,

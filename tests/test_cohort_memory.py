@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_qrvae.checkpoints import load_state_dict_file
+from monai_qrvae.handlers.checkpoint import load_state_dict_file
 from monai_qrvae.preprocessing import SliceDataset, volume_transforms
 from monai_qrvae.workflows import PersistentSliceDataset, train
 

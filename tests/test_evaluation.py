@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from monai_qrvae.evaluation import NO_DETECTION_SCORE, VolumeRecord, lesion_wise_counts, summarise
-from monai_qrvae.study import format_headline, read_doc_block, update_doc_block
+from monai_qrvae.tables import format_headline, read_doc_block, update_doc_block
 
 
 def _two_lesions() -> np.ndarray:

@@ -20,9 +20,9 @@ from monai_qrvae.handlers import (
     MaskedAveragePrecision,
     MaskedROCAUC,
     OverlaySaver,
-    atomic_write,
 )
 from monai_qrvae.preprocessing import volume_transforms
+from monai_qrvae.utils import atomic_write
 
 SHAPE = (40, 44, 36)
 
@@ -133,21 +133,6 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write(path, _fail)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
-
-
-def test_old_import_paths_name_the_moved_handlers():
-    """The handlers moved into the handlers/ package; the old paths give the very same objects."""
-    from monai_qrvae import checkpoints, engines, handlers, utils
-    from monai_qrvae.handlers import checkpoint, maps, metrics, savers, training
-
-    assert handlers.atomic_write is utils.atomic_write
-    assert handlers.AnomalyMapHandler is maps.AnomalyMapHandler and handlers.ThresholdHandler is maps.ThresholdHandler
-    assert handlers.AnomalyMapSaver is savers.AnomalyMapSaver and handlers.invert_to_input is savers.invert_to_input
-    assert handlers.LesionDice is metrics.LesionDice
-    for name in ("LossPartsHandler", "LossHistory", "EpochSeedHandler"):
-        assert getattr(engines, name) is getattr(training, name) and name in engines.__all__
-    for name in checkpoints.__all__:
-        assert getattr(checkpoints, name) is getattr(checkpoint, name)
 
 
 def test_metric_handlers_read_items_with_from_engine():

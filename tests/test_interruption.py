@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_qrvae.checkpoints import list_checkpoints, load_state_dict_file
+from monai_qrvae.handlers.checkpoint import list_checkpoints, load_state_dict_file
 
 pytestmark = pytest.mark.slow
 

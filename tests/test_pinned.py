@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_qrvae.study import read_doc_block
+from monai_qrvae.tables import read_doc_block
 from monai_qrvae.workflows import PINNED_DEMO, demo
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

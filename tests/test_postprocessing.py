@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import false_discovery_control, norm
 
-from monai_qrvae.postprocessing import AnomalyMapsd, FDRMaskd, LesionFilterd
+from monai_qrvae.transforms import AnomalyMapsd, FDRMaskd, LesionFilterd
 
 
 def _pred(z_flair: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.null_choice import REAL, real_cases
-from monai_qrvae.study import read_doc_block
+from monai_qrvae.tables import read_doc_block
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 #: the analysis-ready figures are pinned within this (docs/real.md: float32 inference of the shipped weights moves

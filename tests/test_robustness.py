@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from monai_qrvae.checkpoints import load_state_dict_file
 from monai_qrvae.cli import main
+from monai_qrvae.handlers.checkpoint import load_state_dict_file
 from monai_qrvae.workflows import load_model
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from monai_qrvae.cli import main
-from monai_qrvae.study import read_doc_block
+from monai_qrvae.tables import read_doc_block
 
 
 @pytest.fixture(scope="module")

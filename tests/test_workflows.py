@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from monai_qrvae.cli import main
-from monai_qrvae.study import METHOD_NAMES
+from monai_qrvae.tables import METHOD_NAMES
 from monai_qrvae.workflows import METHODS, ModelConfig, build_networks, load_model, train, write_table
 
 

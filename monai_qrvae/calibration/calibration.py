@@ -482,7 +482,7 @@ class Calibration:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the calibration atomically (``torch.save`` of :meth:`state_dict`); a folder gets ``calibration.pt``."""
-        from monai_qrvae.handlers import atomic_write
+        from monai_qrvae.utils import atomic_write
 
         path = Path(path)
         if path.is_dir():

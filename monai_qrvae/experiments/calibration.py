@@ -31,14 +31,13 @@ from monai_qrvae.anomaly import FLAIR_CHANNEL
 from monai_qrvae.experiments.common import (
     VolumePrediction,
     experiment_models,
-    markdown_table,
     new_figure,
     predict_volumes,
     save_figure,
-    write_json,
-    write_text,
 )
 from monai_qrvae.metrics import compute_quantile_coverage
+from monai_qrvae.tables import markdown_table
+from monai_qrvae.utils import write_json, write_text
 
 __all__ = [
     "CALIBRATION_LEVELS",

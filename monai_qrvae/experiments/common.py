@@ -1,5 +1,5 @@
 """Shared pieces of the experiments: quick mode, the cohort and trained models they need, slice-wise prediction,
-figure and table writing.
+figure writing.
 
 The brain experiments (:mod:`~monai_qrvae.experiments.calibration`, :mod:`~monai_qrvae.experiments.fdr`) need the
 embedded synthetic cohort and a trained QR-VAE and Gaussian VAE. :func:`prepare_models` reuses what it is given
@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+
+from monai_qrvae.utils import atomic_write, write_json
 
 __all__ = [
     "QUICK_ENV",
@@ -39,9 +40,6 @@ __all__ = [
     "predict_volumes",
     "new_figure",
     "save_figure",
-    "markdown_table",
-    "write_json",
-    "write_text",
 ]
 
 #: environment variable that switches notebooks (and tests) to their small settings: ``QRVAE_NOTEBOOK_QUICK=1``.
@@ -332,64 +330,6 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Write a figure to a PNG file atomically (folders are created) and return the path."""
-    from monai_qrvae.handlers import atomic_write
 
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": None}))
-
-
-def _fmt(value: Any, fmt: str) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "nan" if not np.isfinite(value) else format(float(value), fmt)
-    return str(value)
-
-
-def markdown_table(
-    rows: Sequence[dict[str, Any]],
-    columns: Sequence[str],
-    headers: Sequence[str] | None = None,
-    fmt: str = ".3f",
-    formats: dict[str, str | Callable[[Any], str]] | None = None,
-) -> str:
-    """A Markdown table of ``rows`` (dicts) with the given columns; floats formatted with ``fmt``."""
-    formats = formats or {}
-    headers = list(headers) if headers is not None else list(columns)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        cells = []
-        for c in columns:
-            f = formats.get(c, fmt)
-            cells.append(f(row.get(c)) if callable(f) else _fmt(row.get(c), f))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (torch.Tensor, np.ndarray)):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON (numpy/torch values converted, NaN as null), atomically."""
-    from monai_qrvae.handlers import atomic_write
-
-    text = json.dumps(_jsonable(obj), indent=2) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
-    from monai_qrvae.handlers import atomic_write
-
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

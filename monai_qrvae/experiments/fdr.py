@@ -38,13 +38,12 @@ from monai_qrvae.anomaly import FLAIR_CHANNEL, anomaly_maps, benjamini_hochberg
 from monai_qrvae.experiments.common import (
     VolumePrediction,
     experiment_models,
-    markdown_table,
     new_figure,
     predict_volumes,
     save_figure,
-    write_json,
-    write_text,
 )
+from monai_qrvae.tables import markdown_table
+from monai_qrvae.utils import write_json, write_text
 
 __all__ = ["ALPHAS", "FAMILIES", "bh_detections", "fdr_stats", "run_fdr", "fdr_table", "bh_verdict", "plot_fdr"]
 

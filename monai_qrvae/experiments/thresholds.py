@@ -1,7 +1,7 @@
 """Do the label-free thresholds keep their promise? N(0, 1) + BH against healthy-calibrated thresholds.
 
 The shipped score (the z-map after its filter, exactly as ``qrvae evaluate`` computes it, on the analysed grid) of
-a trained model is thresholded four ways (:data:`monai_qrvae.postprocessing.THRESHOLDS`):
+a trained model is thresholded four ways (:data:`monai_qrvae.transforms.THRESHOLDS`):
 
 - ``gaussian``: Benjamini-Hochberg on ``1 - Phi(z)`` (the paper's);
 - ``conformal``: Benjamini-Hochberg on conformal p-values from the healthy ``calibration`` volumes;
@@ -30,8 +30,9 @@ import torch
 
 from monai_qrvae.anomaly import p_value
 from monai_qrvae.calibration import Calibration, CalibrationCollector, fit_calibration, run_shipped_score
-from monai_qrvae.experiments.common import markdown_table, write_json, write_text
-from monai_qrvae.postprocessing import THRESHOLDS, label_free_transforms
+from monai_qrvae.tables import markdown_table
+from monai_qrvae.transforms import THRESHOLDS, label_free_transforms
+from monai_qrvae.utils import write_json, write_text
 
 __all__ = ["THRESHOLD_LABELS", "collect_scores", "detect", "threshold_stats", "healthy_loo", "run_thresholds"]
 

@@ -1,6 +1,6 @@
 """Handlers that add anomaly maps and lesion masks to each output item of an evaluator.
 
-Each one is a ``monai.handlers.PostProcessing`` around a dictionary transform of :mod:`monai_qrvae.postprocessing`;
+Each one is a ``monai.handlers.PostProcessing`` around a dictionary transform of :mod:`monai_qrvae.transforms.anomaly`;
 they run at ``MODEL_COMPLETED`` by default, so the metric handlers see ``z``, ``p``, ``roi`` and ``lesion``.
 """
 
@@ -13,7 +13,7 @@ from monai.handlers import PostProcessing
 from monai.transforms import Compose
 
 from monai_qrvae.anomaly import FLAIR_CHANNEL
-from monai_qrvae.postprocessing import AnomalyMapsd, FDRMaskd, LesionFilterd, label_free_transforms
+from monai_qrvae.transforms import AnomalyMapsd, FDRMaskd, LesionFilterd, label_free_transforms
 
 __all__ = ["AnomalyMapHandler", "FDRHandler", "LesionFilterHandler", "ThresholdHandler"]
 
@@ -78,7 +78,7 @@ class FDRHandler(PostProcessing):
 
 class ThresholdHandler(PostProcessing):
     """Add the label-free lesion mask (``lesion``) with one of the thresholds of
-    :func:`~monai_qrvae.postprocessing.label_free_transforms`: ``"gaussian"`` (BH on N(0, 1) p-values, as
+    :func:`~monai_qrvae.transforms.label_free_transforms`: ``"gaussian"`` (BH on N(0, 1) p-values, as
     :class:`FDRHandler`), ``"conformal"`` (conformal BH; also replaces ``p`` by the conformal p-map), ``"volume"``
     (volume-level threshold), ``"cluster"`` (volume-level cluster size), ``"lesion"`` (BH over candidate lesions)
     or ``"lesion-volume"`` (volume-level threshold of a lesion statistic).

@@ -132,7 +132,7 @@ def _timed(timing: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
 
 
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, descrip: str) -> None:
-    from monai_qrvae.handlers import atomic_write
+    from monai_qrvae.utils import atomic_write
 
     img = nib.Nifti1Image(array, affine)
     img.header.set_xyzt_units("mm")
@@ -403,7 +403,7 @@ def preprocess(
         "work_mm": float(work_mm),
         "n4_mm": float(n4_mm),
     }
-    from monai_qrvae.handlers import atomic_write
+    from monai_qrvae.utils import atomic_write
 
     text = json.dumps(info, indent=2) + "\n"
     atomic_write(out / TRANSFORMS_FILE, lambda tmp: Path(tmp).write_text(text))

@@ -86,7 +86,7 @@ def _demo(
 ) -> dict[str, Any]:
     from monai_qrvae import workflows  # the jobs through the package, as a user (or a test's monkeypatch) sees them
     from monai_qrvae.data import make_cohort
-    from monai_qrvae.study import update_doc_block
+    from monai_qrvae.tables import update_doc_block
 
     start = time.perf_counter()
     output_dir = Path(output_dir)

@@ -5,7 +5,6 @@ The figures (pooled over the section, per stratum and per volume) are computed b
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -17,7 +16,9 @@ from monai.data import DataLoader, Dataset
 
 from monai_qrvae.defaults import method_defaults
 from monai_qrvae.engines import create_anomaly_evaluator
-from monai_qrvae.handlers import AnomalyMapSaver, OverlaySaver, atomic_write
+from monai_qrvae.handlers import AnomalyMapSaver, OverlaySaver
+from monai_qrvae.tables import HEADLINE_COLUMNS, format_headline
+from monai_qrvae.utils import write_csv, write_text
 from monai_qrvae.workflows.datasets import _datalist
 from monai_qrvae.workflows.inference import _anomaly_handlers, _calibration_for, _roi_size
 from monai_qrvae.workflows.models import load_model
@@ -88,35 +89,25 @@ def evaluate(
     }
     result.update(summarise(collector.records))
     result["seconds"] = seconds
-    text = json.dumps(result, indent=2)
-    atomic_write(output_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text))
+    write_text(output_dir / "metrics.json", json.dumps(result, indent=2))
     return result
 
 
 def write_table(results: Sequence[dict[str, Any]], output_dir: str | os.PathLike) -> tuple[Path, Path, str]:
     """Write a metrics table (CSV and Markdown) comparing methods; return the paths and the Markdown text.
 
-    The columns are :data:`monai_qrvae.study.HEADLINE_COLUMNS` (whole brain, input grid) plus training seconds;
+    The columns are :data:`monai_qrvae.tables.HEADLINE_COLUMNS` (whole brain, input grid) plus training seconds;
     one row per result, strata rows under each method when the results have them.
     """
-    from monai_qrvae.study import HEADLINE_COLUMNS, format_headline
-
     output_dir = Path(output_dir)
     columns = ["method", *(k for k, _ in HEADLINE_COLUMNS), "train_seconds"]
     rows = [{c: r.get(c) for c in columns} for r in results]
-
-    def _csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    csv_path = atomic_write(output_dir / "metrics.csv", _csv)
+    csv_path = write_csv(output_dir / "metrics.csv", rows, columns)
     text = format_headline({r["method"]: [r] for r in results})
     times = ", ".join(
         f"{r['method']} {r['train_seconds']:.0f} s" for r in results if r.get("train_seconds") is not None
     )
     if times:
         text += f"\nTraining time: {times}.\n"
-    md_path = atomic_write(output_dir / "metrics.md", lambda tmp: Path(tmp).write_text(text))
+    md_path = write_text(output_dir / "metrics.md", text)
     return csv_path, md_path, text

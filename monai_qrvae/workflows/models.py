@@ -17,12 +17,12 @@ from torch import nn
 
 from monai_qrvae.anomaly import SCORES
 from monai_qrvae.baselines import IntensityBaseline
-from monai_qrvae.checkpoints import load_state_dict_file
 from monai_qrvae.context import CONTEXTS, context_channels
-from monai_qrvae.handlers import atomic_write
+from monai_qrvae.handlers.checkpoint import load_state_dict_file
 from monai_qrvae.losses import GaussianVAELoss, QRVAELoss
 from monai_qrvae.networks import QRVAE, AnomalyMapNet, GaussianVAE
 from monai_qrvae.preprocessing import volume_transforms
+from monai_qrvae.utils import atomic_write
 
 __all__ = [
     "METHODS",

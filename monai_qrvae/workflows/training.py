@@ -21,12 +21,13 @@ from monai.utils import set_determinism
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from monai_qrvae.checkpoints import AtomicCheckpointSaver, ResumeFromCheckpoint
 from monai_qrvae.data.io import common_spacing
 from monai_qrvae.defaults import method_defaults
-from monai_qrvae.engines import EpochSeedHandler, LossHistory, create_loss_evaluator, create_trainer
-from monai_qrvae.handlers import atomic_write
+from monai_qrvae.engines import create_loss_evaluator, create_trainer
+from monai_qrvae.handlers.checkpoint import AtomicCheckpointSaver, ResumeFromCheckpoint
+from monai_qrvae.handlers.training import EpochSeedHandler, LossHistory
 from monai_qrvae.logging_utils import progress_enabled
+from monai_qrvae.utils import atomic_write
 from monai_qrvae.workflows.datasets import _datalist, _persistent_slice_dataset, _slice_dataset
 from monai_qrvae.workflows.models import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, build_loss, build_networks
 

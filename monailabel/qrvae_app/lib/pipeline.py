@@ -9,7 +9,7 @@ The app loads the same model files as ``qrvae infer``: a model folder with ``mod
 The preprocessing is the model's own (:meth:`monai_qrvae.workflows.ModelConfig.transforms`: its in-plane size, its
 slices, its context channels), the score is the model's (``ModelConfig.score``), and the lesion mask uses the
 label-free threshold of ``qrvae infer`` (conformal Benjamini-Hochberg on the model's healthy calibration by default,
-:func:`monai_qrvae.postprocessing.label_free_transforms`).
+:func:`monai_qrvae.transforms.label_free_transforms`).
 
 Outside the brain (the input's all-zero voxels) every returned map follows the convention of the CLI and the bundle:
 ``z = 0``, ``p = 1``, ``lesion = 0``.
@@ -36,7 +36,7 @@ from torch import nn
 from monai_qrvae.calibration import CALIBRATION_FILE, Calibration, load_calibration
 from monai_qrvae.defaults import method_defaults
 from monai_qrvae.handlers.savers import invert_to_input
-from monai_qrvae.postprocessing import AnomalyMapsd, LesionFilterd, label_free_transforms
+from monai_qrvae.transforms import AnomalyMapsd, LesionFilterd, label_free_transforms
 from monai_qrvae.transforms.anomaly.thresholds import LESION_STATS_KEY, SITE_KEY
 from monai_qrvae.workflows.models import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 
