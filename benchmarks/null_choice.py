@@ -91,10 +91,9 @@ def real_figures(model_dir: Path, out: Path) -> dict[str, float]:
 
 def compare(datalist: Path, out: Path, methods: tuple[str, ...], model: Path) -> dict[str, dict[str, float]]:
     """The figures of every null method (see the module docstring)."""
-    from monai_qrvae.calibration import fit_calibration
     from monai_qrvae.data.datalist import load_datalist
     from monai_qrvae.data.site import make_shifted_datalist
-    from monai_qrvae.workflows import evaluate
+    from monai_qrvae.workflows import evaluate, fit_calibration
 
     shifted = {s: make_shifted_datalist(datalist, s, out / f"shifted-{s}") for s in ("tuning", "validation")}
     results: dict[str, dict[str, float]] = {}

@@ -16,7 +16,8 @@ __all__ = ["add_parser", "run_calibrate"]
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Run ``qrvae calibrate`` and print a short summary."""
-    from monai_qrvae.calibration import CALIBRATION_FILE, fit_calibration
+    from monai_qrvae.calibration import CALIBRATION_FILE
+    from monai_qrvae.workflows import fit_calibration
 
     options = (
         "section",

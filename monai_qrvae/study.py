@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_qrvae import workflows
 from monai_qrvae.handlers.checkpoint import latest_checkpoint
 from monai_qrvae.tables import HEADLINE_COLUMNS, format_headline, format_value
 from monai_qrvae.utils import write_csv, write_text
@@ -54,8 +55,6 @@ def sweep(
         ``{"rows": [...], "picked": {method: row}, "table": markdown}``; also written to ``output_dir`` as
         ``sweep.csv``, ``sweep.md`` and ``sweep.json``.
     """
-    from monai_qrvae.workflows import evaluate, load_model, train
-    from monai_qrvae.workflows.training import _calibrate
 
     out = Path(output_dir)
     rows: list[dict[str, Any]] = []
@@ -72,7 +71,7 @@ def sweep(
                     f"epoch count swept ({min(run_epochs)}); expected a fresh --out folder (or delete {model})."
                 )
             for n_epochs in run_epochs:
-                train(
+                workflows.train(
                     datalist,
                     model,
                     method=method,
@@ -84,9 +83,11 @@ def sweep(
                 )
                 for score_median in score_medians:
                     # the label-free columns need a calibration of exactly this score (on `calibration`, not tuning)
-                    config, net = load_model(model)
-                    _calibrate(model, datalist, config, net, "cpu", score_median=score_median)  # as evaluate: CPU
-                    result = evaluate(
+                    config, net = workflows.load_model(model)
+                    workflows.calibrate_model(
+                        model, datalist, config, net, "cpu", score_median=score_median
+                    )  # as evaluate: CPU
+                    result = workflows.evaluate(
                         model,
                         datalist,
                         out / method / f"eval_lr{lr}_e{n_epochs}_m{score_median}",
@@ -153,7 +154,6 @@ def benchmark(
         first seed's table of the demo's methods is what ``qrvae demo`` (seed 0, the same cohort and defaults)
         prints.
     """
-    from monai_qrvae.workflows import evaluate, train
 
     out = Path(output_dir)
     results: dict[str, list[dict[str, Any]]] = {}
@@ -170,17 +170,18 @@ def benchmark(
             seconds = json.loads(summary_file.read_text())["seconds"] if summary_file.is_file() else None
             summary = {"seconds": seconds if seconds is not None else earlier.get((method, seed), math.nan)}
         else:
-            summary = train(datalist, model, method=method, seed=seed, progress=progress, **train_kwargs)
+            summary = workflows.train(datalist, model, method=method, seed=seed, progress=progress, **train_kwargs)
             write_text(summary_file, json.dumps(summary, indent=2, default=str))
-            result = evaluate(model, datalist, out / method / f"seed{seed}" / "eval", section=section, save_maps=False)
+            result = workflows.evaluate(
+                model, datalist, out / method / f"seed{seed}" / "eval", section=section, save_maps=False
+            )
         result["train_seconds"] = summary["seconds"]
         results.setdefault(method, []).append(result)
         rows.append({"method": method, "seed": seed, **{k: result.get(k) for k, _ in HEADLINE_COLUMNS}})
         rows[-1]["train_seconds"] = round(summary["seconds"], 1)
     table = format_headline(results)
-    from monai_qrvae.workflows import DEMO_METHODS
 
-    shown = [m for m in DEMO_METHODS if m in results] or list(results)  # what `qrvae demo` trains and prints
+    shown = [m for m in workflows.DEMO_METHODS if m in results] or list(results)  # what `qrvae demo` trains and prints
     first = format_headline({m: results[m][:1] for m in shown})
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "first_seed.md", first)

@@ -16,10 +16,24 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CONTRAST_NAMES", "atomic_write", "write_text", "write_json", "write_csv", "jsonable", "check_finite"]
+__all__ = [
+    "CONTRAST_NAMES",
+    "identity",
+    "atomic_write",
+    "write_text",
+    "write_json",
+    "write_csv",
+    "jsonable",
+    "check_finite",
+]
 
 #: The input contrasts, in channel order (``image[0]`` is T1, ``image[1]`` T2, ``image[2]`` FLAIR).
 CONTRAST_NAMES: tuple[str, ...] = ("T1", "T2", "FLAIR")
+
+
+def identity(x: Any) -> Any:
+    """``x`` itself: the default ``output_transform``/``batch_transform`` of the handlers."""
+    return x
 
 
 def _umask() -> int:

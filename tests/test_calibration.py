@@ -11,7 +11,6 @@ from scipy.stats import false_discovery_control
 from monai_qrvae.calibration import (
     CALIBRATION_FILE,
     Calibration,
-    CalibrationCollector,
     conformal_bh,
     conformal_p_values,
     load_calibration,
@@ -30,6 +29,7 @@ from monai_qrvae.transforms import (
     VolumeThresholdd,
     label_free_transforms,
 )
+from monai_qrvae.workflows import CalibrationCollector
 
 
 def _cal(scores, maxima, **kw) -> Calibration:
@@ -395,9 +395,8 @@ def test_threshold_stats_counts_false_discoveries_and_healthy_detections():
 
 @pytest.mark.slow
 def test_threshold_handler_in_the_shipped_pipeline(calibration_cohort):
-    from monai_qrvae.calibration import fit_calibration, run_shipped_score
     from monai_qrvae.handlers import ThresholdHandler
-    from monai_qrvae.workflows import _datalist
+    from monai_qrvae.workflows import Pipeline, checked_section, fit_calibration
 
     datalist, model = calibration_cohort
     cal = fit_calibration(model, datalist, alpha=0.25, save=False)
@@ -415,11 +414,14 @@ def test_threshold_handler_in_the_shipped_pipeline(calibration_cohort):
 
     shipped = method_defaults("flair").score_median
     other = 3 if shipped == 1 else 1
-    items = _datalist(datalist, "calibration")
+    items = checked_section(datalist, "calibration")
     volume, conformal = Keep(), Keep()
     score = {"method": "flair", "score_median": shipped}
-    run_shipped_score(model, items, [ThresholdHandler("volume", cal, alpha=0.25, score=score), volume])
-    run_shipped_score(model, items, [ThresholdHandler("conformal", cal, alpha=0.25, score=score), conformal])
+    pipeline = Pipeline.from_model_dir(model)
+    pipeline.run(items, [pipeline.score_handler(), ThresholdHandler("volume", cal, alpha=0.25, score=score), volume])
+    pipeline.run(
+        items, [pipeline.score_handler(), ThresholdHandler("conformal", cal, alpha=0.25, score=score), conformal]
+    )
     # the threshold at n = 3, alpha 0.25 is the largest calibration maximum: no calibration volume exceeds it
     assert all(float(item["lesion"].sum()) == 0 for item in volume.items) and len(volume.items) == 3
     # the conformal p-map of a calibration volume: p = 1 outside the brain, >= 1 / (n + 1) inside, exact counts

@@ -16,6 +16,8 @@ from monai_qrvae.defaults import method_defaults
 from monai_qrvae.experiments import calibration, cli, common, fdr, simulation
 from monai_qrvae.experiments.common import VolumePrediction
 from monai_qrvae.losses import QRVAELoss
+from monai_qrvae.tables import markdown_table
+from monai_qrvae.utils import write_json
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -254,9 +256,9 @@ def test_quick_from_env(monkeypatch):
 
 
 def test_markdown_table_and_json(tmp_path):
-    text = common.markdown_table([{"a": 0.12345, "b": "x"}, {"a": float("nan"), "b": 2}], ["a", "b"])
+    text = markdown_table([{"a": 0.12345, "b": "x"}, {"a": float("nan"), "b": 2}], ["a", "b"])
     assert text.splitlines()[2] == "| 0.123 | x |" and "nan" in text
-    path = common.write_json(tmp_path / "r.json", {"v": np.float32(1.5), "t": torch.tensor([1, 2]), "n": math.nan})
+    path = write_json(tmp_path / "r.json", {"v": np.float32(1.5), "t": torch.tensor([1, 2]), "n": math.nan})
     assert json.loads(path.read_text()) == {"v": 1.5, "t": [1, 2], "n": None}
 
 

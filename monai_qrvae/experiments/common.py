@@ -296,9 +296,10 @@ class VolumePrediction:
 def predict_volumes(model_dir: str | os.PathLike, datalist: str | os.PathLike, section: str) -> list[VolumePrediction]:
     """Load a trained model and predict ``mu``, ``sigma``, ``z`` (and the quantiles of a QR-VAE) for every subject of
     a datalist section, preprocessed as the model was trained."""
-    from monai_qrvae.workflows import load_model
+    from monai_qrvae.workflows import Pipeline
 
-    config, net = load_model(model_dir)
+    pipeline = Pipeline.from_model_dir(model_dir).load()
+    config, net = pipeline.config, pipeline.network
     preds = []
     for vol in load_volumes(datalist, section, image_size=config.image_size, num_slices=config.num_slices):
         mu, sigma, z, quantiles = predict_slices(net, vol["image"])

@@ -21,15 +21,11 @@ from monai.utils import ImageMetaKey
 
 from monai_qrvae.anomaly import FLAIR_CHANNEL
 from monai_qrvae.report import lesion_report, write_lesion_report
-from monai_qrvae.utils import CONTRAST_NAMES, atomic_write
+from monai_qrvae.utils import CONTRAST_NAMES, atomic_write, identity
 
 logger = logging.getLogger("monai_qrvae")
 
 __all__ = ["AnomalyMapSaver", "OverlaySaver", "invert_to_input"]
-
-
-def _identity(x: Any) -> Any:
-    return x
 
 
 def _stem(meta: dict, fallback: str) -> str:
@@ -194,8 +190,8 @@ class AnomalyMapSaver(_ItemSaver):
         orig_key: str = "image",
         nearest_interp: Sequence[bool] = (False, False, True),
         postfixes: Sequence[str] | None = None,
-        output_transform: Callable = _identity,
-        batch_transform: Callable = _identity,
+        output_transform: Callable = identity,
+        batch_transform: Callable = identity,
         one_outside: Sequence[str] = ("p",),
         report: bool = False,
         contrast_key: str = "zc",
@@ -357,8 +353,8 @@ class OverlaySaver(_ItemSaver):
         channel: int = FLAIR_CHANNEL,
         num_slices: int = 6,
         z_max: float = 6.0,
-        output_transform: Callable = _identity,
-        batch_transform: Callable = _identity,
+        output_transform: Callable = identity,
+        batch_transform: Callable = identity,
     ) -> None:
         super().__init__(output_dir, output_transform, batch_transform)
         self.image_key = image_key

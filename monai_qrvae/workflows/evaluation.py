@@ -12,16 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai.data import DataLoader, Dataset
-
-from monai_qrvae.defaults import method_defaults
-from monai_qrvae.engines import create_anomaly_evaluator
+from monai_qrvae.evaluation import InputGridCollector, summarise
 from monai_qrvae.handlers import AnomalyMapSaver, OverlaySaver
 from monai_qrvae.tables import HEADLINE_COLUMNS, format_headline
 from monai_qrvae.utils import write_csv, write_text
-from monai_qrvae.workflows.datasets import _datalist
-from monai_qrvae.workflows.inference import _anomaly_handlers, _calibration_for, _roi_size
-from monai_qrvae.workflows.models import load_model
+from monai_qrvae.workflows.datasets import checked_section
+from monai_qrvae.workflows.pipeline import Pipeline
 
 __all__ = ["evaluate", "write_table"]
 
@@ -56,25 +52,22 @@ def evaluate(
             default from :mod:`monai_qrvae.defaults` (chosen on the ``tuning`` split).
         threshold: the label-free threshold of the lesion mask (see :func:`~monai_qrvae.workflows.infer`).
     """
-    from monai_qrvae.evaluation import InputGridCollector, summarise
-
-    config, net = load_model(model_dir, device)
-    _calibration_for(model_dir, threshold)  # a missing calibration is refused before anything is written
-    if score_median is None:
-        score_median = method_defaults(config.method).score_median
-    items = _datalist(datalist, section, read_data=True)
+    pipeline = Pipeline.from_model_dir(model_dir, device).load()
+    pipeline.calibration_for(threshold)  # a missing calibration is refused before anything is written
+    config = pipeline.config
+    score_median = pipeline.score_median(score_median)
+    items = checked_section(datalist, section, read_data=True)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    pre = config.transforms()
-    loader = DataLoader(Dataset(items, pre), batch_size=1, num_workers=0)
-    post = _anomaly_handlers(config, model_dir, alpha, per, median_size, min_size, score_median, threshold)
+    pre = pipeline.pre_transforms()
+    post = pipeline.anomaly_handlers(threshold, alpha, per, median_size, min_size, score_median)
     collector = InputGridCollector(pre)
     handlers: list[Any] = [*post, collector]
     if save_maps:
         handlers.append(AnomalyMapSaver(output_dir / "maps", preprocessing=pre))
     if save_png:
         handlers.append(OverlaySaver(output_dir / "overlays"))
-    evaluator = create_anomaly_evaluator(net, loader, device=device, roi_size=_roi_size(config), val_handlers=handlers)
+    evaluator = pipeline.evaluator(items, handlers, pre)
     start = time.perf_counter()
     evaluator.run()
     seconds = time.perf_counter() - start

@@ -181,7 +181,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     config = ModelConfig.load(model_dir / CONFIG_FILE)
     _, net = build_networks(config)
     state = load_state_dict_file(model_dir / WEIGHTS_FILE, map_location=device)
-    _check_weights_fit(state, net, model_dir / WEIGHTS_FILE, config)
+    check_weights_fit(state, net, model_dir / WEIGHTS_FILE, config)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
@@ -191,7 +191,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     return config, net.to(device).eval()
 
 
-def _check_weights_fit(state: dict[str, Any], net: nn.Module, path: Path, config: ModelConfig) -> None:
+def check_weights_fit(state: dict[str, Any], net: nn.Module, path: Path, config: ModelConfig) -> None:
     """Compare a state dict with the network of ``config``; a clear error names the first differences."""
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]

@@ -1,7 +1,7 @@
 """Fitting a :class:`~monai_qrvae.calibration.Calibration` with a model's shipped score on a datalist section.
 
-:func:`run_shipped_score` runs the preprocessing, network and z-map post-processing of ``qrvae evaluate``/``infer``
-with extra Ignite handlers; :class:`CalibrationCollector` keeps the score maps; :func:`fit_calibration` ties them
+The model's :class:`~monai_qrvae.workflows.pipeline.Pipeline` runs the preprocessing, network and score of
+``qrvae evaluate``/``infer``; :class:`CalibrationCollector` keeps the score maps; :func:`fit_calibration` ties them
 together (``qrvae calibrate``).
 """
 
@@ -14,17 +14,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Events
+from monai.transforms import LoadImage
+from monai.utils import convert_to_tensor
 
-from monai_qrvae.calibration.calibration import CALIBRATION_FILE, LESION_P, MAX_VOXELS, Calibration, _voxel_ml_of
-from monai_qrvae.calibration.conformal import _flat
-from monai_qrvae.calibration.thresholds import min_volumes
-from monai_qrvae.utils import CONTRAST_NAMES
+from monai_qrvae.calibration import CALIBRATION_FILE, LESION_P, MAX_VOXELS, Calibration, min_volumes, voxel_ml_of
+from monai_qrvae.utils import identity
+from monai_qrvae.workflows.datasets import checked_section
+from monai_qrvae.workflows.pipeline import Pipeline
 
-__all__ = ["CalibrationCollector", "run_shipped_score", "fit_calibration"]
+__all__ = ["CalibrationCollector", "fit_calibration"]
 
 
-def _identity(x: Any) -> Any:
-    return x
+def _plain(x: Any) -> torch.Tensor:
+    return convert_to_tensor(x, track_meta=False)
 
 
 class CalibrationCollector:
@@ -47,7 +50,7 @@ class CalibrationCollector:
         score_key: str = "z",
         mask_key: str = "roi",
         label_key: str | None = None,
-        output_transform: Callable = _identity,
+        output_transform: Callable = identity,
     ) -> None:
         self.score_key, self.mask_key, self.label_key = score_key, mask_key, label_key
         self.output_transform = output_transform
@@ -59,8 +62,6 @@ class CalibrationCollector:
 
     def attach(self, engine: Any) -> None:
         """Collect at the end of every iteration; forget previous runs at the start of each."""
-        from ignite.engine import Events
-
         if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         if not engine.has_event_handler(self.reset, Events.EPOCH_STARTED):
@@ -79,13 +80,13 @@ class CalibrationCollector:
                     f"CalibrationCollector: output is missing {missing}; attach the AnomalyMapHandler first."
                 )
             score = out[self.score_key]
-            self.scores.append(_flat(score).detach().cpu()[0])
-            self.voxel_ml.append(_voxel_ml_of(score))
-            self.masks.append(_flat(out[self.mask_key]).detach().cpu()[0] > 0)
+            self.scores.append(_plain(score).detach().cpu()[0])
+            self.voxel_ml.append(voxel_ml_of(score))
+            self.masks.append(_plain(out[self.mask_key]).detach().cpu()[0] > 0)
             if self.label_key is not None:
                 label = out.get(self.label_key)
                 self.labels.append(
-                    _flat(label).detach().cpu()[0] > 0 if label is not None else torch.zeros_like(self.masks[-1])
+                    _plain(label).detach().cpu()[0] > 0 if label is not None else torch.zeros_like(self.masks[-1])
                 )
             meta = getattr(score, "meta", {}) or {}
             name = meta.get("filename_or_obj", f"volume_{len(self.names):04d}")
@@ -99,8 +100,6 @@ class CalibrationCollector:
 
 def _check_healthy(items: Sequence[dict], section: str, label_key: str = "label") -> None:
     """Raise ``ValueError`` when an entry of the calibration section has a non-empty lesion label."""
-    from monai.transforms import LoadImage
-
     loader = LoadImage(image_only=True)
     lesional = []
     for item in items:
@@ -112,59 +111,6 @@ def _check_healthy(items: Sequence[dict], section: str, label_key: str = "label"
             f"section {section!r} must hold healthy subjects only (all-zero or no labels), but {len(lesional)} "
             f"have lesions: {lesional[:5]}{' ...' if len(lesional) > 5 else ''}."
         )
-
-
-def run_shipped_score(
-    model_dir: str | os.PathLike,
-    items: Sequence[dict],
-    handlers: Sequence[Any],
-    score_median: int | None = None,
-    device: str = "cpu",
-    model: tuple[Any, Any] | None = None,
-) -> Any:
-    """Run the shipped scoring of a model over datalist entries, with ``handlers`` attached after the z-map.
-
-    The preprocessing (:func:`~monai_qrvae.preprocessing.volume_transforms`), the slice-wise network
-    (:func:`~monai_qrvae.engines.create_anomaly_evaluator`) and :class:`~monai_qrvae.handlers.AnomalyMapHandler`
-    with ``score_median`` (``None``: the method's default) are those of ``qrvae evaluate``/``infer``; each output
-    item then holds ``z`` (the score), ``p`` (its N(0, 1) p-value) and ``roi`` (the brain on the analysed grid).
-
-    Args:
-        model_dir: model folder written by ``qrvae train``.
-        items: datalist entries (``image``, ``brain_mask``, optionally ``label``).
-        handlers: Ignite handlers with ``attach(engine)``, run after the z-map (e.g. a :class:`CalibrationCollector`).
-        score_median: in-plane median filter of the z-map.
-        device: torch device.
-        model: an already loaded ``(config, network)`` of ``model_dir``.
-
-    Returns:
-        The model's :class:`~monai_qrvae.workflows.ModelConfig`.
-    """
-    from monai.data import DataLoader, Dataset
-
-    from monai_qrvae.anomaly import FLAIR_CHANNEL
-    from monai_qrvae.defaults import method_defaults
-    from monai_qrvae.engines import create_anomaly_evaluator
-    from monai_qrvae.handlers import AnomalyMapHandler
-    from monai_qrvae.workflows import load_model
-    from monai_qrvae.workflows.inference import _roi_size
-
-    config, net = model if model is not None else load_model(model_dir, device)
-    score_median = method_defaults(config.method).score_median if score_median is None else score_median
-    pre = config.transforms()
-    loader = DataLoader(Dataset(list(items), pre), batch_size=1, num_workers=0)
-    evaluator = create_anomaly_evaluator(
-        net,
-        loader,
-        device=device,
-        roi_size=_roi_size(config),
-        val_handlers=[
-            AnomalyMapHandler(median_size=score_median, channel=FLAIR_CHANNEL, score=getattr(config, "score", None)),
-            *handlers,
-        ],
-    )
-    evaluator.run()
-    return config
 
 
 def fit_calibration(
@@ -185,11 +131,9 @@ def fit_calibration(
 ) -> Calibration:
     """Calibrate a trained model's shipped score on the healthy volumes of a datalist section.
 
-    Runs the same preprocessing, network and anomaly post-processing as ``qrvae evaluate``/``infer``
-    (:func:`~monai_qrvae.workflows.load_model`, :func:`~monai_qrvae.preprocessing.volume_transforms`,
-    :func:`~monai_qrvae.engines.create_anomaly_evaluator`, :class:`~monai_qrvae.handlers.AnomalyMapHandler` with the
-    method's ``score_median``) and collects the z-map inside the brain on the analysed grid with a
-    :class:`CalibrationCollector`.
+    Runs the model's :class:`~monai_qrvae.workflows.pipeline.Pipeline` (the preprocessing, network and score of
+    ``qrvae evaluate``/``infer``, with the method's ``score_median``) and collects the z-map inside the brain on the
+    analysed grid with a :class:`CalibrationCollector`.
 
     Args:
         model_dir: model folder written by ``qrvae train``; ``calibration.pt`` is written there when ``save``.
@@ -214,16 +158,12 @@ def fit_calibration(
     Raises:
         ValueError: no such or an empty section, entries with lesion labels, too few volumes for ``alpha``.
     """
-    from monai_qrvae.anomaly import FLAIR_CHANNEL
-    from monai_qrvae.defaults import method_defaults
-    from monai_qrvae.workflows import _datalist, load_model
-
-    config, net = model if model is not None else load_model(model_dir, device)
-    defaults = method_defaults(config.method)
+    pipeline = Pipeline.from_model_dir(model_dir, device, model=model).load()
+    defaults = pipeline.defaults
     alpha = defaults.alpha if alpha is None else alpha
-    score_median = defaults.score_median if score_median is None else score_median
+    score_median = pipeline.score_median(score_median)
     null = defaults.null if null is None else null
-    items = _datalist(datalist, section)
+    items = checked_section(datalist, section)
     needed = min_volumes(alpha)
     if len(items) < needed:
         raise ValueError(
@@ -235,19 +175,8 @@ def fit_calibration(
     _check_healthy(items, section)
     items = [{k: v for k, v in item.items() if k != "label"} for item in items]
     collector = CalibrationCollector(score_key="z", mask_key="roi")
-    run_shipped_score(model_dir, items, [collector], score_median=score_median, device=device, model=(config, net))
-    quantile_score = bool(getattr(net, "quantile_score", False))
-    combination = getattr(config, "score", "flair")
-    contrast = CONTRAST_NAMES[FLAIR_CHANNEL] if combination == "flair" else combination
-    score = {
-        "method": config.method,
-        "score_median": int(score_median),
-        "channel": FLAIR_CHANNEL,
-        "score": combination,
-        "score_key": "z",
-        "quantile_score": quantile_score,
-        "score_name": f"{'qf' if quantile_score else 'z'}[{contrast}]",
-    }
+    pipeline.run(items, [pipeline.score_handler(score_median), collector])
+    score = pipeline.score_definition(score_median)
     cal = collector.calibration(
         score=score,
         stratify=stratify,
