@@ -437,7 +437,7 @@ def test_threshold_handler_in_the_shipped_pipeline(calibration_cohort):
 
 def test_cli_parsers_for_calibrate_and_the_threshold_experiment():
     from monai_qrvae.cli import build_parser
-    from monai_qrvae.experiments import cli as experiment_cli
+    from monai_qrvae.cli import experiments as experiment_cli
 
     parser = build_parser()
     args = parser.parse_args(["calibrate", "--model", "m", "--datalist", "d.json", "--stratify", "slice"])

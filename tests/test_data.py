@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from monai_qrvae.cli import data as cli
 from monai_qrvae.data import (
     CONTRASTS,
     ImageInfo,
@@ -19,7 +20,6 @@ from monai_qrvae.data import (
     allocate_splits,
     check_datalist,
     choose_levels,
-    cli,
     find_subjects,
     load_datalist,
     make_cohort,

@@ -12,8 +12,9 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from monai_qrvae.cli import experiments as cli
 from monai_qrvae.defaults import method_defaults
-from monai_qrvae.experiments import calibration, cli, common, fdr, simulation
+from monai_qrvae.experiments import calibration, common, fdr, simulation
 from monai_qrvae.experiments.common import VolumePrediction
 from monai_qrvae.losses import QRVAELoss
 from monai_qrvae.tables import markdown_table

@@ -150,7 +150,7 @@ def test_alignment_refusal_is_one_line_naming_the_files_and_the_option():
 
 def test_no_alignment_check_option_reaches_preprocess():
     from monai_qrvae.cli import build_parser
-    from monai_qrvae.raw.cli import _preprocess_kwargs
+    from monai_qrvae.cli.raw import _preprocess_kwargs
 
     series = ["--t1", "a", "--t2", "b", "--flair", "c"]
     for argv in (["preprocess", *series, "--out", "o"], ["infer", *series]):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from monai_qrvae.cli_utils import add_device_option, arg_values, print_json
+from monai_qrvae.cli.utils import add_device_option, arg_values, print_json
 
 __all__ = ["add_parser", "run_calibrate"]
 

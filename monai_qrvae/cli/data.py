@@ -4,7 +4,7 @@ The ``qrvae`` console script registers them with :func:`add_parsers`; each parse
 function taking the parsed ``argparse.Namespace`` and returning 0; it raises ``FileNotFoundError``/``ValueError``
 with a message naming the file, for the caller to print). :func:`main` runs them on their own::
 
-    python -m monai_qrvae.data.cli make-data --out data/synthetic --healthy 61 --lesion 20 --seed 1 --spacing 2
+    python -m monai_qrvae.cli.data make-data --out data/synthetic --healthy 61 --lesion 20 --seed 1 --spacing 2
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_qrvae.cli_utils import arg_values, run_command
+from monai_qrvae.cli.utils import arg_values, run_command
 
 __all__ = [
     "add_parsers",
@@ -42,7 +42,7 @@ def _dir_size(path: Path) -> int:
 
 
 def run_make_data(args: argparse.Namespace) -> int:
-    from .synthetic import make_cohort
+    from monai_qrvae.data.synthetic import make_cohort
 
     start = time.perf_counter()
     counts = {f"n_{k}": k for k in ("healthy", "lesion", "validation", "calibration", "test_healthy", "tuning")}
@@ -55,8 +55,8 @@ def run_make_data(args: argparse.Namespace) -> int:
         f"({size:.1f} MiB, {seconds:.1f} s); datalist: {path} ({_format_counts(counts)})"
     )
     if args.montage:
-        from .montage import subject_montage
-        from .synthetic import subject_name
+        from monai_qrvae.data.montage import subject_montage
+        from monai_qrvae.data.synthetic import subject_name
 
         n_total = args.healthy + args.lesion
         index = args.healthy if args.lesion else 0
@@ -72,7 +72,7 @@ def run_make_data(args: argparse.Namespace) -> int:
 
 
 def run_make_datalist(args: argparse.Namespace) -> int:
-    from .datalist import DATALIST_SECTIONS, make_datalist
+    from monai_qrvae.data.datalist import DATALIST_SECTIONS, make_datalist
 
     options = ("brain_mask", "label", "section", "val_fraction", "seed", "skip_incomplete", "update")
     datalist = make_datalist(
@@ -88,7 +88,13 @@ def run_make_datalist(args: argparse.Namespace) -> int:
 
 
 def run_check_datalist(args: argparse.Namespace) -> int:
-    from .datalist import DATALIST_SECTIONS, JOB_SECTIONS, load_datalist, require_sections, section_counts
+    from monai_qrvae.data.datalist import (
+        DATALIST_SECTIONS,
+        JOB_SECTIONS,
+        load_datalist,
+        require_sections,
+        section_counts,
+    )
 
     counts = section_counts(args.datalist)
     print(f"{args.datalist}: " + _format_counts(counts))
@@ -115,7 +121,7 @@ def run_check_datalist(args: argparse.Namespace) -> int:
 
 
 def run_montage(args: argparse.Namespace) -> int:
-    from .montage import save_montage, subject_montage
+    from monai_qrvae.data.montage import save_montage, subject_montage
 
     if args.subject is not None:
         png = subject_montage(args.subject, args.out, levels=args.levels)

@@ -4,9 +4,9 @@ The ``qrvae`` console script registers them with :func:`add_parsers`; each leaf 
 function that takes the parsed ``argparse.Namespace``, prints the tables and returns 0. :func:`main` runs them on
 their own::
 
-    python -m monai_qrvae.experiments.cli simulation --out outputs/experiments
-    python -m monai_qrvae.experiments.cli calibration --out outputs/experiments --demo-dir outputs/demo
-    python -m monai_qrvae.experiments.cli fdr --out outputs/experiments --quick
+    python -m monai_qrvae.cli.experiments simulation --out outputs/experiments
+    python -m monai_qrvae.cli.experiments calibration --out outputs/experiments --demo-dir outputs/demo
+    python -m monai_qrvae.cli.experiments fdr --out outputs/experiments --quick
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_qrvae.cli_utils import arg_values, run_command, show_progress
+from monai_qrvae.cli.utils import arg_values, run_command, show_progress
 
 __all__ = [
     "add_parsers",
@@ -204,7 +204,7 @@ def add_experiment_parsers(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """A stand-alone parser with the ``experiment`` subcommands at top level."""
-    parser = argparse.ArgumentParser(prog="python -m monai_qrvae.experiments.cli", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m monai_qrvae.cli.experiments", description=__doc__.splitlines()[0])
     add_experiment_parsers(parser.add_subparsers(dest="experiment", required=True))
     return parser
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from monai_qrvae.cli_utils import (
+from monai_qrvae.cli.utils import (
     POST_ARGS,
     OneLineArgumentParser,
     add_common_options,
@@ -98,7 +98,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                 "give all three raw series --t1 --t2 --flair (and no image paths or --datalist); got "
                 f"t1={args.t1}, t2={args.t2}, flair={args.flair}, images={list(args.images)}, datalist={args.datalist}."
             )
-        from monai_qrvae.raw.cli import run_infer_raw
+        from monai_qrvae.cli.raw import run_infer_raw
 
         return run_infer_raw(args)
 
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--section", default="test", help="datalist section to read with --datalist (default: test)")
     p.add_argument("--out", default="qrvae_output", help="output folder (default: ./qrvae_output)")
     p.add_argument("--no-png", action="store_true", help="do not write the PNG overlays")
-    from monai_qrvae.raw.cli import add_raw_series_arguments
+    from monai_qrvae.cli.raw import add_raw_series_arguments
 
     add_raw_series_arguments(p, required=False)  # raw series instead of images: needs the raw extra (docs/raw.md)
     add_post_options(p)
@@ -314,16 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_benchmark)
 
     try:
-        from monai_qrvae.data.cli import add_parsers
+        from monai_qrvae.cli.data import add_parsers
     except ImportError:  # pragma: no cover - data subpackage always ships
         add_parsers = None
     if add_parsers is not None:
         add_parsers(sub)
-    from monai_qrvae.experiments.cli import add_parsers as add_experiment_parsers
+    from monai_qrvae.cli.experiments import add_parsers as add_experiment_parsers
 
     add_experiment_parsers(sub)
-    from monai_qrvae.calibration_cli import add_parser as add_calibrate_parser
-    from monai_qrvae.raw.cli import add_preprocess_parser  # qrvae preprocess (raw series; needs the raw extra)
+    from monai_qrvae.cli.calibrate import add_parser as add_calibrate_parser
+    from monai_qrvae.cli.raw import add_preprocess_parser  # qrvae preprocess (raw series; needs the raw extra)
 
     add_calibrate_parser(sub)
     add_preprocess_parser(sub)

@@ -3,7 +3,7 @@
 Each builder adds its parser to an ``argparse`` sub-parser set and sets ``func`` (a ``run_*`` function taking the
 parsed namespace, returning 0). Input errors are :class:`~monai_qrvae.raw.errors.RawInputError` (a ``ValueError``)
 or :class:`~monai_qrvae.raw.errors.MissingSeriesError` (also a ``FileNotFoundError``), which ``qrvae`` prints as one
-line with exit status 2. Stand-alone: ``python -m monai_qrvae.raw.cli preprocess --t1 ... --out DIR``.
+line with exit status 2. Stand-alone: ``python -m monai_qrvae.cli.raw preprocess --t1 ... --out DIR``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from monai_qrvae.cli_utils import POST_ARGS, print_json, run_command
+from monai_qrvae.cli.utils import POST_ARGS, print_json, run_command
 
 __all__ = [
     "add_preprocess_parser",
@@ -147,8 +147,8 @@ def add_raw_data_parser(subparsers: Any, name: str = "make-raw-data") -> argpars
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Parser with the raw sub-commands only (``python -m monai_qrvae.raw.cli``)."""
-    parser = argparse.ArgumentParser(prog="python -m monai_qrvae.raw.cli", description=__doc__.splitlines()[0])
+    """Parser with the raw sub-commands only (``python -m monai_qrvae.cli.raw``)."""
+    parser = argparse.ArgumentParser(prog="python -m monai_qrvae.cli.raw", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_preprocess_parser(sub)
     add_infer_raw_parser(sub)

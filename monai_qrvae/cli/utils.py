@@ -1,7 +1,7 @@
 """Helpers shared by the ``qrvae`` command lines: the one-line parser, common options and one-line errors.
 
-Used by :mod:`monai_qrvae.cli`, :mod:`monai_qrvae.calibration_cli`, :mod:`monai_qrvae.data.cli`,
-:mod:`monai_qrvae.experiments.cli` and :mod:`monai_qrvae.raw.cli`. Errors in the input are printed as one line
+Used by :mod:`monai_qrvae.cli`, :mod:`monai_qrvae.cli.calibrate`, :mod:`monai_qrvae.cli.data`,
+:mod:`monai_qrvae.cli.experiments` and :mod:`monai_qrvae.cli.raw`. Errors in the input are printed as one line
 (``<prog>: error: <what>``) without a stack trace, and the command returns exit status 2.
 """
 
@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any, NoReturn
 
+from monai_qrvae.defaults import THRESHOLD_CHOICES
 from monai_qrvae.logging_utils import progress_enabled
 
 __all__ = [
@@ -60,7 +61,7 @@ def add_post_options(p: argparse.ArgumentParser) -> None:
     """The lesion-mask options: ``--threshold --alpha --per --score-median --median-size --min-size``."""
     p.add_argument(
         "--threshold",
-        choices=("conformal", "volume", "gaussian", "lesion", "lesion-volume"),
+        choices=THRESHOLD_CHOICES,
         default="conformal",
         help="label-free threshold: 'conformal' (default; Benjamini-Hochberg on p-values calibrated on healthy scans, "
         "calibration.pt beside the model), 'volume' (at most --alpha of healthy volumes get any detection), "

@@ -25,7 +25,7 @@ from torch import nn
 
 from monai_qrvae.anomaly import FLAIR_CHANNEL
 from monai_qrvae.calibration import CALIBRATION_FILE, Calibration, load_calibration
-from monai_qrvae.defaults import MethodDefaults, method_defaults
+from monai_qrvae.defaults import THRESHOLD_CHOICES, MethodDefaults, method_defaults
 from monai_qrvae.engines import create_anomaly_evaluator
 from monai_qrvae.handlers import AnomalyMapHandler, LesionFilterHandler, ThresholdHandler, invert_to_input
 from monai_qrvae.transforms import AnomalyMapsd, LesionFilterd, label_free_transforms
@@ -33,12 +33,6 @@ from monai_qrvae.utils import CONTRAST_NAMES
 from monai_qrvae.workflows.models import CONFIG_FILE, ModelConfig, load_model
 
 __all__ = ["THRESHOLD_CHOICES", "CHECKED_SCORE_KEYS", "InputError", "Pipeline"]
-
-#: label-free thresholds: ``"conformal"`` (default: Benjamini-Hochberg on p-values calibrated on healthy volumes),
-#: ``"volume"`` (at most alpha of healthy volumes with any detection), ``"gaussian"`` (the paper's N(0, 1) p-values),
-#: ``"lesion"`` (BH over candidate lesions: lesion-level FDR) and ``"lesion-volume"`` (at most alpha of healthy
-#: volumes with any lesion).
-THRESHOLD_CHOICES = ("conformal", "volume", "gaussian", "lesion", "lesion-volume")
 
 #: the entries of the score definition that a calibrated threshold checks against the calibration's.
 CHECKED_SCORE_KEYS = ("method", "score_median", "score")
