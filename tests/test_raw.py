@@ -21,7 +21,7 @@ from monai_qrvae.raw.geometry import (
     rotation_angle_deg,
 )
 from monai_qrvae.raw.inverse import lesion_report, maps_to_series, series_to_analysis
-from monai_qrvae.raw.preprocess import load_series, normalised_mutual_information
+from monai_qrvae.raw.series import load_series, normalised_mutual_information
 
 
 # ---------------------------------------------------------------------------------------------------------------
