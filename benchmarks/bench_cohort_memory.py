@@ -200,7 +200,7 @@ def report(results: dict[int, dict[str, dict[str, float]]]) -> str:
         "- Use: `qrvae train --cache-dir DIR` or `train(..., cache_dir=DIR)`; in the bundle, set `train#dataset` and "
         "`validate#dataset` to `monai_qrvae.workflows.PersistentSliceDataset` (same arguments as `SliceDataset` plus "
         "`cache_dir`), which also works under `torchrun` with `multi_gpu_train.json` (DDP, `DistributedSampler`; "
-        "tests/test_cohort_memory.py runs it on 2 gloo processes).\n"
+        "tests/integration/test_cohort_memory.py runs it on 2 gloo processes).\n"
     )
     return body
 

@@ -139,14 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-docs", nargs="*", default=[])
     args = parser.parse_args(argv)
     results = compare(args.datalist, args.out, tuple(args.methods), args.model)
-    (args.out / "nulls.json").write_text(json.dumps(results, indent=2))
-    text = table(results)
-    print(text)
-    for doc in args.update_docs:
-        from monai_qrvae.tables import update_doc_block
+    from monai_qrvae.tables import publish_table
 
-        update_doc_block(doc, "nulls", text)
-    return 0
+    return publish_table(table(results), args.update_docs, "nulls", results, args.out / "nulls.json")
 
 
 if __name__ == "__main__":

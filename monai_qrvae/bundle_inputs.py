@@ -118,18 +118,9 @@ def save_model_folder(
         the model folder ``ckpt_dir``.
     """
     ckpt_dir = Path(ckpt_dir)
-    config = ModelConfig(
-        method="qrvae",
-        preset="small",
-        image_size=image_size,
-        num_slices=num_slices,
-        quantiles=tuple(quantiles),
-        beta=beta,
-        context=context,
-        score=score,
-        quantile_score=quantile_score,
-        spacing=None if spacing is None else tuple(spacing),  # type: ignore[arg-type]
-    )
+    grid = {"image_size": image_size, "num_slices": num_slices, "spacing": None if spacing is None else tuple(spacing)}
+    scoring = {"quantiles": tuple(quantiles), "beta": beta, "context": context, "score": score}
+    config = ModelConfig(method="qrvae", preset="small", quantile_score=quantile_score, **grid, **scoring)
     config.save(ckpt_dir / CONFIG_FILE)
     config, net = load_model(ckpt_dir, device)
     if calibrate:

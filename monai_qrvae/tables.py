@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -28,6 +29,8 @@ __all__ = [
     "format_headline",
     "markdown_table",
     "update_doc_block",
+    "update_doc_blocks",
+    "publish_table",
     "read_doc_block",
 ]
 
@@ -134,6 +137,23 @@ def update_doc_block(path: str | os.PathLike, name: str, text: str) -> Path:
         raise ValueError(f"{path} has no block '<!-- {name}:start -->' ... '<!-- {name}:end -->' to update.")
     new = pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(3), source, count=1)
     return write_text(path, new)
+
+
+def update_doc_blocks(paths: Sequence[str | os.PathLike], name: str, text: str) -> list[Path]:
+    """:func:`update_doc_block` on each of ``paths`` (a command's ``--update-docs``)."""
+    return [update_doc_block(path, name, text) for path in paths]
+
+
+def publish_table(
+    text: str, docs: Sequence[str | os.PathLike], name: str, results: Any = None, json_path: str | os.PathLike = ""
+) -> int:
+    """A command's last step: write ``results`` as JSON to ``json_path`` (when given), print the table ``text`` and
+    put it into the block ``name`` of each of ``docs``; returns 0 (the exit status)."""
+    if json_path:
+        write_text(json_path, json.dumps(results, indent=2))
+    print(text)
+    update_doc_blocks(docs, name, text)
+    return 0
 
 
 def read_doc_block(path: str | os.PathLike, name: str) -> str:

@@ -18,6 +18,7 @@ from torch import nn
 from monai_qrvae.anomaly import SCORES
 from monai_qrvae.baselines import IntensityBaseline
 from monai_qrvae.context import CONTEXTS, context_channels
+from monai_qrvae.defaults import method_defaults
 from monai_qrvae.handlers.checkpoint import load_state_dict_file
 from monai_qrvae.losses import GaussianVAELoss, QRVAELoss
 from monai_qrvae.networks import QRVAE, AnomalyMapNet, GaussianVAE
@@ -105,6 +106,13 @@ class ModelConfig:
             if len(spacing) != 3 or min(spacing) <= 0:
                 raise ValueError(f"spacing must be three positive voxel sizes in mm (RAS axes), got {self.spacing!r}.")
             self.spacing = spacing  # type: ignore[assignment]
+
+    @classmethod
+    def from_defaults(cls, method: str = "qrvae", **overrides: Any) -> ModelConfig:
+        """The configuration ``qrvae train --method method`` gives without options (:mod:`monai_qrvae.defaults`)."""
+        defaults = method_defaults(method)
+        keys = ("image_size", "num_slices", "quantiles", "context", "score", "quantile_score")
+        return cls(method=method, **{**{k: getattr(defaults, k) for k in keys}, **overrides})
 
     @property
     def network_channels(self) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
+from monai.handlers import PostProcessing
 from monai.transforms import Compose
 from torch import nn
 
@@ -27,7 +28,7 @@ from monai_qrvae.anomaly import FLAIR_CHANNEL
 from monai_qrvae.calibration import CALIBRATION_FILE, Calibration, load_calibration
 from monai_qrvae.defaults import THRESHOLD_CHOICES, MethodDefaults, method_defaults
 from monai_qrvae.engines import create_anomaly_evaluator
-from monai_qrvae.handlers import AnomalyMapHandler, LesionFilterHandler, ThresholdHandler, invert_to_input
+from monai_qrvae.handlers import AnomalyMapHandler, invert_to_input
 from monai_qrvae.transforms import AnomalyMapsd, LesionFilterd, label_free_transforms
 from monai_qrvae.utils import CONTRAST_NAMES
 from monai_qrvae.workflows.models import CONFIG_FILE, ModelConfig, load_model
@@ -263,33 +264,20 @@ class Pipeline:
         median_size: int = 1,
         min_size: int = 0,
         score_median: int | None = None,
+        contrast_key: str | None = None,
     ) -> list[Any]:
-        """Score maps, label-free threshold and lesion filter, as dictionary transforms of one output item."""
+        """The label-free post-processing of one output item: score and p maps (``contrast_key``: also every
+        contrast's z-map), the threshold (one ``Compose``) and the lesion filters."""
         return [
-            self.score_transform(score_median),
-            *self.threshold_transforms(threshold, alpha, per, score_median),
+            self.score_transform(score_median, contrast_key),
+            Compose(self.threshold_transforms(threshold, alpha, per, score_median)),
             LesionFilterd("lesion", median_size, min_size),
         ]
 
-    def anomaly_handlers(
-        self,
-        threshold: str = "conformal",
-        alpha: float = 0.05,
-        per: str = "volume",
-        median_size: int = 1,
-        min_size: int = 0,
-        score_median: int | None = None,
-    ) -> list[Any]:
-        """The label-free post-processing of ``qrvae infer``/``evaluate`` as evaluator handlers: score and p maps
-        (with every contrast's z-map for the lesion report), the threshold and the lesion filters."""
-        calibration = self.calibration_for(threshold)
-        return [
-            self.score_handler(score_median, contrast_key="zc"),
-            ThresholdHandler(
-                threshold, calibration, alpha=alpha, per=per, score=self._checked_score(calibration, score_median)
-            ),
-            LesionFilterHandler(median_size=median_size, min_size=min_size),
-        ]
+    def anomaly_handlers(self, *args: Any, contrast_key: str | None = "zc", **kwargs: Any) -> list[PostProcessing]:
+        """:meth:`post_transforms` as evaluator handlers (at ``MODEL_COMPLETED``, before any metric), with every
+        contrast's z-map for the lesion report: the post-processing of ``qrvae infer``/``evaluate``."""
+        return [PostProcessing(t) for t in self.post_transforms(*args, contrast_key=contrast_key, **kwargs)]
 
     # --- running ---------------------------------------------------------------------------------------------------
     @property

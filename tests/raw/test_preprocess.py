@@ -498,7 +498,7 @@ def test_cli_infer_raw_series_writes_maps_on_the_flair_grid(tmp_path, capsys):
         raw, 1, lesions=True, seed=5, spacings={"T1": (2.0,) * 3, "T2": (2.0, 2.0, 3.0), "FLAIR": (1.5, 1.5, 3.0)}
     )
     model = tmp_path / "model"  # a copy of the shipped model folder (weights, configuration, calibration)
-    shutil.copytree(Path(__file__).resolve().parents[1] / "bundle" / "models", model)
+    shutil.copytree(Path(__file__).resolve().parents[2] / "bundle" / "models", model)
     series = [str(raw / f"{s}.nii.gz") for s in ("T1", "T2", "FLAIR")]
     argv = ["infer", "--model", str(model), "--t1", series[0], "--t2", series[1], "--flair", series[2]]
     assert main([*argv, "--out", str(tmp_path / "out"), "--no-png"]) == 0, capsys.readouterr().err
@@ -578,7 +578,7 @@ def test_without_the_mask_erosion_the_shipped_model_flags_most_of_a_raw_brain(ra
     entry = json.loads(raw_list_path.read_text())["test"][0]
     name = Path(entry["image"][0]).parent.name
     series = [data / "raw" / p for p in entry["image"]]
-    model = Path(__file__).resolve().parents[1] / "bundle" / "models"
+    model = Path(__file__).resolve().parents[2] / "bundle" / "models"
     out = tmp_path / "no_erosion"
     infer_raw(model, *series, out, preprocess_kwargs={"mask_erosion_mm": 0.0}, save_png=False)
 
@@ -594,7 +594,7 @@ def test_without_the_mask_erosion_the_shipped_model_flags_most_of_a_raw_brain(ra
 def _bundle_raw_cmd(**overrides: str) -> list[str]:
     import sys
 
-    bundle = Path(__file__).resolve().parents[1] / "bundle"
+    bundle = Path(__file__).resolve().parents[2] / "bundle"
     configs = (
         "['" + str(bundle / "configs" / "inference.json") + "','" + str(bundle / "configs/inference_raw.json") + "']"
     )
@@ -650,7 +650,7 @@ def test_bundle_inference_raw_matches_the_cli(raw_cohort_cli, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # the alignment check on real scans (../shared/real beside the checkout; checked there, never tuned on)
 # ---------------------------------------------------------------------------------------------------------------
-_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real"
+_REAL = Path(__file__).resolve().parents[2].parent / "shared" / "real"
 _NO_REAL = f"the real cases are not here ({_REAL}; CI has them beside the checkout)"
 
 

@@ -13,7 +13,7 @@ import pytest
 from benchmarks.null_choice import REAL, real_cases
 from monai_qrvae.tables import read_doc_block
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 #: the analysis-ready figures are pinned within this (docs/real.md: float32 inference of the shipped weights moves
 #: them by less than 0.001 across the emulated CPUs; lesion counts are compared exactly)
 TOLERANCE = 0.01
@@ -45,7 +45,7 @@ def test_real_cases_match_the_documented_figures(tmp_path):
 
     documented = _documented()
     assert documented, "docs/real.md has no real-case table: run `python -m benchmarks.real_cases --update-docs ...`"
-    fresh = analysis_ready(tmp_path, Path(__file__).resolve().parents[1] / "bundle" / "models", flair_model(tmp_path))
+    fresh = analysis_ready(tmp_path, Path(__file__).resolve().parents[2] / "bundle" / "models", flair_model(tmp_path))
     for (case, figure, method), value in documented.items():
         new = fresh[case][method][figure]
         if figure == "lesions reported":
@@ -66,7 +66,7 @@ def test_raw_native_series_are_accepted_and_find_the_tumour(tmp_path):
 
     from benchmarks.real_cases import raw_case
 
-    result = raw_case(tmp_path, Path(__file__).resolve().parents[1] / "bundle" / "models")
+    result = raw_case(tmp_path, Path(__file__).resolve().parents[2] / "bundle" / "models")
     assert result["accepted"], result.get("reason")
     assert tuple(result["grid"]) == nib.load(REAL / "du7294_native_flair.nii.gz").shape
     assert result["largest lesion mL"] >= 0.5 * 23.5 and result["flagged mL"] <= 3 * 23.5, result

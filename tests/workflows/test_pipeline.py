@@ -43,9 +43,13 @@ def test_pipeline_owns_the_model_score_and_thresholds(flair_model):
         pipeline.threshold_transforms("otsu")
     assert [type(t).__name__ for t in pipeline.post_transforms("gaussian")] == [
         "AnomalyMapsd",
-        "FDRMaskd",
+        "Compose",
         "LesionFilterd",
     ]
+    assert [type(t).__name__ for t in pipeline.post_transforms("gaussian")[1].transforms] == ["FDRMaskd"]
+    handlers = pipeline.anomaly_handlers("gaussian")
+    assert [type(h.transform).__name__ for h in handlers] == ["AnomalyMapsd", "Compose", "LesionFilterd"]
+    assert handlers[0].transform.contrast_key == "zc"
 
 
 def test_input_errors_inside_monai_transforms_are_one_line_naming_the_file(flair_model, tmp_path):

@@ -32,7 +32,7 @@ from monai_qrvae.networks import QRVAE, AnomalyMapNet
 from monai_qrvae.preprocessing import volume_transforms
 from monai_qrvae.workflows import ModelConfig
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).parents[2]
 BUNDLE = REPO / "bundle"
 CONFIGS = BUNDLE / "configs"
 MODELS = Path(os.environ.get("QRVAE_BUNDLE_MODELS", BUNDLE / "models"))
@@ -40,10 +40,10 @@ WEIGHTS = MODELS / "model.pt"
 
 # ---------------------------------------------------------------------------------------------------------------------
 # FIGURES OF THE SHIPPED WEIGHTS (bundle/models), re-measured whenever the weights change (the lead swaps them in):
-# run `pytest tests/test_bundle.py -m slow -k "shipped"` and copy the figures its failures print. What the shipped
-# weights give on CPU for the lesion subjects sub-041 and sub-042 of generator seed 0 (2 mm; not in the default seed-1
-# cohort, so never trained or calibrated on; sub-042 stored
-# LPI), with the bundle's default post-processing (conformal BH at alpha 0.05 per volume, FLAIR+T2 score):
+# run `pytest tests/integration/test_bundle.py -m slow -k "shipped"` and copy the figures its failures print.
+# What the shipped weights give on CPU for the lesion subjects sub-041 and sub-042 of generator seed 0 (2 mm; not in
+# the default seed-1 cohort, so never trained or calibrated on; sub-042 stored LPI), with the bundle's default
+# post-processing (conformal BH at alpha 0.05 per volume, FLAIR+T2 score):
 #   METRICS          evaluate.json's metrics.csv (pooled over both volumes, on the analysed slices)
 #   SUBJECT_METRICS  evaluate.json's per-volume best_dice / dice_fdr (sub-041, sub-042)
 #   MAP_DICE         Dice of the lesion masks written on each input grid (inference.json and evaluate.json)
@@ -61,7 +61,7 @@ SHIPPED_WEIGHT_TESTS = (
     "test_bundle_evaluate_run_with_shipped_weights",
 )
 # CI clones the repository with ../shared beside it
-SCHEMA = Path(__file__).parents[1].parent / "shared" / "reference" / "meta_schema_20240725.json"
+SCHEMA = Path(__file__).parents[2].parent / "shared" / "reference" / "meta_schema_20240725.json"
 #: the configs of each job, layered as `--config_file "['configs/inference.json','configs/evaluate.json']"` layers them
 RUN_CONFIGS = {
     "train.json": ("train.json",),
@@ -200,7 +200,6 @@ def test_configs_mirror_the_command_line_defaults():
 
 def test_network_def_instantiates_the_shipped_architecture():
     """network_def is the network ``qrvae train`` builds with the defaults (same state dict keys and shapes)."""
-    from monai_qrvae.defaults import method_defaults
     from monai_qrvae.workflows import ModelConfig, build_networks
 
     net = _parser("inference.json").get_parsed_content("network_def")
@@ -209,15 +208,7 @@ def test_network_def_instantiates_the_shipped_architecture():
     assert sum(p.numel() for p in net.parameters()) == NUM_PARAMETERS
     out = net.eval()(torch.rand(2, 3, 96, 96))
     assert out.shape == (2, 9, 96, 96)
-    d = method_defaults("qrvae")
-    config = ModelConfig(
-        image_size=d.image_size,
-        num_slices=d.num_slices,
-        quantiles=d.quantiles,
-        score=d.score,
-        quantile_score=d.quantile_score,
-        context=d.context,
-    )
+    config = ModelConfig.from_defaults()
     _, cli = build_networks(config)
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in cli.state_dict().items()}
     # the through-plane context stays a config option: 2.5D input (3 x 3 channels), 3 reconstructed contrasts

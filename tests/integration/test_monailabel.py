@@ -4,9 +4,10 @@ The fast tests load the app's MONAI-Label-free modules (``lib/pipeline.py``, ``m
 environment; a slow one compares the app with ``qrvae infer`` on a model trained here (1 epoch, whole brain, 96 px,
 calibrated: the new defaults). The slow tests start the server from ``.venv-monailabel`` (``make monailabel-env``) on
 127.0.0.1 with a studies folder of embedded data and drive it with MONAI Label's own Python client
-(``MONAILabelClient``, the client 3D Slicer's module is built on; ``tests/monailabel_client.py``, run with the venv's
-Python): ``info``, ``infer`` with the label read back on the study's grid and scored against the ground truth,
-refusals, and a soak of 100 mixed requests. The server (its whole process group) is always stopped, whatever happens.
+(``MONAILabelClient``, the client 3D Slicer's module is built on; ``tests/integration/monailabel_client.py``, run
+with the venv's Python): ``info``, ``infer`` with the label read back on the study's grid and scored against the ground
+truth, refusals, and a soak of 100 mixed requests. The server (its whole process group) is always stopped, whatever
+happens.
 """
 
 from __future__ import annotations
@@ -30,10 +31,9 @@ import numpy as np
 import pytest
 
 import monai_qrvae
-from monai_qrvae.defaults import method_defaults
 from monai_qrvae.workflows import ModelConfig, build_networks, infer, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "monailabel" / "qrvae_app"
 ML_VENV = Path(os.environ.get("QRVAE_MONAILABEL_VENV", REPO / ".venv-monailabel"))  # override: a venv elsewhere
 REPO_BUNDLE = Path(os.environ.get("QRVAE_TEST_BUNDLE", REPO / "bundle"))  # override: another trained bundle
@@ -98,15 +98,7 @@ def _random_model_dir(path: Path) -> Path:
     ``calibration.pt`` (for plumbing tests that need no detection)."""
     import torch
 
-    defaults = method_defaults("qrvae")
-    config = ModelConfig(
-        image_size=defaults.image_size,
-        num_slices=defaults.num_slices,
-        quantiles=defaults.quantiles,
-        context=defaults.context,
-        score=defaults.score,
-        quantile_score=defaults.quantile_score,
-    )
+    config = ModelConfig.from_defaults()
     _, net = build_networks(config)
     path.mkdir(parents=True, exist_ok=True)
     config.save(path / "model_config.json")
@@ -255,7 +247,7 @@ def test_app_matches_qrvae_infer_on_a_calibrated_model(cohort: Path, trained_mod
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# slow: a real MONAI Label server, driven by MONAI Label's own client (tests/monailabel_client.py)
+# slow: a real MONAI Label server, driven by MONAI Label's own client (tests/integration/monailabel_client.py)
 
 
 def _free_port() -> int:
@@ -387,7 +379,8 @@ def server(ml_python: Path, cohort: Path, server_model: dict, tmp_path_factory: 
 
 
 def _client(server: dict, command: str, timeout: float = REQUEST_TIMEOUT_S, **args) -> dict:
-    """Run one command of tests/monailabel_client.py (MONAI Label's client) against the server; its JSON answer."""
+    """Run one command of tests/integration/monailabel_client.py (MONAI Label's client) against the server; its JSON
+    answer."""
     cmd = [str(server["python"]), str(CLIENT), server["url"], command, json.dumps(args)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

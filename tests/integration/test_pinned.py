@@ -17,7 +17,7 @@ import pytest
 from monai_qrvae.tables import read_doc_block
 from monai_qrvae.workflows import PINNED_DEMO, demo
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 _NUMBER = re.compile(r"-?\d+\.\d+|n/a")
 #: two units of the table's third decimal: the measured spread across emulated CPUs is 0, and a value printed as
 #: x.xxx can round either way of a 5 in the fourth decimal.

@@ -12,21 +12,16 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd
 
-from monai_qrvae.transforms import (
-    SLICE_INDEX_KEY,
-    SLICE_INDICES_KEY,
-    BrainMask,
-    BrainMaskd,
-    HistogramStandardize,
+from monai_qrvae.transforms.intensity.array import HistogramStandardize, MaskedScaleIntensityPercentiles, MaskedZScore
+from monai_qrvae.transforms.intensity.dictionary import (
     HistogramStandardized,
-    MaskedScaleIntensityPercentiles,
     MaskedScaleIntensityPercentilesd,
-    MaskedZScore,
     MaskedZScored,
-    SelectSlices,
-    SelectSlicesd,
-    slices_to_items,
 )
+from monai_qrvae.transforms.mask.array import BrainMask
+from monai_qrvae.transforms.mask.dictionary import BrainMaskd
+from monai_qrvae.transforms.slices.array import SLICE_INDEX_KEY, SLICE_INDICES_KEY, SelectSlices
+from monai_qrvae.transforms.slices.dictionary import SelectSlicesd, slices_to_items
 
 AFFINE = np.array([[2.0, 0, 0, -10.0], [0, 2.0, 0, -20.0], [0, 0, 3.0, -30.0], [0, 0, 0, 1.0]])
 
@@ -472,7 +467,7 @@ def test_package_layout_aliases_and_old_import_paths():
 
     locator = ComponentLocator()
     targets = set()
-    for path in glob.glob(str(Path(__file__).parents[1] / "bundle" / "configs" / "*.json")):
+    for path in glob.glob(str(Path(__file__).parents[2] / "bundle" / "configs" / "*.json")):
         targets |= set(re.findall(r'"_target_":\s*"([A-Za-z_]+)"', Path(path).read_text()))
     ours = sorted(t for t in targets if t in mt.__all__)
     assert {"SelectSlicesd", "BrainMaskd", "MaskedScaleIntensityPercentilesd", "AnomalyMapsd"} <= set(ours)

@@ -10,17 +10,9 @@ from monai.data import DataLoader, Dataset
 
 from monai_qrvae.baselines import IntensityBaseline
 from monai_qrvae.engines import create_anomaly_evaluator
-from monai_qrvae.handlers import (
-    AnomalyMapHandler,
-    AnomalyMapSaver,
-    BestDice,
-    FDRHandler,
-    LesionDice,
-    LesionFilterHandler,
-    MaskedAveragePrecision,
-    MaskedROCAUC,
-    OverlaySaver,
-)
+from monai_qrvae.handlers.maps import AnomalyMapHandler, FDRHandler, LesionFilterHandler
+from monai_qrvae.handlers.metrics import BestDice, LesionDice, MaskedAveragePrecision, MaskedROCAUC
+from monai_qrvae.handlers.savers import AnomalyMapSaver, OverlaySaver
 from monai_qrvae.preprocessing import volume_transforms
 from monai_qrvae.utils import atomic_write
 

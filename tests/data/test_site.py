@@ -15,7 +15,7 @@ from monai_qrvae.calibration import Calibration
 from monai_qrvae.data.io import common_spacing, ras_spacing
 from monai_qrvae.transforms.anomaly.thresholds import SITE_KEY, ConformalPValued
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("method", ["robust", "central"])

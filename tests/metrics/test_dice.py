@@ -11,20 +11,11 @@ import torch
 from monai.data import MetaTensor
 from scipy.stats import mannwhitneyu, norm
 
-from monai_qrvae.metrics import (
-    BestDiceMetric,
-    DiceScoreMetric,
-    MaskedAveragePrecisionMetric,
-    MaskedROCAUCMetric,
-    QuantileCoverageMetric,
-    compute_best_dice,
-    compute_detection_metrics,
-    compute_dice_score,
-    compute_masked_average_precision,
-    compute_masked_roc_auc,
-    compute_per_volume_metrics,
-    compute_quantile_coverage,
-)
+from monai_qrvae.metrics.average_precision import MaskedAveragePrecisionMetric, compute_masked_average_precision
+from monai_qrvae.metrics.coverage import QuantileCoverageMetric, compute_quantile_coverage
+from monai_qrvae.metrics.detection import compute_detection_metrics, compute_per_volume_metrics
+from monai_qrvae.metrics.dice import BestDiceMetric, DiceScoreMetric, compute_best_dice, compute_dice_score
+from monai_qrvae.metrics.rocauc import MaskedROCAUCMetric, compute_masked_roc_auc
 
 # six voxels, hand-computed values in the tests below
 SCORES = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.7, 0.2]).view(1, 1, 2, 3)

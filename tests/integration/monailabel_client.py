@@ -1,9 +1,9 @@
 """Drives a MONAI Label server with MONAI Label's own Python client, as 3D Slicer's MONAI Label module does.
 
-Not a test module: ``tests/test_monailabel.py`` runs it with the Python of ``.venv-monailabel`` (it imports
+Not a test module: ``tests/integration/test_monailabel.py`` runs it with the Python of ``.venv-monailabel`` (it imports
 ``monailabel.client``, which the project's main environment does not have) and reads one JSON line from stdout::
 
-    python tests/monailabel_client.py URL COMMAND 'JSON ARGUMENTS'
+    python tests/integration/monailabel_client.py URL COMMAND 'JSON ARGUMENTS'
 
 Commands:
 

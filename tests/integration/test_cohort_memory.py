@@ -22,7 +22,7 @@ from monai_qrvae.handlers.checkpoint import load_state_dict_file
 from monai_qrvae.preprocessing import SliceDataset, volume_transforms
 from monai_qrvae.workflows import PersistentSliceDataset, train
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).parents[2]
 
 
 def _cohort(root: Path, n_train: int = 5, n_val: int = 2, shape=(18, 20, 12)) -> Path:
