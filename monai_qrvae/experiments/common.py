@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = [
     "predict_slices",
     "VolumePrediction",
     "predict_volumes",
+    "finish_result",
     "new_figure",
     "save_figure",
 ]
@@ -198,17 +200,30 @@ def prepare_models(
 
 def experiment_models(
     out_dir: str | os.PathLike | None,
-    work_dir: str | os.PathLike | None,
-    datalist: str | os.PathLike | None,
-    models: dict[str, str | os.PathLike | None] | None,
-    methods: Sequence[str],
-    quick: bool,
-    epochs: int | None,
-    seed: int,
-    progress: bool,
+    work_dir: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | None = None,
+    models: dict[str, str | os.PathLike | None] | None = None,
+    methods: Sequence[str] = ("qrvae", "gaussian"),
+    quick: bool = False,
+    epochs: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
 ) -> tuple[Path, dict[str, Path]]:
-    """:func:`prepare_models` for an experiment writing to ``out_dir``: cohort and models are made in ``work_dir``,
-    by default ``out_dir/work`` (``qrvae-experiments`` when ``out_dir`` is ``None``)."""
+    """The cohort and models of a brain experiment writing to ``out_dir`` (:func:`prepare_models`).
+
+    Args:
+        out_dir: the experiment's output folder (``None``: nothing saved).
+        work_dir: where a cohort and models are made when not given (default: ``out_dir/work``, or a folder
+            ``qrvae-experiments`` in the current directory).
+        datalist: an existing datalist (default: the embedded synthetic cohort, made in ``work_dir/data``).
+        models: trained model folders by method, e.g. ``{"qrvae": "runs/qrvae", "gaussian": "runs/gaussian"}``;
+            missing ones are trained in ``work_dir`` (20 epochs; quick: 1 epoch on a tiny cohort).
+        methods: methods compared.
+        quick: tiny cohort and one epoch (tests, ``QRVAE_NOTEBOOK_QUICK=1``).
+        epochs: epochs of models trained here.
+        seed: training seed.
+        progress: show training progress bars.
+    """
     work = (
         Path(work_dir) if work_dir is not None else (Path(out_dir) / "work" if out_dir else Path("qrvae-experiments"))
     )
@@ -316,6 +331,16 @@ def predict_volumes(model_dir: str | os.PathLike, datalist: str | os.PathLike, s
             )
         )
     return preds
+
+
+def finish_result(result: dict[str, Any], out_dir: str | os.PathLike | None, name: str, start: float) -> dict[str, Any]:
+    """An experiment's last step: its ``seconds`` since ``start`` and, with ``out_dir``, ``out_dir/<name>.json``
+    (listed under ``result["files"]["json"]``)."""
+    result["seconds"] = time.perf_counter() - start
+    if out_dir is not None:
+        result["files"]["json"] = str(Path(out_dir) / f"{name}.json")
+        write_json(result["files"]["json"], result)
+    return result
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.0, 4.0)) -> tuple[Any, Any]:
