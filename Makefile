@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(C) --upgrade pip
 	$(PIP) install -q $(C) torch==2.13.0
-	$(EDITABLE_QUIET) $(PIP) install -q $(C) -e ".[test,raw]"
+	$(EDITABLE_QUIET) $(PIP) install -q $(C) -e ".[test,raw,dicom,bids]"
 	$(PY) tools/pip_check.py
 	touch $@
 

@@ -1,8 +1,9 @@
 """The shipped pipeline on the real scans of ``../shared/real``: the figures of docs/real.md (issue 23).
 
 - Analysis-ready (BraTS space, 1 mm): DU-7294 (low-grade glioma, reference segmentation) and MET-00110 (metastasis,
-  no label), through ``qrvae infer`` with the shipped weights and with FLAIR thresholding (the same pipeline with
-  ``--method flair``, fitted and calibrated on a small embedded cohort, :data:`FLAIR_COHORT`). Figures on the input
+  no label), through ``qrvae infer`` with the shipped weights (default threshold, and ``--threshold lesion``) and with
+  FLAIR thresholding (the same pipeline with ``--method flair``, fitted and calibrated on a small embedded cohort,
+  :data:`FLAIR_COHORT`); see :data:`METHODS`. Figures on the input
   grid, every brain voxel: AUROC, AUPRC, best Dice (an upper bound: it looks at the reference), label-free Dice (the
   default threshold), share of the tumour-free brain flagged, lesions reported; for MET-00110 the flagged volume,
   the share of the brain flagged and how much of it lies in the FLAIR-brightest 3 % of the brain.
@@ -31,6 +32,15 @@ from benchmarks.null_choice import REAL, real_cases
 REPO = Path(__file__).resolve().parents[1]
 #: the small embedded cohort FLAIR thresholding is fitted and calibrated on (healthy sections only are used).
 FLAIR_COHORT: dict[str, Any] = {"n_healthy": 30, "n_lesion": 2, "seed": 1, "spacing": 2.0}
+
+
+#: ``(column, model, label-free threshold, output folder suffix)`` of the methods compared: the shipped default
+#: (voxel-wise conformal BH), the shipped weights with lesion-level BH (``--threshold lesion``), FLAIR thresholding.
+METHODS = (
+    ("QR-VAE (shipped)", "shipped", "conformal", "qrvae"),
+    ("QR-VAE, lesion-level BH", "shipped", "lesion", "qrvae-lesion"),
+    ("FLAIR thresholding", "flair", "conformal", "flair"),
+)
 
 
 def _read(path: Path) -> np.ndarray:
@@ -89,9 +99,9 @@ def analysis_ready(out: Path, model: Path, flair: Path) -> dict[str, dict[str, d
     for name, case in real_cases().items():
         entry = {k: v for k, v in case.items() if k != "reference"}
         results[name] = {}
-        for method, model_dir in (("QR-VAE (shipped)", model), ("FLAIR thresholding", flair)):
-            folder = out / f"{name}-{'qrvae' if method.startswith('QR') else 'flair'}"
-            paths = infer(model_dir, [entry], folder, save_png=True)
+        for method, model_dir, threshold, folder in METHODS:
+            model_dir = {"shipped": model, "flair": flair}[model_dir]
+            paths = infer(model_dir, [entry], out / f"{name}-{folder}", save_png=True, threshold=threshold)
             results[name][method] = _case_figures(paths, case)
     return results
 

@@ -6,11 +6,10 @@ so bundle configs can name them by short ``_target_`` (e.g. ``"QRVAELoss"``) aft
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import sys as _sys
 
 from monai_qrvae.threads import apply_thread_defaults as _apply_thread_defaults
+from monai_qrvae.version import __version__ as __version__  # imports nothing
 
 if "torch" not in _sys.modules:  # OMP_WAIT_POLICY=PASSIVE unless the user set it, before torch loads (threads.py)
     _apply_thread_defaults()

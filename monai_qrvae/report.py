@@ -54,7 +54,8 @@ def lesion_report(
             (inverted with nearest neighbour); each lesion takes the evidence of the label covering most of it.
         lesion_stats: the lesion-level threshold's evidence (``LesionThresholdd``'s ``lesion_stats``): adds
             ``inference`` (threshold, alpha, statistic, calibration) and, per lesion, ``statistic``, ``value``,
-            ``p`` and ``q`` (or ``above_volume_threshold``).
+            ``p`` and ``q`` (or ``above_volume_threshold``), and ``p_from_tail`` when ``p`` comes from the fitted
+            tail beyond the largest healthy cluster.
 
     Returns:
         ``{"n_lesions", "total_volume_ml", "voxel_ml", "grid": {"shape", "affine"}, "lesions": [...]}``, lesions
@@ -130,6 +131,8 @@ def _evidence(labels: np.ndarray, evidence: dict[int, dict[str, Any]], stats: di
     out["p"] = float(e["p"])
     if "q" in e:
         out["q"] = float(e["q"])
+    if "p_from_tail" in e:
+        out["p_from_tail"] = bool(e["p_from_tail"])
     if "above_volume_threshold" in e:
         out["above_volume_threshold"] = bool(e["above_volume_threshold"])
     return out

@@ -14,9 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "monai_qrvae"
 
 #: the floors of docs/architecture.md, from the ground up (keep the two in step).
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("utils", "defaults", "numerics", "threads", "logging_utils", "context", "tables"),
+    ("utils", "defaults", "numerics", "threads", "logging_utils", "context", "tables", "version"),
     ("anomaly", "losses", "networks", "baselines", "metrics", "report", "calibration"),
-    ("transforms", "preprocessing", "handlers", "engines", "evaluation", "data"),
+    ("transforms", "preprocessing", "handlers", "engines", "evaluation", "data", "io"),
     ("workflows",),
     ("study", "experiments", "raw", "bundle_inputs"),
     ("cli", "__init__"),
@@ -98,7 +98,7 @@ def test_no_private_name_crosses_rooms():
         f"{src}:{line} takes {name} from {dst}"
         for src, dst, names, line in _imports()
         for name in names
-        if name.startswith("_") and _room(src) != _room(dst)
+        if name.startswith("_") and not name.endswith("__") and _room(src) != _room(dst)
     ]
     assert not private, "\n".join(private)
 

@@ -49,7 +49,12 @@ def import_structure() -> str:
     imports = _imports()
     arrows = {(_room(s), _room(d)) for s, d, _, _ in imports if _room(s) != _room(d)}
     up = [(s, d) for s, d, _, _ in imports if FLOOR[_room(d)] > FLOOR[_room(s)]]
-    private = [(s, n) for s, d, names, _ in imports for n in names if n.startswith("_") and _room(s) != _room(d)]
+    private = [
+        (s, n)
+        for s, d, names, _ in imports
+        for n in names
+        if n.startswith("_") and not n.endswith("__") and _room(s) != _room(d)
+    ]
     inside = 0
     for path in PACKAGE.rglob("*.py"):
         tree = ast.parse(path.read_text())

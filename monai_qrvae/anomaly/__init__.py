@@ -18,9 +18,11 @@ from monai_qrvae.anomaly.filters import median_filter, remove_small_components
 from monai_qrvae.anomaly.gaussian import PPF_085, anomaly_maps, p_value, quantiles_to_mu_sigma, z_score
 from monai_qrvae.anomaly.lesions import (
     LESION_STATISTICS,
+    LesionTail,
     bh_q_values,
     bh_reject,
     cluster_statistics,
+    fit_lesion_tail,
     lesion_candidates,
     lesion_p_values,
     voxel_volume_ml,
@@ -52,6 +54,8 @@ __all__ = [
     "lesion_candidates",
     "cluster_statistics",
     "lesion_p_values",
+    "LesionTail",
+    "fit_lesion_tail",
     "bh_q_values",
     "bh_reject",
     "voxel_volume_ml",

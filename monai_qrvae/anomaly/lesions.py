@@ -4,22 +4,29 @@ A candidate lesion is a connected component (26-connectivity by default) of the 
 its statistic is its ``extent`` (mL), ``mass`` (sum of ``(score - threshold) * voxel mL``) or ``peak`` (largest
 score). Compared with the same statistic of the clusters of healthy calibration volumes, each candidate gets the
 conformal p-value ``(1 + #{healthy >= s}) / (N + 1)``; Benjamini-Hochberg over the candidates of a volume controls
-the share of reported lesions that are false. Pure numpy / scipy; no engine or file handling.
+the share of reported lesions that are false. Beyond the largest healthy statistic the conformal p-value stops at
+its floor ``1 / (N + 1)``; there a generalised Pareto distribution fitted to the largest healthy statistics (the
+tail approximation of permutation p-values, Winkler et al. 2016, NeuroImage 141) extrapolates it, capped at that
+floor. Pure numpy / scipy; no engine or file handling.
 """
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from monai.utils import convert_to_tensor
-from scipy import ndimage
+from scipy import ndimage, stats
 
 __all__ = [
     "LESION_STATISTICS",
     "voxel_volume_ml",
     "lesion_candidates",
     "cluster_statistics",
+    "LesionTail",
+    "fit_lesion_tail",
     "lesion_p_values",
     "bh_q_values",
     "bh_reject",
@@ -27,6 +34,11 @@ __all__ = [
 
 #: the cluster statistics of a candidate lesion.
 LESION_STATISTICS = ("extent", "mass", "peak")
+#: share of the healthy statistics (the largest) the generalised Pareto tail is fitted to, and their fewest number.
+TAIL_SHARE = 0.1
+TAIL_MIN = 10
+#: smallest p-value the fitted tail gives (a bounded tail, shape < 0, reaches 0 at its end point).
+TAIL_P_FLOOR = 1e-12
 
 
 def _array(x: Any) -> np.ndarray:
@@ -101,20 +113,85 @@ def cluster_statistics(
     return {"voxels": voxels, "extent": voxels * voxel_ml, "mass": excess * voxel_ml, "peak": peak[1:]}
 
 
-def lesion_p_values(statistics: Any, healthy: Any) -> np.ndarray:
+@dataclass(frozen=True)
+class LesionTail:
+    """A generalised Pareto tail fitted to the largest healthy cluster statistics.
+
+    ``P(S > s) = k / n * genpareto.sf(s - threshold, shape, scale=scale)`` for ``s > threshold``.
+
+    Attributes:
+        threshold: the largest healthy statistic not in the tail (the exceedances are above it).
+        exceedances: ``k``, the number of healthy statistics in the tail.
+        n: the number of healthy statistics.
+        shape: the generalised Pareto shape (``> 0``: heavy tail; ``< 0``: bounded).
+        scale: its scale.
+        maximum: the largest healthy statistic (the tail is used beyond it only).
+    """
+
+    threshold: float
+    exceedances: int
+    n: int
+    shape: float
+    scale: float
+    maximum: float
+
+    def sf(self, s: Any) -> np.ndarray:
+        """The tail's ``P(S >= s)`` (for ``s`` above ``threshold``), at least :data:`TAIL_P_FLOOR`."""
+        x = np.asarray(s, dtype=np.float64) - self.threshold
+        p = self.exceedances / self.n * stats.genpareto.sf(x, self.shape, loc=0.0, scale=self.scale)
+        return np.maximum(p, TAIL_P_FLOOR)
+
+
+def fit_lesion_tail(healthy: Any, share: float = TAIL_SHARE, minimum: int = TAIL_MIN) -> LesionTail | None:
+    """Fit a generalised Pareto distribution (maximum likelihood, location 0) to the largest healthy statistics.
+
+    Args:
+        healthy: the statistic of every healthy calibration cluster (1-D).
+        share: share of the statistics in the tail (the largest ``max(minimum, ceil(share * n))``).
+        minimum: fewest statistics in the tail.
+
+    Returns:
+        The :class:`LesionTail`, or ``None`` when there are fewer than ``2 * minimum`` statistics, ties at the tail
+        threshold leave too few exceedances, or the fit does not converge to finite values.
+    """
+    h = np.sort(np.asarray(healthy, dtype=np.float64).ravel())
+    n = h.size
+    if n < 2 * minimum:
+        return None
+    k = max(minimum, int(np.ceil(share * n)))
+    threshold = float(h[n - k - 1])
+    excess = h[h > threshold] - threshold
+    if excess.size < minimum or not np.isfinite(excess).all():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        shape, _, scale = stats.genpareto.fit(excess, floc=0.0)
+    if not (np.isfinite(shape) and np.isfinite(scale) and scale > 0):
+        return None
+    return LesionTail(threshold, int(excess.size), int(n), float(shape), float(scale), float(h[-1]))
+
+
+def lesion_p_values(statistics: Any, healthy: Any, tail: LesionTail | None = None) -> np.ndarray:
     """Conformal p-values ``(1 + #{healthy >= s}) / (N + 1)`` of candidate statistics against ``N`` healthy ones.
 
     Args:
         statistics: the candidates' statistic (1-D).
         healthy: the same statistic of every healthy calibration cluster (1-D, any order).
+        tail: a tail fitted to ``healthy`` (:func:`fit_lesion_tail`); candidates beyond the largest healthy
+            statistic then get ``min(1 / (N + 1), tail.sf(s))`` instead of the floor ``1 / (N + 1)``.
 
     Returns:
-        float64 p-values in ``[1 / (N + 1), 1]``.
+        float64 p-values in ``[1 / (N + 1), 1]`` (down to :data:`TAIL_P_FLOOR` beyond the healthy range with a
+        tail), non-increasing in the statistic.
     """
     s = np.asarray(statistics, dtype=np.float64).ravel()
     h = np.sort(np.asarray(healthy, dtype=np.float64).ravel())
     at_least = h.size - np.searchsorted(h, s, side="left")
-    return (1.0 + at_least) / (h.size + 1.0)
+    p = (1.0 + at_least) / (h.size + 1.0)
+    if tail is not None and h.size:
+        beyond = s > h[-1]
+        p[beyond] = np.minimum(p[beyond], tail.sf(s[beyond]))
+    return p
 
 
 def bh_q_values(p: Any) -> np.ndarray:

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_qrvae.anomaly.lesions import LESION_STATISTICS, cluster_statistics, lesion_candidates, lesion_p_values
+from monai_qrvae.anomaly.lesions import (
+    LESION_STATISTICS,
+    LesionTail,
+    cluster_statistics,
+    fit_lesion_tail,
+    lesion_candidates,
+    lesion_p_values,
+)
 from monai_qrvae.anomaly.null import NULL_METHODS, empirical_null, standardise
 from monai_qrvae.calibration.conformal import (
     _flat,
@@ -397,10 +404,20 @@ class Calibration:
         if statistic not in LESION_STATISTICS:
             raise ValueError(f"statistic must be one of {LESION_STATISTICS}, got {statistic!r}.")
 
-    def lesion_p_values(self, statistics: Any, statistic: str) -> np.ndarray:
-        """Conformal lesion p-values ``(1 + #{healthy clusters >= s}) / (N + 1)`` of candidates' ``statistic``."""
+    def lesion_tail(self, statistic: str) -> LesionTail | None:
+        """The generalised Pareto tail of the healthy clusters' ``statistic`` (:func:`fit_lesion_tail`)."""
         self._lesion_fitted(statistic)
-        return lesion_p_values(statistics, self.lesion_stats[statistic].numpy())  # type: ignore[index]
+        return fit_lesion_tail(self.lesion_stats[statistic].numpy())  # type: ignore[index]
+
+    def lesion_p_values(self, statistics: Any, statistic: str, tail: bool = True) -> np.ndarray:
+        """Conformal lesion p-values ``(1 + #{healthy clusters >= s}) / (N + 1)`` of candidates' ``statistic``.
+
+        With ``tail``, candidates beyond the largest healthy cluster get the fitted tail's p-value
+        (:meth:`lesion_tail`) when it is smaller than the floor ``1 / (N + 1)``.
+        """
+        self._lesion_fitted(statistic)
+        healthy = self.lesion_stats[statistic].numpy()  # type: ignore[index]
+        return lesion_p_values(statistics, healthy, self.lesion_tail(statistic) if tail else None)
 
     def lesion_volume_threshold(self, statistic: str, alpha: float) -> float:
         """The volume-level threshold of ``statistic`` (keep candidates ``> it``): at most ``alpha`` of healthy

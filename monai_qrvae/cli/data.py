@@ -75,6 +75,25 @@ def run_make_datalist(args: argparse.Namespace) -> int:
     from monai_qrvae.data.datalist import DATALIST_SECTIONS, make_datalist
 
     options = ("brain_mask", "label", "section", "val_fraction", "seed", "skip_incomplete", "update")
+    split_options = ("section", "val_fraction", "seed", "skip_incomplete", "update")
+    if getattr(args, "bids", None):  # a BIDS dataset (monai_qrvae.io.bids, pybids)
+        if args.root or args.image:
+            raise ValueError("give either --bids ROOT or --root with --image patterns, not both.")
+        from monai_qrvae.io.bids import make_bids_datalist
+
+        datalist = make_bids_datalist(
+            args.bids,
+            args.out,
+            label_pattern=args.label_pattern,
+            group_column=args.group_column,
+            **arg_values(args, *split_options, "calibration_fraction", "test_healthy_fraction"),
+            check=not args.no_check,
+        )
+        counts = {k: len(datalist[k]) for k in DATALIST_SECTIONS if k in datalist}
+        print(f"wrote {args.out} ({_format_counts(counts)})")
+        return 0
+    if not args.root or not args.image:
+        raise ValueError("make-datalist needs --root and --image patterns (or --bids ROOT).")
     datalist = make_datalist(
         args.root,
         args.image[0] if len(args.image) == 1 else args.image,
@@ -191,8 +210,28 @@ def add_parsers(subparsers: Any) -> None:
         "and optionally glob wildcards. Give one --image pattern per contrast (T1 T2 FLAIR) or one for a 4D file. "
         "NIfTI, NRRD and MetaImage (.mha/.mhd) files are accepted.",
     )
-    p.add_argument("--root", required=True, help="folder holding the scans")
-    p.add_argument("--image", required=True, nargs="+", help="image pattern(s): one 4D file, or T1 T2 FLAIR files")
+    p.add_argument("--root", default=None, help="folder holding the scans (required unless --bids)")
+    p.add_argument(
+        "--image", default=None, nargs="+", help="image pattern(s): one 4D file, or T1 T2 FLAIR files (unless --bids)"
+    )
+    p.add_argument(
+        "--bids",
+        default=None,
+        metavar="ROOT",
+        help="a BIDS dataset instead of patterns: sub-*/[ses-*/]anat/*_T1w, _T2w, _FLAIR (pybids; the bids extra)",
+    )
+    p.add_argument(
+        "--label-pattern",
+        default=None,
+        help="with --bids: lesion label file under ROOT, with {subject} (and {session}), e.g. "
+        "'derivatives/lesions/sub-{subject}/anat/sub-{subject}_desc-lesion_mask.nii.gz'; a subject with one is a "
+        "lesion subject",
+    )
+    p.add_argument(
+        "--group-column",
+        default="group",
+        help="with --bids: participants.tsv column telling healthy (control/healthy/HC) from lesion subjects",
+    )
     p.add_argument("--brain-mask", default=None, help="brain-mask pattern")
     p.add_argument(
         "--label", default=None, help="lesion-label pattern (in auto, labelled subjects go to 'test'/'tuning')"

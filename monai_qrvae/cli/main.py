@@ -121,17 +121,15 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         if entries and all(isinstance(e, dict) and e.get("raw") for e in entries):  # raw series (raw_datalist.json)
             if images:
                 raise ValueError(f"give either image paths or a datalist of raw series, not both; got {images}.")
-            from monai_qrvae.raw.inverse import infer_raw_items
+            from monai_qrvae.cli.cohort_infer import infer_datalist
 
-            base_dir = Path(args.datalist).parent
-            prep = {"alignment_check": not args.no_alignment_check}
-            for result in infer_raw_items(
-                args.model, entries, args.out, base_dir=base_dir, preprocess_kwargs=prep, **post_kwargs
-            ):
-                for path in (*result["maps"].values(), result["report"]):
-                    print(path)
-            return 0
-        images += load_decathlon_datalist(args.datalist, is_segmentation=False, data_list_key=args.section)
+            return infer_datalist(args, entries, raw=True)  # resumable cohort run (io/cohort.py), torchrun-aware
+        entries = load_decathlon_datalist(args.datalist, is_segmentation=False, data_list_key=args.section)
+        if not images:
+            from monai_qrvae.cli.cohort_infer import infer_datalist
+
+            return infer_datalist(args, entries, raw=False)
+        images += entries
     if not images:
         raise ValueError("no input: give image paths or --datalist.")
     written = infer(args.model, images, args.out, **post_kwargs)
@@ -281,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--section", default="test", help="datalist section to read with --datalist (default: test)")
     p.add_argument("--out", default="qrvae_output", help="output folder (default: ./qrvae_output)")
     p.add_argument("--no-png", action="store_true", help="do not write the PNG overlays")
-    from monai_qrvae.cli.raw import add_raw_series_arguments
+    from monai_qrvae.cli.raw import add_dicom_out_argument, add_raw_series_arguments
 
     add_raw_series_arguments(p, required=False)  # raw series instead of images: needs the raw extra (docs/raw.md)
+    add_dicom_out_argument(p)  # DICOM SEG / Parametric Map of raw series (monai_qrvae.io.dicom_out)
     add_post_options(p)
     add_common_options(p)
     p.set_defaults(func=_cmd_infer)

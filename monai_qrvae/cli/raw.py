@@ -9,6 +9,7 @@ line with exit status 2. Stand-alone: ``python -m monai_qrvae.cli.raw preprocess
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "add_infer_raw_parser",
     "add_raw_data_parser",
     "add_raw_series_arguments",
+    "add_dicom_out_argument",
     "run_preprocess",
     "run_infer_raw",
     "run_make_raw_data",
@@ -30,13 +32,27 @@ __all__ = [
 
 def add_raw_series_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--t1 --t2 --flair`` (the three raw series) and ``--no-alignment-check``."""
-    p.add_argument("--t1", required=required, help="T1-weighted series (NIfTI), with skull, any grid")
-    p.add_argument("--t2", required=required, help="T2-weighted series (NIfTI)")
-    p.add_argument("--flair", required=required, help="FLAIR series (NIfTI); maps are written on its grid")
+    p.add_argument(
+        "--t1", required=required, help="T1-weighted series (NIfTI file or DICOM series folder), with skull, any grid"
+    )
+    p.add_argument("--t2", required=required, help="T2-weighted series (NIfTI file or DICOM series folder)")
+    p.add_argument(
+        "--flair", required=required, help="FLAIR series (NIfTI file or DICOM folder); maps are written on its grid"
+    )
     p.add_argument(
         "--no-alignment-check",
         action="store_true",
         help="do not refuse a T2/FLAIR series whose found pose is not a similarity peak (alignment check; docs/raw.md)",
+    )
+
+
+def add_dicom_out_argument(p: argparse.ArgumentParser) -> None:
+    """``--dicom-out``: lesion mask as DICOM SEG and z-map as Parametric Map (automatic for a DICOM FLAIR)."""
+    p.add_argument(
+        "--dicom-out",
+        action="store_true",
+        help="also write the lesion mask as DICOM SEG and the z-map as a DICOM Parametric Map referencing the FLAIR "
+        "series (automatic when --flair is a DICOM folder; needs the dicom extra)",
     )
 
 
@@ -104,7 +120,16 @@ def run_infer_raw(args: argparse.Namespace) -> int:
         )
     except ImportError as e:  # the raw extra is missing
         raise RuntimeError(str(e)) from e
-    for path in (*result["maps"].values(), result["report"]):
+    paths = [*result["maps"].values(), result["report"]]
+    if getattr(args, "dicom_out", False) or os.path.isdir(args.flair):  # DICOM SEG + Parametric Map (io.dicom_out)
+        from monai_qrvae.io.dicom_out import write_dicom_results
+
+        try:
+            dicom = write_dicom_results(result, args.flair, args.out)
+        except ImportError as e:  # the dicom extra is missing: one line
+            raise RuntimeError(str(e)) from e
+        paths += [os.path.join(args.out, dicom[k]["path"]) for k in ("segmentation", "parametric_map")]
+    for path in paths:
         print(path)
     return 0
 
@@ -122,6 +147,7 @@ def add_infer_raw_parser(subparsers: Any, name: str = "infer-raw") -> argparse.A
     p.add_argument("--min-size", type=int, default=0)
     p.add_argument("--no-png", action="store_true")
     p.add_argument("--device", default="cpu")
+    add_dicom_out_argument(p)
     _add_preprocess_options(p)
     p.set_defaults(func=run_infer_raw)
     return p

@@ -240,6 +240,7 @@ def make_datalist(
     calibration_fraction: float = 0.33,
     test_healthy_fraction: float = 0.09,
     empty_labels: bool = True,
+    subjects: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Build a Decathlon-style datalist from a folder of scans, by file-name patterns (see :func:`find_subjects`).
 
@@ -266,6 +267,8 @@ def make_datalist(
         empty_labels: in ``"auto"`` with ``out`` given, write an all-zero label (uint8 NIfTI on the subject's
             grid) for each healthy ``test`` subject under ``<out folder>/empty_labels/``, so every ``test`` entry
             has a ``label``; otherwise healthy ``test`` entries have no ``label`` key.
+        subjects: subjects found otherwise (e.g. :func:`monai_qrvae.io.bids.bids_subjects`) instead of by patterns;
+            one with ``"stratum": "lesion"`` counts as labelled in ``"auto"``.
 
     Returns:
         the datalist dictionary (as written).
@@ -278,7 +281,8 @@ def make_datalist(
         raise ValueError(f"section must be 'auto' or one of {DATALIST_SECTIONS}, got {section!r}.")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
-    subjects = find_subjects(root, image, brain_mask=brain_mask, label=label, skip_incomplete=skip_incomplete)
+    if subjects is None:
+        subjects = find_subjects(root, image, brain_mask=brain_mask, label=label, skip_incomplete=skip_incomplete)
     if check:
         for entry in subjects:
             try:
@@ -300,8 +304,8 @@ def make_datalist(
     elif section != "auto":
         sections[section] = subjects
     else:
-        healthy = [s for s in subjects if "label" not in s]
-        labelled = [s for s in subjects if "label" in s]
+        labelled = [s for s in subjects if "label" in s or s.get("stratum") == "lesion"]
+        healthy = [s for s in subjects if not ("label" in s or s.get("stratum") == "lesion")]
         sizes = allocate_splits(len(healthy), len(labelled), val_fraction, calibration_fraction, test_healthy_fraction)
         rng = np.random.default_rng(seed)
         h_order = rng.permutation(len(healthy)).tolist()
@@ -328,11 +332,11 @@ def make_datalist(
         for entry in entries:
             item = {k: v for k, v in entry.items() if k != "subject"}
             if base is not None:
-                item = {k: (v if k == "stratum" else _relative(v, base)) for k, v in item.items()}
+                item = {k: (v if k in ("stratum", "bids", "raw") else _relative(v, base)) for k, v in item.items()}
             cleaned.append(item)
         sections[key] = cleaned
 
-    n_ch = num_channels if num_channels is not None else (1 if isinstance(image, str) else len(image))
+    n_ch = num_channels if num_channels is not None else (1 if isinstance(image, str) else len(image) or 3)
     datalist: dict[str, Any] = {}
     if update and out is not None and Path(out).is_file():
         try:

@@ -25,10 +25,10 @@ from monai_qrvae.utils import CONTRAST_NAMES, atomic_write, identity
 
 logger = logging.getLogger("monai_qrvae")
 
-__all__ = ["AnomalyMapSaver", "OverlaySaver", "invert_to_input"]
+__all__ = ["AnomalyMapSaver", "OverlaySaver", "invert_to_input", "output_stem"]
 
 
-def _stem(meta: dict, fallback: str) -> str:
+def output_stem(meta: dict, fallback: str) -> str:
     name = meta.get(ImageMetaKey.FILENAME_OR_OBJ) if meta else None
     if isinstance(name, (list, tuple)):
         name = name[-1] if name else None
@@ -222,7 +222,7 @@ class AnomalyMapSaver(_ItemSaver):
     def save_item(self, out: dict, batch: dict, fallback: str = "volume") -> list[Path]:
         """Invert and write the maps of one item; return the written paths."""
         data, meta = self.invert(out, batch)
-        stem = _stem(meta, fallback)
+        stem = output_stem(meta, fallback)
         written = self.write_maps(data, stem, meta)
         if self.report:
             extra = [k for k in data if k not in self.keys and k != self.lesion_labels_key]
@@ -368,7 +368,7 @@ class OverlaySaver(_ItemSaver):
     def _save(self, out: dict, batch: dict, fallback: str) -> None:
         merged = {**batch, **out}
         meta = merged[self.image_key].meta if isinstance(merged[self.image_key], MetaTensor) else {}
-        self.save_item(merged, _stem(meta, fallback))
+        self.save_item(merged, output_stem(meta, fallback))
 
     def save_item(self, data: dict, stem: str) -> Path:
         """Render one item to ``<output_dir>/<stem>_overlay.png``."""

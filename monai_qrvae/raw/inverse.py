@@ -310,7 +310,7 @@ def raw_entries(items: list[dict[str, Any]], base_dir: str | os.PathLike | None 
             )
         paths = [Path(p) if Path(p).is_absolute() else base / p for p in image]
         for series, path in zip(SERIES, paths):
-            if not path.is_file():
+            if not (path.is_file() or path.is_dir()):  # a file, or a DICOM series folder
                 raise MissingSeriesError(f"entry {i}: {series} series {path} does not exist.")
         jobs.append(paths)
     names = [paths[0].parent.name or f"subject-{i}" for i, paths in enumerate(jobs)]

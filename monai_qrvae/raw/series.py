@@ -18,20 +18,32 @@ _MIN_FOV_MM = 80.0
 
 
 def load_series(path: str | os.PathLike, name: str) -> nib.Nifti1Image:
-    """Read one raw series and check it: exists, readable, 3D, finite, not constant, field of view >= 80 mm.
+    """Read one raw series (NIfTI file or DICOM series folder, :mod:`monai_qrvae.io.dicom`) and check it: exists,
+    readable, 3D, finite, not constant, field of view >= 80 mm.
 
     Raises:
         MissingSeriesError: the file does not exist.
         RawInputError: anything else, naming the file and what was expected.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingSeriesError(f"{name} series {path} does not exist; expected a NIfTI file of the {name} scan.")
-    try:
-        img = nib.load(str(path))
+    if path.is_dir():  # a DICOM series folder (monai_qrvae.io.dicom: one MR series, complete, exact geometry)
+        from monai_qrvae.io.dicom import DicomSeriesError, read_series
+
+        try:
+            img = read_series(path, name)[0]
+        except DicomSeriesError as e:
+            raise RawInputError(str(e)) from e
         data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e:  # nibabel raises many types for corrupt files
-        raise RawInputError(f"{name} series {path} cannot be read as NIfTI: {e}") from e
+    elif not path.is_file():
+        raise MissingSeriesError(
+            f"{name} series {path} does not exist; expected a NIfTI file or DICOM series folder of the {name} scan."
+        )
+    else:
+        try:
+            img = nib.load(str(path))
+            data = np.asarray(img.dataobj, dtype=np.float32)
+        except Exception as e:  # nibabel raises many types for corrupt files
+            raise RawInputError(f"{name} series {path} cannot be read as NIfTI: {e}") from e
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:

@@ -9,7 +9,7 @@ from monai.data import MetaTensor
 from scipy.stats import false_discovery_control
 
 from monai_qrvae.anomaly import bh_q_values, bh_reject, cluster_statistics, lesion_candidates, lesion_p_values
-from monai_qrvae.anomaly.lesions import voxel_volume_ml
+from monai_qrvae.anomaly.lesions import TAIL_P_FLOOR, fit_lesion_tail, voxel_volume_ml
 from monai_qrvae.calibration import Calibration
 from monai_qrvae.report import lesion_report, write_lesion_report
 from monai_qrvae.transforms.anomaly.thresholds import LesionThresholdd, label_free_transforms
@@ -46,6 +46,41 @@ def test_lesion_p_values_hand_count():
     p = lesion_p_values([0.5, 3.0, 0.05, 2.0], healthy)
     # (1 + #{h >= s}) / (4 + 1)
     np.testing.assert_allclose(p, [4 / 5, 1 / 5, 5 / 5, 2 / 5])
+
+
+def test_fitted_tail_extrapolates_an_exponential_null():
+    """Beyond the largest healthy statistic the tail's p-value follows the true survival function (here exp(-s))."""
+    healthy = np.random.default_rng(1).exponential(size=2000)
+    tail = fit_lesion_tail(healthy)
+    assert tail is not None and tail.exceedances == 200 and tail.n == 2000
+    assert abs(tail.shape) < 0.2 and tail.scale == pytest.approx(1.0, rel=0.25)  # exponential: shape 0, scale 1
+    s = np.array([0.5, 2.0, healthy.max(), healthy.max() + 1.0, healthy.max() + 4.0])
+    p = lesion_p_values(s, healthy, tail)
+    floor = 1.0 / 2001
+    np.testing.assert_array_equal(p[:3], lesion_p_values(s[:3], healthy))  # inside the healthy range: conformal
+    assert p[3] < floor and p[4] < p[3]
+    assert (np.abs(np.log10(p[3:] / np.exp(-s[3:]))) < 1).all()  # within a factor of 10 of the truth at 1e-4..1e-6
+    assert (np.diff(lesion_p_values(np.linspace(0, 20, 200), healthy, tail)) <= 0).all()  # non-increasing
+
+
+def test_fitted_tail_needs_enough_values_and_floors_bounded_tails():
+    assert fit_lesion_tail(np.arange(19.0)) is None  # fewer than 2 x 10 statistics
+    assert fit_lesion_tail(np.ones(100)) is None  # all ties: no exceedance
+    bounded = np.random.default_rng(2).uniform(size=500)  # shape < 0: the tail ends at 1
+    tail = fit_lesion_tail(bounded)
+    assert tail is not None and tail.shape < 0
+    assert lesion_p_values([5.0], bounded, tail)[0] == TAIL_P_FLOOR
+
+
+def test_tail_gives_bh_power_over_many_candidates():
+    """The conformal floor 1 / (N + 1) is above BH's first step alpha / m for many candidates; the tail is not."""
+    rng = np.random.default_rng(3)
+    healthy = rng.exponential(size=225)
+    candidates = np.concatenate([[healthy.max() * 3], rng.exponential(size=22)])  # one glaring lesion, 22 noise
+    conformal = lesion_p_values(candidates, healthy)
+    assert conformal[0] == pytest.approx(1 / 226) and not bh_reject(conformal, 0.05).any()  # 1/226 > 0.05/23
+    with_tail = lesion_p_values(candidates, healthy, fit_lesion_tail(healthy))
+    assert bh_reject(with_tail, 0.05).tolist() == [True] + [False] * 22
 
 
 def test_bh_matches_scipy_and_is_monotone():

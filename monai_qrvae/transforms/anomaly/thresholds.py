@@ -7,6 +7,7 @@ calibration itself is :class:`monai_qrvae.calibration.Calibration`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
@@ -326,6 +327,8 @@ class LesionThresholdd(_CalibratedMapTransform):
             labels, n = lesion_candidates(s[0].numpy(), t, inside[0].numpy())
             stats = cluster_statistics(s[0].numpy(), labels, n, t, ml)
             kept, p, q = self.evidence(stats[self.statistic])
+            healthy = cal.lesion_stats[self.statistic]  # type: ignore[index]
+            healthy_max = float(healthy.max()) if healthy.numel() else float("inf")
             keep_ids = np.flatnonzero(kept) + 1
             lookup = np.zeros(n + 1, dtype=np.int32)
             lookup[keep_ids] = keep_ids
@@ -349,9 +352,11 @@ class LesionThresholdd(_CalibratedMapTransform):
                 }
                 if self.mode == "fdr":
                     entry["q"] = float(q[i - 1])
+                    entry["p_from_tail"] = bool(stats[self.statistic][i - 1] > healthy_max)
                 else:
                     entry["above_volume_threshold"] = True
                 lesions.append(entry)
+            tail = cal.lesion_tail(self.statistic) if self.mode == "fdr" else None
             d[self.stats_key] = {
                 "threshold": "lesion" if self.mode == "fdr" else "lesion-volume",
                 "alpha": self.alpha,
@@ -364,7 +369,9 @@ class LesionThresholdd(_CalibratedMapTransform):
                 "calibration": {
                     "n_volumes": cal.n_volumes,
                     "names": list(cal.names),
-                    "healthy_clusters": int(cal.lesion_stats[self.statistic].numel()),  # type: ignore[index]
+                    "healthy_clusters": int(healthy.numel()),
+                    "healthy_max": healthy_max,
+                    "tail": None if tail is None else dataclasses.asdict(tail),
                 },
                 "lesions": lesions,
             }

@@ -56,7 +56,8 @@ def study_id(path: str | os.PathLike) -> str:
 
 def companion_series(flair: str | os.PathLike, request: dict[str, Any]) -> tuple[Path, Path]:
     """``(T1, T2)`` of the study whose FLAIR series is ``flair``: the request's ``t1``/``t2`` options, or
-    ``<studies>/series/<study id>/T1.nii.gz`` and ``T2.nii.gz``.
+    ``<studies>/series/<study id>/T1.nii.gz`` and ``T2.nii.gz`` (or DICOM series folders ``T1/`` and ``T2/``; a
+    request option may name a DICOM folder too).
 
     Raises:
         StudyError: a series file does not exist (the message says where it was looked for).
@@ -65,8 +66,8 @@ def companion_series(flair: str | os.PathLike, request: dict[str, Any]) -> tuple
     found = []
     for name in ("T1", "T2"):
         given = request.get(name.lower())
-        candidates = [Path(given)] if given else [folder / f"{name}{s}" for s in _NIFTI_SUFFIXES]
-        path = next((c for c in candidates if c.is_file()), None)
+        candidates = [Path(given)] if given else [*(folder / f"{name}{s}" for s in _NIFTI_SUFFIXES), folder / name]
+        path = next((c for c in candidates if c.is_file() or c.is_dir()), None)  # a folder: a DICOM series
         if path is None:
             where = f"the request's {name.lower()!r} option {given}" if given else f"{candidates[0]}"
             raise StudyError(
