@@ -60,7 +60,7 @@ _CHILD = (
     "from monai_qrvae.defaults import method_defaults\n"
     "import monai_qrvae.workflows.training as training\n"
     "from monai_qrvae.workflows import train\n"
-    "from monai_qrvae.workflows.datasets import _datalist, _persistent_slice_dataset, _slice_dataset\n"
+    "from monai_qrvae.workflows.datasets import checked_section, persistent_slice_dataset, slice_dataset\n"
     "trainers = []\n"
     "def _keep(*args, _create=training.create_trainer, **kwargs):  # to read the trainer's epoch time\n"
     "    trainers.append(_create(*args, **kwargs))\n"
@@ -68,12 +68,12 @@ _CHILD = (
     "training.create_trainer = _keep\n"
     "a = json.loads(sys.argv[1])\n"
     "d = method_defaults('qrvae')\n"
-    "items = _datalist(a['datalist'], 'training')\n"
+    "items = checked_section(a['datalist'], 'training')\n"
     "start = time.perf_counter()\n"
     "if a['cache_dir'] is None:  # kept in the process cache, which train() then uses\n"
-    "    ds = _slice_dataset(items, d.image_size, d.num_slices, False)\n"
+    "    ds = slice_dataset(items, d.image_size, d.num_slices, False)\n"
     "else:  # written to the disk cache, which train() then reads\n"
-    "    ds = _persistent_slice_dataset(items, d.image_size, d.num_slices, a['cache_dir'], False)\n"
+    "    ds = persistent_slice_dataset(items, d.image_size, d.num_slices, a['cache_dir'], False)\n"
     "prep = time.perf_counter() - start\n"
     "del ds\n"
     "start = time.perf_counter()\n"
@@ -200,7 +200,7 @@ def report(results: dict[int, dict[str, dict[str, float]]]) -> str:
         "- Use: `qrvae train --cache-dir DIR` or `train(..., cache_dir=DIR)`; in the bundle, set `train#dataset` and "
         "`validate#dataset` to `monai_qrvae.workflows.PersistentSliceDataset` (same arguments as `SliceDataset` plus "
         "`cache_dir`), which also works under `torchrun` with `multi_gpu_train.json` (DDP, `DistributedSampler`; "
-        "tests/test_cohort_memory.py runs it on 2 gloo processes).\n"
+        "tests/integration/test_cohort_memory.py runs it on 2 gloo processes).\n"
     )
     return body
 

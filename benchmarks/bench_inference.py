@@ -41,13 +41,13 @@ def _stages(model_dir: Path, item: dict, out_dir: Path) -> dict[str, Any]:
 
     from monai_qrvae.data.datalist import check_item
     from monai_qrvae.handlers import AnomalyMapSaver, OverlaySaver
-    from monai_qrvae.workflows import load_model
-    from monai_qrvae.workflows.inference import _roi_size
+    from monai_qrvae.workflows import Pipeline
 
-    config, net = load_model(model_dir)
-    pre = config.transforms()
+    pipeline = Pipeline.from_model_dir(model_dir).load()
+    config, net = pipeline.config, pipeline.network
+    pre = pipeline.pre_transforms()
     load, rest = pre.transforms[:2], pre.transforms[2:]
-    inferer = SliceInferer(roi_size=_roi_size(config), sw_batch_size=SW_BATCH, spatial_dim=2, progress=False)
+    inferer = SliceInferer(roi_size=pipeline.roi_size, sw_batch_size=SW_BATCH, spatial_dim=2, progress=False)
     post = anomaly_transforms(model_dir)  # exactly what infer attaches, with its defaults
     saver = AnomalyMapSaver(out_dir, preprocessing=pre, report=True)
     overlay = OverlaySaver(out_dir, label_key="__none__")

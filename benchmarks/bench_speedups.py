@@ -44,16 +44,16 @@ class _LegacyMaskedScaleIntensityPercentiles:
     def __call__(self, img: Any, mask: Any = None) -> Any:
         from monai.data.meta_obj import get_track_meta
 
-        from monai_qrvae.transforms import _as_float, _channel_mask, _check_finite, _prepare_mask
+        from monai_qrvae.transforms.utils import as_float, channel_mask, check_finite_image, prepare_mask
 
         name = "MaskedScaleIntensityPercentiles"
         img = convert_to_tensor(img, track_meta=get_track_meta())
-        img_t = _as_float(img)
-        _check_finite(img_t, name)
-        mask_t = _prepare_mask(img_t, mask, name)
+        img_t = as_float(img)
+        check_finite_image(img_t, name)
+        mask_t = prepare_mask(img_t, mask, name)
         out = torch.full_like(img_t, self.background)
         for c in range(img_t.shape[0]):
-            m = _channel_mask(mask_t, c)
+            m = channel_mask(mask_t, c)
             values = img_t[c][m]
             a, b = (float(v) for v in percentile(values, [self.lower, self.upper]))
             if b - a == 0.0:

@@ -67,7 +67,7 @@ def _workflow_handlers(out_dir: Path, vae: torch.nn.Module, optimizer: torch.opt
     """The training handlers of :func:`monai_qrvae.workflows.train`, minus validation and the progress bar."""
     from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
-    from monai_qrvae.engines import EpochSeedHandler, LossHistory
+    from monai_qrvae.handlers.training import EpochSeedHandler, LossHistory
 
     handlers: list[Any] = [EpochSeedHandler(0), LossHistory(None)]
     stats = StatsHandler(
@@ -93,8 +93,8 @@ def measure(
     variants: tuple[str, ...] = ("bare", "ignite", "ignite + handlers"),
 ) -> dict[str, Any]:
     """Interleaved epochs of each variant on ``ds``; returns times, data-loading shares and ratios."""
-    from monai_qrvae.checkpoints import AtomicCheckpointSaver
     from monai_qrvae.engines import create_trainer
+    from monai_qrvae.handlers.checkpoint import AtomicCheckpointSaver
     from monai_qrvae.workflows import ModelConfig, build_loss, build_networks
 
     config = ModelConfig(method=method, preset=preset, image_size=image_size)

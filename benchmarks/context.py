@@ -158,15 +158,17 @@ def anomaly_transforms(model_dir: Path | None = None, threshold: str | None = No
     calibration, else ``"gaussian"``); without, those of the default configuration with the ``"gaussian"`` threshold.
     """
     from monai_qrvae.calibration import CALIBRATION_FILE
-    from monai_qrvae.workflows import ModelConfig, load_model
-    from monai_qrvae.workflows.inference import _anomaly_handlers
+    from monai_qrvae.workflows import ModelConfig, Pipeline
 
     d = pipeline_defaults()
-    config = load_model(model_dir)[0] if model_dir is not None else ModelConfig()
+    if model_dir is not None:
+        pipeline = Pipeline.from_model_dir(model_dir).load()
+    else:
+        pipeline = Pipeline.from_model_dir(".", config=ModelConfig())
     if threshold is None:
         calibrated = model_dir is not None and (Path(model_dir) / CALIBRATION_FILE).is_file()
         threshold = "conformal" if calibrated else "gaussian"
-    post = _anomaly_handlers(
-        config, model_dir or ".", d["alpha"], d["per"], d["median_size"], d["min_size"], d["score_median"], threshold
+    post = pipeline.anomaly_handlers(
+        threshold, d["alpha"], d["per"], d["median_size"], d["min_size"], d["score_median"]
     )
     return [h.transform for h in post]

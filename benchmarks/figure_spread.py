@@ -4,7 +4,7 @@ The same computation is rerun in fresh processes under the settings that change 
 path on one machine (they emulate other CPUs): torch threads 1/2/4, ``ATEN_CPU_CAPABILITY=default/avx2/avx512``,
 ``ONEDNN_MAX_CPU_ISA=AVX2/AVX512_CORE`` and oneDNN off. Probes:
 
-- ``pinned``: the pinned demo (``qrvae demo --pinned``: float64, deterministic; tests/test_pinned.py);
+- ``pinned``: the pinned demo (``qrvae demo --pinned``: float64, deterministic; tests/integration/test_pinned.py);
 - ``pinned-float32``: the same setting in float32 with oneDNN (the pinned setting before issue 27), for contrast;
 - ``card``: the shipped weights on the default cohort's test split (the bundle card's figures, metadata.json).
 
@@ -141,14 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             futures = {s: pool.submit(_run_one, probe, s, args.out) for s in args.settings}
             results[probe] = {s: f.result() for s, f in futures.items()}
         print(f"[spread] {probe} done ({time.perf_counter() - start:.0f} s)", flush=True)
-    (args.out / "spread.json").write_text(json.dumps(results, indent=2))
-    table = spread_table(results)
-    print(table)
-    for doc in args.update_docs:
-        from monai_qrvae.study import update_doc_block
+    from monai_qrvae.tables import publish_table
 
-        update_doc_block(doc, "spread", table)
-    return 0
+    return publish_table(spread_table(results), args.update_docs, "spread", results, args.out / "spread.json")
 
 
 if __name__ == "__main__":

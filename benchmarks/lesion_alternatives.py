@@ -3,7 +3,7 @@
 The shipped lesion threshold (``--threshold lesion``) forms candidates above a primary threshold, gives each the
 conformal p-value of its ``mass`` against the healthy calibration clusters and runs Benjamini-Hochberg (BH) per
 volume. This script scores the alternatives considered for it on the analysis grid, from one scoring pass of the
-``calibration`` and ``tuning`` sections (the shipped score of :func:`monai_qrvae.calibration.fit.run_shipped_score`):
+``calibration`` and ``tuning`` sections (the shipped score of the model's :class:`monai_qrvae.workflows.Pipeline`):
 
 - statistics: ``extent``, ``mass``, ``peak`` (the package's) and ``tfce``, the largest threshold-free cluster
   enhancement (Smith and Nichols 2009; ``E = 0.5``, ``H = 2``, steps of 0.1 from the primary threshold) in the
@@ -40,11 +40,11 @@ STATISTICS = ("extent", "mass", "peak", "tfce")
 
 def score_maps(model: str, datalist: str, section: str) -> dict[str, list[Any]]:
     """The shipped score, brain mask and label of every volume of ``section``, on the analysis grid."""
-    from monai_qrvae.calibration.fit import CalibrationCollector, run_shipped_score
-    from monai_qrvae.workflows import _datalist
+    from monai_qrvae.workflows import CalibrationCollector, Pipeline, checked_section
 
+    pipeline = Pipeline.from_model_dir(model)
     collector = CalibrationCollector(score_key="z", mask_key="roi", label_key="label")
-    run_shipped_score(model, _datalist(datalist, section), [collector])
+    pipeline.run(checked_section(datalist, section), [pipeline.score_handler(), collector])
     return {
         "z": [s.numpy().astype(np.float64).squeeze() for s in collector.scores],
         "roi": [m.numpy().astype(bool).squeeze() for m in collector.masks],

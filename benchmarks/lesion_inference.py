@@ -10,7 +10,7 @@ each scored on the input grid by its own :class:`~monai_qrvae.evaluation.InputGr
 
 writes ``OUT/lesion_inference_<section>.json`` and ``.md`` (the table of docs/experiments.md, "Lesion-level
 inference"). ``M`` needs a calibration with lesion statistics (``qrvae calibrate``, or
-:func:`~monai_qrvae.calibration.fit_calibration`).
+:func:`~monai_qrvae.workflows.fit_calibration`).
 """
 
 from __future__ import annotations
@@ -49,23 +49,17 @@ def run(
     model_dir: str, datalist: str, section: str, alphas: list[float], statistics: list[str], volume: bool = True
 ) -> dict[str, Any]:
     """Score ``section`` once and summarise every configuration (see the module docstring)."""
-    from monai.data import DataLoader, Dataset
-
-    from monai_qrvae.calibration import load_calibration, min_volumes
-    from monai_qrvae.defaults import method_defaults
-    from monai_qrvae.engines import create_anomaly_evaluator
+    from monai_qrvae.calibration import min_volumes
     from monai_qrvae.evaluation import InputGridCollector, summarise
-    from monai_qrvae.handlers import AnomalyMapHandler, ThresholdHandler
-    from monai_qrvae.workflows import _datalist, load_model
-    from monai_qrvae.workflows.inference import _roi_size
+    from monai_qrvae.handlers import ThresholdHandler
+    from monai_qrvae.workflows import CHECKED_SCORE_KEYS, Pipeline, checked_section
 
-    config, net = load_model(model_dir, "cpu")
-    cal = load_calibration(model_dir, required=True)
-    score_median = method_defaults(config.method).score_median
-    definition = {"method": config.method, "score_median": int(score_median), "score": config.score}
-    items = _datalist(datalist, section, read_data=True)
-    pre = config.transforms()
-    handlers: list[Any] = [AnomalyMapHandler(median_size=score_median, score=config.score, contrast_key="zc")]
+    pipeline = Pipeline.from_model_dir(model_dir, "cpu").load()
+    cal = pipeline.calibration_for("conformal")
+    definition = {k: v for k, v in pipeline.score_definition().items() if k in CHECKED_SCORE_KEYS}
+    items = checked_section(datalist, section, read_data=True)
+    pre = pipeline.pre_transforms()
+    handlers: list[Any] = [pipeline.score_handler(contrast_key="zc")]
     collectors = {}
     skipped = []
     for name, threshold, alpha, statistic in configurations(alphas, statistics, volume):
@@ -86,8 +80,7 @@ def run(
         )
         collectors[name] = InputGridCollector(pre, lesion_key=key)
     handlers.extend(collectors.values())
-    loader = DataLoader(Dataset(items, pre), batch_size=1, num_workers=0)
-    evaluator = create_anomaly_evaluator(net, loader, device="cpu", roi_size=_roi_size(config), val_handlers=handlers)
+    evaluator = pipeline.evaluator(items, handlers, pre)
     start = time.perf_counter()
     evaluator.run()
     results = {}

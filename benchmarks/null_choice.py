@@ -91,10 +91,9 @@ def real_figures(model_dir: Path, out: Path) -> dict[str, float]:
 
 def compare(datalist: Path, out: Path, methods: tuple[str, ...], model: Path) -> dict[str, dict[str, float]]:
     """The figures of every null method (see the module docstring)."""
-    from monai_qrvae.calibration import fit_calibration
     from monai_qrvae.data.datalist import load_datalist
     from monai_qrvae.data.site import make_shifted_datalist
-    from monai_qrvae.workflows import evaluate
+    from monai_qrvae.workflows import evaluate, fit_calibration
 
     shifted = {s: make_shifted_datalist(datalist, s, out / f"shifted-{s}") for s in ("tuning", "validation")}
     results: dict[str, dict[str, float]] = {}
@@ -140,14 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-docs", nargs="*", default=[])
     args = parser.parse_args(argv)
     results = compare(args.datalist, args.out, tuple(args.methods), args.model)
-    (args.out / "nulls.json").write_text(json.dumps(results, indent=2))
-    text = table(results)
-    print(text)
-    for doc in args.update_docs:
-        from monai_qrvae.study import update_doc_block
+    from monai_qrvae.tables import publish_table
 
-        update_doc_block(doc, "nulls", text)
-    return 0
+    return publish_table(table(results), args.update_docs, "nulls", results, args.out / "nulls.json")
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     text = tables(ready, raw)
     print(text)
     for doc in args.update_docs:
-        from monai_qrvae.study import update_doc_block
+        from monai_qrvae.tables import update_doc_block
 
         update_doc_block(doc, "real", text)
         images = Path(doc).parent / "images"

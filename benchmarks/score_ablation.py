@@ -27,8 +27,7 @@ COLUMNS = ("auprc", "auroc", "best_dice", "dice_fdr", "lesion_recall", "fp_per_v
 
 def run(benchmark_dir: Path, datalist: str, out: Path, seeds: Sequence[int] = (0, 1, 2)) -> tuple[list[dict], str]:
     """Score each seed's QR-VAE with every score of :data:`SCORE_NAMES`; return the rows and the table."""
-    from monai_qrvae.calibration import fit_calibration
-    from monai_qrvae.workflows import evaluate
+    from monai_qrvae.workflows import evaluate, fit_calibration
 
     rows: list[dict[str, Any]] = []
     for seed in seeds:

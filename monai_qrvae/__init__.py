@@ -6,11 +6,10 @@ so bundle configs can name them by short ``_target_`` (e.g. ``"QRVAELoss"``) aft
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import sys as _sys
 
 from monai_qrvae.threads import apply_thread_defaults as _apply_thread_defaults
+from monai_qrvae.version import __version__ as __version__  # imports nothing
 
 if "torch" not in _sys.modules:  # OMP_WAIT_POLICY=PASSIVE unless the user set it, before torch loads (threads.py)
     _apply_thread_defaults()
@@ -28,11 +27,7 @@ from monai_qrvae.anomaly import (
 )
 from monai_qrvae.baselines import IntensityBaseline
 from monai_qrvae.calibration import Calibration, conformal_bh, conformal_p_values, volume_threshold
-from monai_qrvae.checkpoints import AtomicCheckpointSaver, ResumeFromCheckpoint, load_state_dict_file
 from monai_qrvae.engines import (
-    EpochSeedHandler,
-    LossHistory,
-    LossPartsHandler,
     VAELossAdapter,
     VAEPrepareBatch,
     create_anomaly_evaluator,
@@ -51,6 +46,8 @@ from monai_qrvae.handlers import (
     MaskedROCAUC,
     OverlaySaver,
 )
+from monai_qrvae.handlers.checkpoint import AtomicCheckpointSaver, ResumeFromCheckpoint, load_state_dict_file
+from monai_qrvae.handlers.training import EpochSeedHandler, LossHistory, LossPartsHandler
 from monai_qrvae.losses import GaussianVAELoss, QRVAELoss, QuantileLoss, kl_divergence, pinball_loss
 from monai_qrvae.metrics import (
     BestDiceMetric,
@@ -65,26 +62,24 @@ from monai_qrvae.metrics import (
     compute_quantile_coverage,
 )
 from monai_qrvae.networks import ANOMALY_MAP_LAYOUT, QRVAE, AnomalyMapNet, GaussianVAE
-from monai_qrvae.postprocessing import (
+from monai_qrvae.preprocessing import SliceDataset, volume_transforms
+from monai_qrvae.transforms import (
     AnomalyMapsd,
+    BrainMask,
+    BrainMaskd,
     ClusterThresholdd,
     ConformalPValued,
     FDRMaskd,
-    LesionFilterd,
-    VolumeThresholdd,
-)
-from monai_qrvae.preprocessing import SliceDataset, volume_transforms
-from monai_qrvae.transforms import (
-    BrainMask,
-    BrainMaskd,
     HistogramStandardize,
     HistogramStandardized,
+    LesionFilterd,
     MaskedScaleIntensityPercentiles,
     MaskedScaleIntensityPercentilesd,
     MaskedZScore,
     MaskedZScored,
     SelectSlices,
     SelectSlicesd,
+    VolumeThresholdd,
     slices_to_items,
 )
 

@@ -21,6 +21,8 @@ from typing import Any
 
 from monai.config import PathLike
 
+from monai_qrvae.workflows import CONFIG_FILE, ModelConfig, Pipeline, calibrate_model, load_model
+
 __all__ = ["folder_datalist", "check_input_dir", "threshold_transforms", "model_spacing", "save_model_folder"]
 
 logger = logging.getLogger("monai_qrvae")
@@ -71,28 +73,21 @@ def threshold_transforms(
     ``ckpt_dir/calibration.pt``, checked against ``method``, ``score_median`` and ``score``) then
     :class:`~monai_qrvae.transforms.FDRMaskd`; ``"volume"`` the volume-level threshold; ``"lesion"`` and
     ``"lesion-volume"`` the lesion-level thresholds (:class:`~monai_qrvae.transforms.LesionThresholdd`);
-    ``"gaussian"`` the paper's Benjamini-Hochberg on N(0, 1) p-values (no calibration). See
-    :func:`~monai_qrvae.transforms.anomaly.thresholds.label_free_transforms`.
+    ``"gaussian"`` the paper's Benjamini-Hochberg on N(0, 1) p-values (no calibration): the model folder's
+    :meth:`Pipeline.threshold_transforms <monai_qrvae.workflows.Pipeline.threshold_transforms>` for the bundle's
+    ``method`` and ``score``.
 
     Raises:
         ValueError: ``threshold`` is not one of :data:`~monai_qrvae.workflows.THRESHOLD_CHOICES`.
         FileNotFoundError: a calibrated threshold and no ``calibration.pt`` in ``ckpt_dir`` (the CLI's message).
     """
-    from monai_qrvae.transforms.anomaly.thresholds import label_free_transforms
-    from monai_qrvae.workflows.inference import _calibration_for
-
-    calibration = _calibration_for(ckpt_dir, threshold)
-    definition = {"method": method, "score_median": int(score_median), "score": score}
-    return label_free_transforms(
-        threshold, calibration, alpha, per, score=definition if calibration is not None else None
-    )
+    pipeline = Pipeline.from_model_dir(ckpt_dir, config=ModelConfig(method=method, score=score))
+    return pipeline.threshold_transforms(threshold, alpha, per, score_median)
 
 
 def model_spacing(ckpt_dir: PathLike, default: Sequence[float]) -> list[float]:
     """The analysis grid of the model in ``ckpt_dir`` (``spacing`` of its ``model_config.json``), else ``default``
     (the bundle's own, for the shipped weights or a folder without a configuration)."""
-    from monai_qrvae.workflows import CONFIG_FILE, ModelConfig
-
     path = Path(ckpt_dir) / CONFIG_FILE
     spacing = ModelConfig.load(path).spacing if path.is_file() else None
     return [float(s) for s in (default if spacing is None else spacing)]
@@ -122,26 +117,14 @@ def save_model_folder(
     Returns:
         the model folder ``ckpt_dir``.
     """
-    from monai_qrvae.workflows import CONFIG_FILE, ModelConfig, load_model
-    from monai_qrvae.workflows.training import _calibrate
-
     ckpt_dir = Path(ckpt_dir)
-    config = ModelConfig(
-        method="qrvae",
-        preset="small",
-        image_size=image_size,
-        num_slices=num_slices,
-        quantiles=tuple(quantiles),
-        beta=beta,
-        context=context,
-        score=score,
-        quantile_score=quantile_score,
-        spacing=None if spacing is None else tuple(spacing),  # type: ignore[arg-type]
-    )
+    grid = {"image_size": image_size, "num_slices": num_slices, "spacing": None if spacing is None else tuple(spacing)}
+    scoring = {"quantiles": tuple(quantiles), "beta": beta, "context": context, "score": score}
+    config = ModelConfig(method="qrvae", preset="small", quantile_score=quantile_score, **grid, **scoring)
     config.save(ckpt_dir / CONFIG_FILE)
     config, net = load_model(ckpt_dir, device)
     if calibrate:
-        count = _calibrate(ckpt_dir, data_list_file_path, config, net, str(device))
+        count = calibrate_model(ckpt_dir, data_list_file_path, config, net, str(device))
         if count:
             logger.info("calibrated %s on %d healthy volumes: %s", ckpt_dir, count, ckpt_dir / "calibration.pt")
     return ckpt_dir

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["MethodDefaults", "DEFAULTS", "method_defaults"]
+__all__ = ["MethodDefaults", "DEFAULTS", "THRESHOLD_CHOICES", "method_defaults"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,12 @@ class MethodDefaults:
         """The defaults as a plain dictionary."""
         return asdict(self)
 
+
+#: label-free thresholds of the lesion mask (``--threshold``): ``"conformal"`` (default: Benjamini-Hochberg on p-values
+#: calibrated on healthy volumes), ``"volume"`` (at most alpha of healthy volumes with any detection), ``"gaussian"``
+#: (the paper's N(0, 1) p-values), ``"lesion"`` (BH over candidate lesions: lesion-level FDR) and ``"lesion-volume"``
+#: (at most alpha of healthy volumes with any lesion).
+THRESHOLD_CHOICES = ("conformal", "volume", "gaussian", "lesion", "lesion-volume")
 
 _VAE = MethodDefaults()
 #: per method, picked on the ``tuning`` split of the v2 cohort (seed 0, whose subjects are not in the default seed-1

@@ -4,9 +4,8 @@ MONAI's ``SupervisedTrainer`` is used as it is: the only customisation is throug
 :class:`VAEPrepareBatch` makes the image its own target (and carries the brain mask along), and
 :class:`VAELossAdapter` unpacks the network's extra outputs (``mu``, ``logvar``) for the VAE losses.
 The builders below wire the trainer, a validation-loss evaluator and the anomaly evaluator for the command line;
-the bundle configs wire the same classes by ``_target_``. The training handlers (:class:`LossPartsHandler`,
-:class:`LossHistory`, :class:`EpochSeedHandler`) live in :mod:`monai_qrvae.handlers.training` and are re-exported
-here.
+the bundle configs wire the same classes by ``_target_``. The training handlers live in
+:mod:`monai_qrvae.handlers.training`.
 """
 
 from __future__ import annotations
@@ -23,15 +22,12 @@ from monai.inferers import SimpleInferer, SliceInferer
 from monai.utils import CommonKeys
 from torch import nn
 
-from monai_qrvae.handlers.training import EpochSeedHandler, LossHistory, LossPartsHandler
+from monai_qrvae.handlers.training import LossPartsHandler
 
 __all__ = [
     "VAEPrepareBatch",
     "VAELossAdapter",
-    "LossPartsHandler",
     "lower_is_better",
-    "EpochSeedHandler",
-    "LossHistory",
     "create_trainer",
     "create_loss_evaluator",
     "create_anomaly_evaluator",

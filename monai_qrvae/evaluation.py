@@ -30,6 +30,7 @@ from monai.utils import ImageMetaKey
 from scipy import ndimage
 
 from monai_qrvae.metrics import compute_best_dice, compute_masked_average_precision, compute_masked_roc_auc
+from monai_qrvae.utils import identity
 
 __all__ = [
     "NO_DETECTION_SCORE",
@@ -49,10 +50,6 @@ LESION_OVERLAP = 0.1
 #: is also reported without them (``voxel_fdr_margin``).
 LESION_MARGIN = 2
 _STRUCTURE = ndimage.generate_binary_structure(3, 3)  # 26-connectivity, as lesion counts in 3D usually use
-
-
-def _identity(x: Any) -> Any:
-    return x
 
 
 def lesion_wise_counts(pred: np.ndarray, label: np.ndarray, min_overlap: float = LESION_OVERLAP) -> dict[str, int]:
@@ -162,8 +159,8 @@ class InputGridCollector:
         stratum_key: str = "stratum",
         min_overlap: float = LESION_OVERLAP,
         summary_file: str | os.PathLike | None = None,
-        output_transform: Callable = _identity,
-        batch_transform: Callable = _identity,
+        output_transform: Callable = identity,
+        batch_transform: Callable = identity,
     ) -> None:
         self.preprocessing = preprocessing
         self.score_key = score_key
@@ -195,7 +192,7 @@ class InputGridCollector:
         """Summarise the collected volumes; write them to ``summary_file`` when one was given."""
         import json
 
-        from monai_qrvae.handlers import atomic_write
+        from monai_qrvae.utils import atomic_write
 
         self.summary = summarise(self.records)
         if self.summary_file is not None:

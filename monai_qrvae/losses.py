@@ -40,7 +40,7 @@ def _check_pair(input: torch.Tensor, target: torch.Tensor, channels_per_target: 
         )
 
 
-def _prepare_mask(mask: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor | None:
+def prepare_mask(mask: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor | None:
     """Validate a ``(B, 1 or C, ...)`` mask against ``target (B, C, ...)`` and return it as a bool tensor."""
     if mask is None:
         return None
@@ -178,7 +178,7 @@ class QuantileLoss(_Loss):
             ValueError: mismatched shapes, NaN values, or an all-zero mask ("empty brain mask").
         """
         loss = pinball_loss(input, target, self.quantiles)
-        m = _prepare_mask(mask, target)
+        m = prepare_mask(mask, target)
         num_q = len(self.quantiles)
         if m is not None:
             m = m.expand_as(target).repeat(1, num_q, *([1] * (target.ndim - 2)))
@@ -237,7 +237,7 @@ class _VAELoss(_Loss):
         check_finite(input, "input", nan_only=True)
         check_finite(target, "target", nan_only=True)
         _check_latent(mu, input)
-        recon, parts = self._reconstruction(input, target, _prepare_mask(mask, target))
+        recon, parts = self._reconstruction(input, target, prepare_mask(mask, target))
         kl = kl_divergence(mu, logvar)
         total = recon + self.beta * kl
         self.parts = {"recon": _log_part(recon, self.reduction), "kl": _log_part(kl, self.reduction), **parts}

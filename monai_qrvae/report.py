@@ -12,7 +12,6 @@ the maps.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_qrvae.utils import atomic_write
+from monai_qrvae.utils import write_csv, write_text
 
 __all__ = ["DRIVER_Z", "REPORT_COLUMNS", "lesion_report", "write_lesion_report"]
 
@@ -142,30 +141,24 @@ def _evidence(labels: np.ndarray, evidence: dict[int, dict[str, Any]], stats: di
 def write_lesion_report(report: dict[str, Any], output_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
     """Write ``<stem>_lesions.json`` and ``<stem>_lesions.csv`` (one row per lesion) atomically; return the paths."""
     out = Path(output_dir)
-    text = json.dumps(report, indent=2) + "\n"
-    json_path = atomic_write(out / f"{stem}_lesions.json", lambda tmp: Path(tmp).write_text(text))
-
-    def _csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(REPORT_COLUMNS))
-            writer.writeheader()
-            for e in report["lesions"]:
-                x, y, z = e["centroid_mm"]
-                writer.writerow(
-                    {
-                        "id": e["id"],
-                        "voxels": e["voxels"],
-                        "volume_ml": e["volume_ml"],
-                        "x_mm": x,
-                        "y_mm": y,
-                        "z_mm": z,
-                        "max_z": e.get("max_z", ""),
-                        "drivers": "+".join(e.get("drivers", [])),
-                        "statistic": e.get("value", ""),
-                        "p": e.get("p", ""),
-                        "q": e.get("q", ""),
-                    }
-                )
-
-    csv_path = atomic_write(out / f"{stem}_lesions.csv", _csv)
+    json_path = write_text(out / f"{stem}_lesions.json", json.dumps(report, indent=2) + "\n")
+    rows = []
+    for e in report["lesions"]:
+        x, y, z = e["centroid_mm"]
+        rows.append(
+            {
+                "id": e["id"],
+                "voxels": e["voxels"],
+                "volume_ml": e["volume_ml"],
+                "x_mm": x,
+                "y_mm": y,
+                "z_mm": z,
+                "max_z": e.get("max_z", ""),
+                "drivers": "+".join(e.get("drivers", [])),
+                "statistic": e.get("value", ""),
+                "p": e.get("p", ""),
+                "q": e.get("q", ""),
+            }
+        )
+    csv_path = write_csv(out / f"{stem}_lesions.csv", rows, REPORT_COLUMNS)
     return json_path, csv_path

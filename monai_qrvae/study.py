@@ -8,8 +8,8 @@
   scores each on ``test``: the headline table (mean +- s.d. over seeds), whole brain, input grid, with coverage
   and lesion-wise figures.
 
-Both write CSV and Markdown, and :func:`update_doc_block` rewrites the marked block of a Markdown file
-(``<!-- name:start -->`` ... ``<!-- name:end -->``) so README and docs show exactly what the command printed.
+Both write CSV and Markdown; :func:`~monai_qrvae.tables.update_doc_block` then rewrites the marked block of a
+Markdown file so README and docs show exactly what the command printed.
 """
 
 from __future__ import annotations
@@ -19,68 +19,18 @@ import itertools
 import json
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from monai_qrvae.checkpoints import latest_checkpoint
-from monai_qrvae.handlers import atomic_write
+from monai_qrvae import workflows
+from monai_qrvae.handlers.checkpoint import latest_checkpoint
+from monai_qrvae.tables import HEADLINE_COLUMNS, format_headline, format_value
+from monai_qrvae.utils import write_csv, write_text
 
-__all__ = [
-    "HEADLINE_COLUMNS",
-    "sweep",
-    "benchmark",
-    "format_headline",
-    "update_doc_block",
-    "read_doc_block",
-]
-
-#: columns of the headline table: (result key, header).
-HEADLINE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("auprc", "AUPRC"),
-    ("auroc", "AUROC"),
-    ("best_dice", "best Dice [upper bound]"),
-    ("dice_fdr", "Dice (FDR, label-free)"),
-    ("lesion_recall", "lesion recall (FDR)"),
-    ("fp_per_volume", "FP comp./vol. (FDR)"),
-    ("healthy_any_detection", "healthy vols. flagged"),
-    ("coverage", "coverage"),
-)
-METHOD_NAMES = {
-    "qrvae": "QR-VAE (ours)",
-    "gaussian": "Gaussian VAE (learned variance)",
-    "mse": "MSE VAE (residual)",
-    "flair": "FLAIR thresholding",
-}
-
-
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    return atomic_write(path, _write)
-
-
-def _write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+__all__ = ["sweep", "benchmark"]
 
 
 def sweep(
@@ -105,8 +55,6 @@ def sweep(
         ``{"rows": [...], "picked": {method: row}, "table": markdown}``; also written to ``output_dir`` as
         ``sweep.csv``, ``sweep.md`` and ``sweep.json``.
     """
-    from monai_qrvae.workflows import evaluate, load_model, train
-    from monai_qrvae.workflows.training import _calibrate
 
     out = Path(output_dir)
     rows: list[dict[str, Any]] = []
@@ -123,7 +71,7 @@ def sweep(
                     f"epoch count swept ({min(run_epochs)}); expected a fresh --out folder (or delete {model})."
                 )
             for n_epochs in run_epochs:
-                train(
+                workflows.train(
                     datalist,
                     model,
                     method=method,
@@ -135,9 +83,11 @@ def sweep(
                 )
                 for score_median in score_medians:
                     # the label-free columns need a calibration of exactly this score (on `calibration`, not tuning)
-                    config, net = load_model(model)
-                    _calibrate(model, datalist, config, net, "cpu", score_median=score_median)  # as evaluate: CPU
-                    result = evaluate(
+                    config, net = workflows.load_model(model)
+                    workflows.calibrate_model(
+                        model, datalist, config, net, "cpu", score_median=score_median
+                    )  # as evaluate: CPU
+                    result = workflows.evaluate(
                         model,
                         datalist,
                         out / method / f"eval_lr{lr}_e{n_epochs}_m{score_median}",
@@ -169,52 +119,15 @@ def sweep(
     for r in rows:
         mark = "**yes**" if r is picked[r["method"]] else ""
         lines.append(
-            f"| {r['method']} | {_fmt(r['lr'], 4) if r['lr'] else '-'} | {r['epochs']} | {r['score_median']} | "
-            f"{_fmt(r['auprc'])} | {_fmt(r['auroc'])} | {_fmt(r['best_dice'])} | {mark} |"
+            f"| {r['method']} | {format_value(r['lr'], 4) if r['lr'] else '-'} | {r['epochs']} | {r['score_median']} | "
+            f"{format_value(r['auprc'])} | {format_value(r['auroc'])} | {format_value(r['best_dice'])} | {mark} |"
         )
     table = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "sweep.csv", rows)
-    _write_text(out / "sweep.md", table)
-    _write_text(out / "sweep.json", json.dumps({"rows": rows, "picked": picked}, indent=2))
+    write_csv(out / "sweep.csv", rows)
+    write_text(out / "sweep.md", table)
+    write_text(out / "sweep.json", json.dumps({"rows": rows, "picked": picked}, indent=2))
     return {"rows": rows, "picked": picked, "table": table}
-
-
-def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if arr.size == 0:
-        return math.nan, math.nan
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-
-
-def format_headline(results: dict[str, list[dict[str, Any]]], strata: bool = True) -> str:
-    """Markdown table ``method x figure`` as ``mean +- s.d.`` over the runs of each method (one run: the value).
-
-    Args:
-        results: ``{method: [evaluate() result per seed]}``.
-        strata: add one row per stratum (``typical``, ``subtle``) under each method.
-    """
-    header = "| method | " + " | ".join(h for _, h in HEADLINE_COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(HEADLINE_COLUMNS) + 1)]
-
-    def cells(runs: list[dict[str, Any]]) -> str:
-        out = []
-        for key, _ in HEADLINE_COLUMNS:
-            mean, sd = _mean_sd([r.get(key, math.nan) for r in runs])
-            if len(runs) > 1:
-                out.append("n/a" if math.isnan(mean) else f"{mean:.3f} ± {sd:.3f}")
-            else:
-                out.append(_fmt(mean))
-        return " | ".join(out)
-
-    for method, runs in results.items():
-        lines.append(f"| {METHOD_NAMES.get(method, method)} | {cells(runs)} |")
-        if strata:
-            names = sorted({s for r in runs for s in r.get("strata", {})})
-            for name in names:
-                sub = [r["strata"][name] for r in runs if name in r.get("strata", {})]
-                lines.append(f"| &nbsp;&nbsp;{name} lesions only | {cells(sub)} |")
-    return "\n".join(lines) + "\n"
 
 
 def benchmark(
@@ -241,7 +154,6 @@ def benchmark(
         first seed's table of the demo's methods is what ``qrvae demo`` (seed 0, the same cohort and defaults)
         prints.
     """
-    from monai_qrvae.workflows import evaluate, train
 
     out = Path(output_dir)
     results: dict[str, list[dict[str, Any]]] = {}
@@ -258,24 +170,25 @@ def benchmark(
             seconds = json.loads(summary_file.read_text())["seconds"] if summary_file.is_file() else None
             summary = {"seconds": seconds if seconds is not None else earlier.get((method, seed), math.nan)}
         else:
-            summary = train(datalist, model, method=method, seed=seed, progress=progress, **train_kwargs)
-            _write_text(summary_file, json.dumps(summary, indent=2, default=str))
-            result = evaluate(model, datalist, out / method / f"seed{seed}" / "eval", section=section, save_maps=False)
+            summary = workflows.train(datalist, model, method=method, seed=seed, progress=progress, **train_kwargs)
+            write_text(summary_file, json.dumps(summary, indent=2, default=str))
+            result = workflows.evaluate(
+                model, datalist, out / method / f"seed{seed}" / "eval", section=section, save_maps=False
+            )
         result["train_seconds"] = summary["seconds"]
         results.setdefault(method, []).append(result)
         rows.append({"method": method, "seed": seed, **{k: result.get(k) for k, _ in HEADLINE_COLUMNS}})
         rows[-1]["train_seconds"] = round(summary["seconds"], 1)
     table = format_headline(results)
-    from monai_qrvae.workflows import DEMO_METHODS
 
-    shown = [m for m in DEMO_METHODS if m in results] or list(results)  # what `qrvae demo` trains and prints
+    shown = [m for m in workflows.DEMO_METHODS if m in results] or list(results)  # what `qrvae demo` trains and prints
     first = format_headline({m: results[m][:1] for m in shown})
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "first_seed.md", first)
-    _write_csv(out / "headline.csv", rows)
-    _write_text(out / "headline.md", table)
+    write_text(out / "first_seed.md", first)
+    write_csv(out / "headline.csv", rows)
+    write_text(out / "headline.md", table)
     slim = {m: [{k: v for k, v in r.items() if k != "per_volume"} for r in runs] for m, runs in results.items()}
-    _write_text(out / "headline.json", json.dumps(slim, indent=2))
+    write_text(out / "headline.json", json.dumps(slim, indent=2))
     return {"results": results, "table": table, "first_seed_table": first}
 
 
@@ -288,27 +201,3 @@ def _earlier_train_seconds(out: Path) -> dict[tuple[str, int], float]:
                 if row.get("train_seconds") not in (None, ""):
                     seconds[(row["method"], int(row["seed"]))] = float(row["train_seconds"])
     return seconds
-
-
-def update_doc_block(path: str | os.PathLike, name: str, text: str) -> Path:
-    """Replace the block between ``<!-- name:start -->`` and ``<!-- name:end -->`` of a Markdown file.
-
-    Raises:
-        ValueError: when the file has no such block.
-    """
-    path = Path(path)
-    source = path.read_text()
-    pattern = re.compile(rf"(<!-- {re.escape(name)}:start -->\n)(.*?)(<!-- {re.escape(name)}:end -->)", re.S)
-    if not pattern.search(source):
-        raise ValueError(f"{path} has no block '<!-- {name}:start -->' ... '<!-- {name}:end -->' to update.")
-    new = pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(3), source, count=1)
-    return _write_text(path, new)
-
-
-def read_doc_block(path: str | os.PathLike, name: str) -> str:
-    """The text of a marked block (see :func:`update_doc_block`)."""
-    source = Path(path).read_text()
-    match = re.search(rf"<!-- {re.escape(name)}:start -->\n(.*?)<!-- {re.escape(name)}:end -->", source, re.S)
-    if match is None:
-        raise ValueError(f"{path} has no block '<!-- {name}:start -->' ... '<!-- {name}:end -->'.")
-    return match.group(1)

@@ -1,22 +1,39 @@
-"""Small helpers shared across the package: atomic file writes, finite-value checks and the contrast names.
+"""Small helpers shared across the package: atomic file writers, finite-value checks and the contrast names.
 
 This module imports nothing from the rest of :mod:`monai_qrvae`, so any module can use it without import cycles.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["CONTRAST_NAMES", "atomic_write", "check_finite"]
+__all__ = [
+    "CONTRAST_NAMES",
+    "identity",
+    "atomic_write",
+    "write_text",
+    "write_json",
+    "write_csv",
+    "jsonable",
+    "check_finite",
+]
 
 #: The input contrasts, in channel order (``image[0]`` is T1, ``image[1]`` T2, ``image[2]`` FLAIR).
 CONTRAST_NAMES: tuple[str, ...] = ("T1", "T2", "FLAIR")
+
+
+def identity(x: Any) -> Any:
+    """``x`` itself: the default ``output_transform``/``batch_transform`` of the handlers."""
+    return x
 
 
 def _umask() -> int:
@@ -63,6 +80,49 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
         _remove_quietly(tmp)
         raise
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (folders are created)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy/torch values as plain lists and numbers, paths as strings and NaN/Inf as ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (numpy/torch values converted, NaN as null) and a final newline, atomically."""
+    return write_text(path, json.dumps(jsonable(obj), indent=2) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Path:
+    """Write dict rows as CSV atomically; ``columns`` default to every key of the rows, in order of appearance."""
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns += [k for k in row if k not in columns]
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(columns))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic_write(path, _write)
 
 
 def check_finite(x: torch.Tensor, name: str, nan_only: bool = False) -> None:

@@ -7,21 +7,14 @@ import torch
 from monai.data import DataLoader, Dataset
 from torch.utils.data import DistributedSampler
 
-from monai_qrvae.checkpoints import (
+from monai_qrvae.engines import VAELossAdapter, VAEPrepareBatch, create_loss_evaluator, create_trainer
+from monai_qrvae.handlers.checkpoint import (
     AtomicCheckpointSaver,
     ResumeFromCheckpoint,
     latest_checkpoint,
     load_state_dict_file,
 )
-from monai_qrvae.engines import (
-    EpochSeedHandler,
-    LossHistory,
-    LossPartsHandler,
-    VAELossAdapter,
-    VAEPrepareBatch,
-    create_loss_evaluator,
-    create_trainer,
-)
+from monai_qrvae.handlers.training import EpochSeedHandler, LossHistory, LossPartsHandler
 from monai_qrvae.losses import QRVAELoss
 from monai_qrvae.networks import QRVAE
 

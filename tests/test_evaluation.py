@@ -17,7 +17,7 @@ from monai_qrvae.evaluation import (
     lesion_wise_counts,
     summarise,
 )
-from monai_qrvae.study import format_headline, read_doc_block, update_doc_block
+from monai_qrvae.tables import format_headline, read_doc_block, update_doc_block
 
 
 def _two_lesions() -> np.ndarray:

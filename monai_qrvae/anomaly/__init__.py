@@ -29,13 +29,7 @@ from monai_qrvae.anomaly.lesions import (
 )
 from monai_qrvae.anomaly.quantile_score import interpolate_normal_score, quantile_function_score
 from monai_qrvae.anomaly.scores import LESION_DIRECTION, SCORES, combine_z, score_weights, signed_z
-from monai_qrvae.anomaly.utils import (  # noqa: F401 - imported by monai_qrvae.metrics
-    FLAIR_CHANNEL,
-    _as_tensor,
-    _broadcast_mask,
-    check_quantiles,
-    split_quantiles,
-)
+from monai_qrvae.anomaly.utils import FLAIR_CHANNEL, check_quantiles, split_quantiles
 
 __all__ = [
     "FLAIR_CHANNEL",

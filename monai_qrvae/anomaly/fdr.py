@@ -9,7 +9,7 @@ import torch
 from monai.data import MetaTensor
 from monai.utils import convert_to_dst_type
 
-from monai_qrvae.anomaly.utils import _as_tensor, _broadcast_mask, _float_dtype
+from monai_qrvae.anomaly.utils import _float_dtype, as_tensor, broadcast_mask
 
 __all__ = ["benjamini_hochberg"]
 
@@ -39,7 +39,7 @@ def benjamini_hochberg(p: Any, alpha: float = 0.05, mask: Any = None, per: str =
         ValueError: for a bad shape, ``alpha`` or ``per``, a mask that does not broadcast, or p-values inside the
             mask that are NaN or outside ``[0, 1]``.
     """
-    pt = _as_tensor(p)
+    pt = as_tensor(p)
     if pt.ndim not in (4, 5):
         raise ValueError(f"p must be (B, 1, H, W) slices or (B, 1, H, W, D) volumes, got shape {tuple(pt.shape)}.")
     if not 0.0 < alpha < 1.0:
@@ -50,7 +50,7 @@ def benjamini_hochberg(p: Any, alpha: float = 0.05, mask: Any = None, per: str =
     inside = (
         torch.ones(work.shape, dtype=torch.bool, device=work.device)
         if mask is None
-        else _broadcast_mask(mask, work.shape, work.device)
+        else broadcast_mask(mask, work.shape, work.device)
     )
     bad = inside & ~((work >= 0) & (work <= 1))  # NaN fails both comparisons
     if bool(bad.any()):

@@ -11,7 +11,7 @@ from monai.networks.layers import median_filter as _monai_median_filter
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
-from monai_qrvae.anomaly.utils import _as_tensor, _float_dtype
+from monai_qrvae.anomaly.utils import _float_dtype, as_tensor
 
 __all__ = ["median_filter", "remove_small_components"]
 
@@ -33,7 +33,7 @@ def median_filter(x: Any, size: int | Sequence[int] = 3) -> Any:
     Raises:
         ValueError: for an even or non-positive ``size`` or input without 1-3 spatial axes.
     """
-    xt = _as_tensor(x)
+    xt = as_tensor(x)
     spatial_dims = xt.ndim - 2
     if spatial_dims not in (1, 2, 3):
         raise ValueError(f"x must be (B, C, spatial...) with 1-3 spatial axes, got shape {tuple(xt.shape)}.")

@@ -12,10 +12,10 @@ from scipy.stats import norm
 
 from monai_qrvae.anomaly.utils import (
     FLAIR_CHANNEL,
-    _as_tensor,
-    _broadcast_mask,
     _float_dtype,
     _select_channel,
+    as_tensor,
+    broadcast_mask,
     check_quantiles,
     split_quantiles,
 )
@@ -56,7 +56,7 @@ def quantiles_to_mu_sigma(
         raise ValueError(f"at least two quantiles are needed to estimate sigma, got {q}.")
     if not sigma_floor > 0:
         raise ValueError(f"sigma_floor must be > 0, got {sigma_floor}.")
-    pred = _as_tensor(pred)
+    pred = as_tensor(pred)
     groups = split_quantiles(pred, len(q))
     groups = groups.to(_float_dtype(groups))
     ppf = torch.as_tensor(norm.ppf(q), dtype=groups.dtype, device=groups.device)
@@ -155,13 +155,13 @@ def anomaly_maps(
     Raises:
         ValueError: for mismatched shapes, a bad channel, mask or alternative.
     """
-    x = _select_channel(_as_tensor(image), channel, "image")
-    m = _select_channel(_as_tensor(mu), channel, "mu").to(x.device)
-    s = _select_channel(_as_tensor(sigma), channel, "sigma").to(x.device)
+    x = _select_channel(as_tensor(image), channel, "image")
+    m = _select_channel(as_tensor(mu), channel, "mu").to(x.device)
+    s = _select_channel(as_tensor(sigma), channel, "sigma").to(x.device)
     z = z_score(x, m, s, sigma_floor=sigma_floor)
     p = p_value(z, alternative=alternative)
     if mask is not None:
-        inside = _broadcast_mask(mask, z.shape, z.device)
+        inside = broadcast_mask(mask, z.shape, z.device)
         z = torch.where(inside, z, torch.zeros((), dtype=z.dtype, device=z.device))
         p = torch.where(inside, p, torch.ones((), dtype=p.dtype, device=p.device))
     if isinstance(image, MetaTensor):  # keep the image's metadata (affine, filename) for saving

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_qrvae.anomaly.utils import _as_tensor
+from monai_qrvae.anomaly.utils import as_tensor
 
 __all__ = ["NULL_METHODS", "IQR_NORMAL", "empirical_null", "standardise"]
 
@@ -44,9 +44,9 @@ _CENTRAL_QUANTILES = (0.25, 0.75)
 
 
 def _values(scores: Any, mask: Any) -> np.ndarray:
-    s = _as_tensor(scores).detach().float().cpu()
+    s = as_tensor(scores).detach().float().cpu()
     if mask is not None:
-        m = _as_tensor(mask).detach().cpu() > 0
+        m = as_tensor(mask).detach().cpu() > 0
         if m.shape != s.shape:
             raise ValueError(f"mask shape {tuple(m.shape)} does not match the scores {tuple(s.shape)}.")
         s = s[m]
@@ -106,5 +106,5 @@ def empirical_null(scores: Any, mask: Any = None, method: str = "central") -> tu
 def standardise(scores: Any, mask: Any = None, method: str = "central") -> tuple[torch.Tensor, tuple[float, float]]:
     """``((scores - centre) / width, (centre, width))`` with the volume's :func:`empirical_null`."""
     centre, width = empirical_null(scores, mask, method)
-    s = _as_tensor(scores)
+    s = as_tensor(scores)
     return (s - centre) / width, (centre, width)

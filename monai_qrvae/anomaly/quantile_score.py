@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from scipy.stats import norm
 
-from monai_qrvae.anomaly.utils import _as_tensor, _float_dtype, _select_channel, check_quantiles, split_quantiles
+from monai_qrvae.anomaly.utils import _float_dtype, _select_channel, as_tensor, check_quantiles, split_quantiles
 
 __all__ = ["quantile_function_score", "interpolate_normal_score"]
 
@@ -46,11 +46,11 @@ def quantile_function_score(
         raise ValueError(f"at least two quantiles are needed for a quantile-function score, got {q}.")
     if not sigma_floor > 0:
         raise ValueError(f"sigma_floor must be > 0, got {sigma_floor}.")
-    groups = split_quantiles(_as_tensor(pred), len(q))
+    groups = split_quantiles(as_tensor(pred), len(q))
     groups = groups.to(_float_dtype(groups))
     if channel is not None:
         groups = _select_channel(groups.movedim(1, -1), channel, "pred").movedim(-1, 1)
-    xt = _as_tensor(x).to(device=groups.device)
+    xt = as_tensor(x).to(device=groups.device)
     if channel is not None and xt.shape[1] != 1:
         xt = _select_channel(xt, channel, "x")
     if tuple(xt.shape) != tuple(groups[:, 0].shape):

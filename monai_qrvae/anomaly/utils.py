@@ -8,13 +8,13 @@ from typing import Any
 import torch
 from monai.utils import convert_to_tensor
 
-__all__ = ["FLAIR_CHANNEL", "check_quantiles", "split_quantiles"]
+__all__ = ["FLAIR_CHANNEL", "as_tensor", "broadcast_mask", "check_quantiles", "split_quantiles"]
 
 #: Index of the FLAIR channel in the (T1, T2, FLAIR) channel order used throughout the package.
 FLAIR_CHANNEL = 2
 
 
-def _as_tensor(x: Any) -> torch.Tensor:
+def as_tensor(x: Any) -> torch.Tensor:
     """A plain ``torch.Tensor`` view of ``x`` (numpy arrays and MetaTensors accepted, metadata dropped)."""
     return convert_to_tensor(x, track_meta=False)
 
@@ -24,13 +24,13 @@ def _float_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _broadcast_mask(mask: Any, shape: Sequence[int], device: torch.device, name: str = "mask") -> torch.Tensor:
+def broadcast_mask(mask: Any, shape: Sequence[int], device: torch.device, name: str = "mask") -> torch.Tensor:
     """Boolean mask (non-zero = inside) broadcast to ``shape``.
 
     Raises:
         ValueError: when ``mask`` cannot be broadcast to ``shape`` without changing ``shape``.
     """
-    m = _as_tensor(mask).to(device)
+    m = as_tensor(mask).to(device)
     m = m if m.dtype == torch.bool else m != 0
     try:
         ok = tuple(torch.broadcast_shapes(m.shape, tuple(shape))) == tuple(shape)

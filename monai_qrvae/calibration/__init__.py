@@ -19,12 +19,12 @@ The score that ships (for example the median-filtered FLAIR z-map) is not exactl
   cluster-forming threshold, per calibration volume (:func:`max_cluster_size`, :func:`volume_threshold`).
 
 :class:`Calibration` keeps what is needed (sorted voxel scores, per-volume maxima, the score definition) and is
-saved beside the model weights as ``calibration.pt``; :func:`fit_calibration` computes it from a datalist section
-with the shipped pipeline, collecting the scores with an Ignite handler (:class:`CalibrationCollector`).
+saved beside the model weights as ``calibration.pt``. This package is the calibration value and its maths only (no
+model, no workflow): fitting it with a model's shipped score on a datalist section is the job of
+:func:`monai_qrvae.workflows.fit_calibration`.
 
 Modules: :mod:`.conformal` (conformal p-values, pooled or stratified), :mod:`.thresholds` (volume-level and cluster
-thresholds), :mod:`.calibration` (the :class:`Calibration` object, its file, conformal BH), :mod:`.fit` (fitting it
-with the shipped score on a datalist section).
+thresholds), :mod:`.calibration` (the :class:`Calibration` object, its file, conformal BH).
 """
 
 from __future__ import annotations
@@ -37,17 +37,13 @@ from monai_qrvae.calibration.calibration import (
     Calibration,
     conformal_bh,
     load_calibration,
+    voxel_ml_of,
 )
 from monai_qrvae.calibration.conformal import (
     conformal_p_values,
     slice_strata,
     stratified_p_values,
     subsample_sorted,
-)
-from monai_qrvae.calibration.fit import (
-    CalibrationCollector,
-    fit_calibration,
-    run_shipped_score,
 )
 from monai_qrvae.calibration.thresholds import max_cluster_size, min_volumes, order_statistic_index, volume_threshold
 
@@ -56,7 +52,6 @@ __all__ = [
     "MAX_VOXELS",
     "STRATIFY",
     "Calibration",
-    "CalibrationCollector",
     "conformal_p_values",
     "stratified_p_values",
     "slice_strata",
@@ -66,8 +61,7 @@ __all__ = [
     "volume_threshold",
     "max_cluster_size",
     "subsample_sorted",
-    "run_shipped_score",
-    "fit_calibration",
     "LESION_P",
     "load_calibration",
+    "voxel_ml_of",
 ]

@@ -41,6 +41,7 @@ __all__ = [
     "Calibration",
     "load_calibration",
     "conformal_bh",
+    "voxel_ml_of",
 ]
 
 #: file name of a model's calibration, beside ``model.pt``.
@@ -230,7 +231,7 @@ class Calibration:
             cal.fit_clusters(maps, cluster_p, connectivity)
         if lesion_p is not None:
             if voxel_ml is None:
-                voxel_ml = [_voxel_ml_of(v) for v in volumes]
+                voxel_ml = [voxel_ml_of(v) for v in volumes]
             cal.fit_lesions(maps, lesion_p, voxel_ml)
         return cal
 
@@ -499,7 +500,7 @@ class Calibration:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the calibration atomically (``torch.save`` of :meth:`state_dict`); a folder gets ``calibration.pt``."""
-        from monai_qrvae.handlers import atomic_write
+        from monai_qrvae.utils import atomic_write
 
         path = Path(path)
         if path.is_dir():
@@ -549,7 +550,7 @@ class Calibration:
         )
 
 
-def _voxel_ml_of(volume: Any) -> float:
+def voxel_ml_of(volume: Any) -> float:
     """Voxel volume (mL) of a score map: from a MetaTensor's affine, else 1 mm isotropic."""
     from monai.data import MetaTensor
 

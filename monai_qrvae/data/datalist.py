@@ -360,7 +360,7 @@ def make_datalist(
         if key in datalist:
             datalist[count] = len(datalist[key])
     if out is not None:
-        from monai_qrvae.handlers import atomic_write
+        from monai_qrvae.utils import atomic_write
 
         text = json.dumps(datalist, indent=2) + "\n"
         atomic_write(out, lambda tmp: Path(tmp).write_text(text))

@@ -96,8 +96,8 @@ class Lesion:
     contrast: dict[str, float]
 
 
-class LesionsMixin:
-    """Draws look-alikes and lesions on the grid of the generator it is mixed into.
+class GeneratorGrid:
+    """The output grid of the generator a drawing mixin is mixed into.
 
     Attributes (set by the generator):
         spacing: isotropic voxel size in mm.
@@ -108,6 +108,10 @@ class LesionsMixin:
     spacing: float
     shape: tuple[int, int, int]
     affine: np.ndarray
+
+
+class LesionsMixin(GeneratorGrid):
+    """Draws look-alikes and lesions on the grid of the generator it is mixed into (:class:`GeneratorGrid`)."""
 
     def _lookalikes(
         self,

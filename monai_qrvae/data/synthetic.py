@@ -299,7 +299,7 @@ def make_cohort(
         },
         **sections,
     }
-    from monai_qrvae.handlers import atomic_write
+    from monai_qrvae.utils import atomic_write
 
     text = json.dumps(datalist, indent=2) + "\n"
     return atomic_write(out / "datalist.json", lambda tmp: Path(tmp).write_text(text))

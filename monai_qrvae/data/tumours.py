@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from .anatomy import CONTRASTS
-from .lesions import EDGE_MM, Lesion
+from .lesions import EDGE_MM, GeneratorGrid, Lesion
 
 __all__ = [
     "Tumour",
@@ -83,18 +83,8 @@ def _top_voxels(score: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-class TumourMixin:
-    """Draws one tumour and its mass effect on the grid of the generator it is mixed into.
-
-    Attributes (set by the generator):
-        spacing: isotropic voxel size in mm.
-        shape: the output grid's shape.
-        affine: the output grid's ``(4, 4)`` voxel-to-world matrix.
-    """
-
-    spacing: float
-    shape: tuple[int, int, int]
-    affine: np.ndarray
+class TumourMixin(GeneratorGrid):
+    """Draws one tumour and its mass effect on the grid of the generator it is mixed into (:class:`GeneratorGrid`)."""
 
     def _tumour_plan(
         self, rng: np.random.Generator, tissues: np.ndarray, mask: np.ndarray, depth: np.ndarray

@@ -31,14 +31,14 @@ from monai_qrvae.anomaly import FLAIR_CHANNEL
 from monai_qrvae.experiments.common import (
     VolumePrediction,
     experiment_models,
-    markdown_table,
+    finish_result,
     new_figure,
     predict_volumes,
     save_figure,
-    write_json,
-    write_text,
 )
 from monai_qrvae.metrics import compute_quantile_coverage
+from monai_qrvae.tables import markdown_table
+from monai_qrvae.utils import write_text
 
 __all__ = [
     "CALIBRATION_LEVELS",
@@ -268,43 +268,29 @@ def plot_calibration(result: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def run_calibration(
     out_dir: str | os.PathLike | None = None,
-    work_dir: str | os.PathLike | None = None,
-    datalist: str | os.PathLike | None = None,
-    models: dict[str, str | os.PathLike | None] | None = None,
-    methods: Sequence[str] = ("qrvae", "gaussian"),
-    quick: bool = False,
-    epochs: int | None = None,
     section: str = "validation",
     levels: Sequence[float] = CALIBRATION_LEVELS,
     seed: int = 0,
-    progress: bool = False,
+    **setup: Any,
 ) -> dict[str, Any]:
     """Measure the calibration of each method on healthy held-out subjects; optionally save figure and tables.
 
     Args:
         out_dir: where ``calibration.png``, ``calibration.md`` and ``calibration.json`` go (``None``: nothing saved).
-        work_dir: where a cohort and models are made when not given (default: ``out_dir/work``, or a folder
-            ``qrvae-experiments`` in the current directory).
-        datalist: an existing datalist (default: the embedded synthetic cohort, made in ``work_dir/data``).
-        models: trained model folders by method, e.g. ``{"qrvae": "runs/qrvae", "gaussian": "runs/gaussian"}``;
-            missing ones are trained in ``work_dir`` (20 epochs; quick: 1 epoch on a tiny cohort).
-        methods: methods compared.
-        quick: tiny cohort and one epoch (tests, ``QRVAE_NOTEBOOK_QUICK=1``).
-        epochs: epochs of models trained here.
         section: datalist section of held-out subjects; only its healthy volumes (no label, or an all-zero one)
             are used, so ``test`` gives the healthy test subjects.
         levels: quantile levels of the coverage table.
-        seed: training seed.
-        progress: show training progress bars.
+
+        seed: training seed (models trained here) and the seed of the calibration statistics.
+        setup: the cohort and models, keyword arguments of :func:`~monai_qrvae.experiments.common.experiment_models`
+            (``work_dir``, ``datalist``, ``models``, ``methods``, ``quick``, ``epochs``, ``progress``).
 
     Returns:
         ``{"levels", "models": {method: calibration_stats}, "model_dirs", "datalist", "coverage_table", "z_table",
         "files", "seconds"}``.
     """
     start = time.perf_counter()
-    datalist, model_dirs = experiment_models(
-        out_dir, work_dir, datalist, models, methods, quick, epochs, seed, progress
-    )
+    datalist, model_dirs = experiment_models(out_dir, seed=seed, **setup)
     from monai_qrvae.workflows import ModelConfig
 
     result: dict[str, Any] = {
@@ -335,8 +321,4 @@ def run_calibration(
             + result["z_table"]
         )
         result["files"]["table"] = str(write_text(out / "calibration.md", text))
-    result["seconds"] = time.perf_counter() - start
-    if out_dir is not None:
-        result["files"]["json"] = str(Path(out_dir) / "calibration.json")
-        write_json(result["files"]["json"], result)
-    return result
+    return finish_result(result, out_dir, "calibration", start)

@@ -1,5 +1,5 @@
 """Shared pieces of the experiments: quick mode, the cohort and trained models they need, slice-wise prediction,
-figure and table writing.
+figure writing.
 
 The brain experiments (:mod:`~monai_qrvae.experiments.calibration`, :mod:`~monai_qrvae.experiments.fdr`) need the
 embedded synthetic cohort and a trained QR-VAE and Gaussian VAE. :func:`prepare_models` reuses what it is given
@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+
+from monai_qrvae.utils import atomic_write, write_json
 
 __all__ = [
     "QUICK_ENV",
@@ -37,11 +39,9 @@ __all__ = [
     "predict_slices",
     "VolumePrediction",
     "predict_volumes",
+    "finish_result",
     "new_figure",
     "save_figure",
-    "markdown_table",
-    "write_json",
-    "write_text",
 ]
 
 #: environment variable that switches notebooks (and tests) to their small settings: ``QRVAE_NOTEBOOK_QUICK=1``.
@@ -200,17 +200,30 @@ def prepare_models(
 
 def experiment_models(
     out_dir: str | os.PathLike | None,
-    work_dir: str | os.PathLike | None,
-    datalist: str | os.PathLike | None,
-    models: dict[str, str | os.PathLike | None] | None,
-    methods: Sequence[str],
-    quick: bool,
-    epochs: int | None,
-    seed: int,
-    progress: bool,
+    work_dir: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | None = None,
+    models: dict[str, str | os.PathLike | None] | None = None,
+    methods: Sequence[str] = ("qrvae", "gaussian"),
+    quick: bool = False,
+    epochs: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
 ) -> tuple[Path, dict[str, Path]]:
-    """:func:`prepare_models` for an experiment writing to ``out_dir``: cohort and models are made in ``work_dir``,
-    by default ``out_dir/work`` (``qrvae-experiments`` when ``out_dir`` is ``None``)."""
+    """The cohort and models of a brain experiment writing to ``out_dir`` (:func:`prepare_models`).
+
+    Args:
+        out_dir: the experiment's output folder (``None``: nothing saved).
+        work_dir: where a cohort and models are made when not given (default: ``out_dir/work``, or a folder
+            ``qrvae-experiments`` in the current directory).
+        datalist: an existing datalist (default: the embedded synthetic cohort, made in ``work_dir/data``).
+        models: trained model folders by method, e.g. ``{"qrvae": "runs/qrvae", "gaussian": "runs/gaussian"}``;
+            missing ones are trained in ``work_dir`` (20 epochs; quick: 1 epoch on a tiny cohort).
+        methods: methods compared.
+        quick: tiny cohort and one epoch (tests, ``QRVAE_NOTEBOOK_QUICK=1``).
+        epochs: epochs of models trained here.
+        seed: training seed.
+        progress: show training progress bars.
+    """
     work = (
         Path(work_dir) if work_dir is not None else (Path(out_dir) / "work" if out_dir else Path("qrvae-experiments"))
     )
@@ -298,9 +311,10 @@ class VolumePrediction:
 def predict_volumes(model_dir: str | os.PathLike, datalist: str | os.PathLike, section: str) -> list[VolumePrediction]:
     """Load a trained model and predict ``mu``, ``sigma``, ``z`` (and the quantiles of a QR-VAE) for every subject of
     a datalist section, preprocessed as the model was trained."""
-    from monai_qrvae.workflows import load_model
+    from monai_qrvae.workflows import Pipeline
 
-    config, net = load_model(model_dir)
+    pipeline = Pipeline.from_model_dir(model_dir).load()
+    config, net = pipeline.config, pipeline.network
     preds = []
     for vol in load_volumes(datalist, section, image_size=config.image_size, num_slices=config.num_slices):
         mu, sigma, z, quantiles = predict_slices(net, vol["image"])
@@ -319,6 +333,16 @@ def predict_volumes(model_dir: str | os.PathLike, datalist: str | os.PathLike, s
     return preds
 
 
+def finish_result(result: dict[str, Any], out_dir: str | os.PathLike | None, name: str, start: float) -> dict[str, Any]:
+    """An experiment's last step: its ``seconds`` since ``start`` and, with ``out_dir``, ``out_dir/<name>.json``
+    (listed under ``result["files"]["json"]``)."""
+    result["seconds"] = time.perf_counter() - start
+    if out_dir is not None:
+        result["files"]["json"] = str(Path(out_dir) / f"{name}.json")
+        write_json(result["files"]["json"], result)
+    return result
+
+
 def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.0, 4.0)) -> tuple[Any, Any]:
     """A bare matplotlib ``Figure`` with an Agg canvas and its axes (no pyplot state, no backend change)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -332,64 +356,6 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Write a figure to a PNG file atomically (folders are created) and return the path."""
-    from monai_qrvae.handlers import atomic_write
 
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": None}))
-
-
-def _fmt(value: Any, fmt: str) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "nan" if not np.isfinite(value) else format(float(value), fmt)
-    return str(value)
-
-
-def markdown_table(
-    rows: Sequence[dict[str, Any]],
-    columns: Sequence[str],
-    headers: Sequence[str] | None = None,
-    fmt: str = ".3f",
-    formats: dict[str, str | Callable[[Any], str]] | None = None,
-) -> str:
-    """A Markdown table of ``rows`` (dicts) with the given columns; floats formatted with ``fmt``."""
-    formats = formats or {}
-    headers = list(headers) if headers is not None else list(columns)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        cells = []
-        for c in columns:
-            f = formats.get(c, fmt)
-            cells.append(f(row.get(c)) if callable(f) else _fmt(row.get(c), f))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (torch.Tensor, np.ndarray)):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON (numpy/torch values converted, NaN as null), atomically."""
-    from monai_qrvae.handlers import atomic_write
-
-    text = json.dumps(_jsonable(obj), indent=2) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
-    from monai_qrvae.handlers import atomic_write
-
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -35,16 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from monai_qrvae.anomaly import FLAIR_CHANNEL, anomaly_maps, benjamini_hochberg
-from monai_qrvae.experiments.common import (
-    VolumePrediction,
-    experiment_models,
-    markdown_table,
-    new_figure,
-    predict_volumes,
-    save_figure,
-    write_json,
-    write_text,
-)
+from monai_qrvae.experiments import common
+from monai_qrvae.experiments.common import VolumePrediction, experiment_models, finish_result, predict_volumes
+from monai_qrvae.tables import markdown_table
+from monai_qrvae.utils import write_text
 
 __all__ = ["ALPHAS", "FAMILIES", "bh_detections", "fdr_stats", "run_fdr", "fdr_table", "bh_verdict", "plot_fdr"]
 
@@ -201,7 +195,7 @@ def plot_fdr(
 
     n_bottom = 1 + (len(example["detections"]) if example else 0)
     ncols = max(3, n_bottom)
-    fig, axes = new_figure(2 if example else 1, ncols, figsize=(4.8 * ncols, 8.8 if example else 4.4))
+    fig, axes = common.new_figure(2 if example else 1, ncols, figsize=(4.8 * ncols, 8.8 if example else 4.4))
     rows = result["rows"]
     alphas = sorted({r["alpha"] for r in rows})
     for col, (key, title, ylabel) in enumerate(
@@ -260,39 +254,26 @@ def plot_fdr(
             ax.axis("off")
         for col in range(n_bottom, ncols):
             axes[1, col].axis("off")
-    return save_figure(fig, path)
+    return common.save_figure(fig, path)
 
 
 def run_fdr(
     out_dir: str | os.PathLike | None = None,
-    work_dir: str | os.PathLike | None = None,
-    datalist: str | os.PathLike | None = None,
-    models: dict[str, str | os.PathLike | None] | None = None,
-    methods: Sequence[str] = ("qrvae", "gaussian"),
-    quick: bool = False,
-    epochs: int | None = None,
     alphas: Sequence[float] = ALPHAS,
     families: Sequence[str] = FAMILIES,
     null_section: str | None = "validation",
-    seed: int = 0,
-    progress: bool = False,
+    **setup: Any,
 ) -> dict[str, Any]:
     """Measure the FDR and sensitivity of BH on the lesion subjects for each method; optionally save figure/tables.
 
     Args:
         out_dir: where ``fdr.png``, ``fdr.md`` and ``fdr.json`` go (``None``: nothing saved).
-        work_dir: where a cohort and models are made when not given (default ``out_dir/work``).
-        datalist: an existing datalist with a labelled ``test`` section (default: the embedded cohort).
-        models: trained model folders by method; missing ones are trained (see
-            :func:`~monai_qrvae.experiments.common.prepare_models`).
-        methods: methods compared.
-        quick: tiny cohort and one epoch.
-        epochs: epochs of models trained here.
         alphas: FDR levels.
         families: ``"slice"`` and/or ``"volume"``.
         null_section: healthy section for the complete-null check (``None``: skip it).
-        seed: training seed.
-        progress: show training progress bars.
+
+        setup: the cohort and models, keyword arguments of :func:`~monai_qrvae.experiments.common.experiment_models`
+            (``work_dir``, ``datalist``, ``models``, ``methods``, ``quick``, ``epochs``, ``seed``, ``progress``).
 
     Returns:
         ``{"rows", "verdict", "table", "models", "model_dirs", "datalist", "files", "seconds"}``; one row per
@@ -303,9 +284,7 @@ def run_fdr(
     for per in families:
         if per not in FAMILIES:
             raise ValueError(f"families must be among {FAMILIES}, got {per!r}.")
-    datalist, model_dirs = experiment_models(
-        out_dir, work_dir, datalist, models, methods, quick, epochs, seed, progress
-    )
+    datalist, model_dirs = experiment_models(out_dir, **setup)
     rows: list[dict[str, Any]] = []
     example_preds: dict[str, list[VolumePrediction]] = {}
     for method, model_dir in model_dirs.items():
@@ -343,11 +322,7 @@ def run_fdr(
         result["files"]["figure"] = str(plot_fdr(result, out / "fdr.png", example))
         text = result["table"] + "\n" + "\n".join(f"- {line}" for line in result["verdict"]) + "\n"
         result["files"]["table"] = str(write_text(out / "fdr.md", text))
-    result["seconds"] = time.perf_counter() - start
-    if out_dir is not None:
-        result["files"]["json"] = str(Path(out_dir) / "fdr.json")
-        write_json(result["files"]["json"], result)
-    return result
+    return finish_result(result, out_dir, "fdr", start)
 
 
 def _example(preds: dict[str, list[VolumePrediction]], alpha: float, per: str) -> dict[str, Any] | None:

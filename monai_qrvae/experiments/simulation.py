@@ -37,10 +37,12 @@ import torch
 from torch import nn
 
 from monai_qrvae.anomaly import check_quantiles
-from monai_qrvae.experiments.common import markdown_table, new_figure, save_figure, write_json, write_text
+from monai_qrvae.experiments.common import new_figure, save_figure
 from monai_qrvae.experiments.manifold import make_manifold_data, sigma_summary
 from monai_qrvae.experiments.mlp_vae import MLPVAE, predict_mu_sigma, train_mlp_vae
 from monai_qrvae.losses import GaussianVAELoss, QRVAELoss
+from monai_qrvae.tables import markdown_table
+from monai_qrvae.utils import write_json, write_text
 
 __all__ = [
     "make_manifold_data",

@@ -1,7 +1,7 @@
 """Do the label-free thresholds keep their promise? N(0, 1) + BH against healthy-calibrated thresholds.
 
 The shipped score (the z-map after its filter, exactly as ``qrvae evaluate`` computes it, on the analysed grid) of
-a trained model is thresholded four ways (:data:`monai_qrvae.postprocessing.THRESHOLDS`):
+a trained model is thresholded four ways (:data:`monai_qrvae.transforms.THRESHOLDS`):
 
 - ``gaussian``: Benjamini-Hochberg on ``1 - Phi(z)`` (the paper's);
 - ``conformal``: Benjamini-Hochberg on conformal p-values from the healthy ``calibration`` volumes;
@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from monai_qrvae.anomaly import p_value
-from monai_qrvae.calibration import Calibration, CalibrationCollector, fit_calibration, run_shipped_score
-from monai_qrvae.experiments.common import markdown_table, write_json, write_text
-from monai_qrvae.postprocessing import THRESHOLDS, label_free_transforms
+from monai_qrvae.calibration import Calibration
+from monai_qrvae.tables import markdown_table
+from monai_qrvae.transforms import THRESHOLDS, label_free_transforms
+from monai_qrvae.utils import write_json, write_text
+from monai_qrvae.workflows import CalibrationCollector, Pipeline, checked_section, fit_calibration, load_model
 
 __all__ = ["THRESHOLD_LABELS", "collect_scores", "detect", "threshold_stats", "healthy_loo", "run_thresholds"]
 
@@ -52,11 +54,9 @@ def collect_scores(
     model: tuple[Any, Any] | None = None,
 ) -> CalibrationCollector:
     """The shipped score, brain mask and label of every volume of a section (analysed grid), in a collector."""
-    from monai_qrvae.workflows import _datalist
-
+    pipeline = Pipeline.from_model_dir(model_dir, device, model=model)
     collector = CalibrationCollector(score_key="z", mask_key="roi", label_key="label")
-    items = _datalist(datalist, section)
-    run_shipped_score(model_dir, items, [collector], score_median=score_median, device=device, model=model)
+    pipeline.run(checked_section(datalist, section), [pipeline.score_handler(score_median), collector])
     return collector
 
 
@@ -177,12 +177,10 @@ def _healthy_flags(datalist: str | os.PathLike, section: str) -> list[bool]:
     """Per entry of a section: no label, or an all-zero label file (read whole, not only the analysed slices)."""
     from monai.transforms import LoadImage
 
-    from monai_qrvae.workflows import _datalist
-
     loader = LoadImage(image_only=True)
     return [
         not item.get("label") or not bool(np.asarray(loader(item["label"])).any())
-        for item in _datalist(datalist, section)
+        for item in checked_section(datalist, section)
     ]
 
 
@@ -212,8 +210,6 @@ def run_thresholds(
     Returns:
         ``{"rows", "table", "calibration", "seconds"}``; with ``out_dir``, also ``thresholds.md``/``.json`` there.
     """
-    from monai_qrvae.workflows import load_model
-
     start = time.perf_counter()
     model = load_model(model_dir, device)
     if quantile_score:

@@ -3,7 +3,7 @@
 - :mod:`.maps`: :class:`AnomalyMapHandler`, :class:`FDRHandler`, :class:`ThresholdHandler` and
   :class:`LesionFilterHandler` add ``z``/``p``/``roi``/``lesion`` to each output item at ``MODEL_COMPLETED``
   (before the metrics); the maths lives in :mod:`monai_qrvae.anomaly`, the transforms in
-  :mod:`monai_qrvae.postprocessing`;
+  :mod:`monai_qrvae.transforms.anomaly`;
 - :mod:`.savers`: :class:`AnomalyMapSaver` (NIfTI on the input's grid, see :func:`invert_to_input`) and
   :class:`OverlaySaver` (PNG);
 - :mod:`.metrics`: :class:`BestDice`, :class:`LesionDice`, :class:`MaskedROCAUC` and
@@ -11,8 +11,6 @@
 - :mod:`.training`: :class:`LossPartsHandler`, :class:`LossHistory` and :class:`EpochSeedHandler`;
 - :mod:`.checkpoint`: :class:`AtomicCheckpointSaver` and :class:`ResumeFromCheckpoint` (atomic, resumable
   checkpoints) and the checkpoint file helpers.
-
-``atomic_write`` (from :mod:`monai_qrvae.utils`) is re-exported here, where it was first defined.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from monai_qrvae.handlers.maps import AnomalyMapHandler, FDRHandler, LesionFilte
 from monai_qrvae.handlers.metrics import BestDice, LesionDice, MaskedAveragePrecision, MaskedROCAUC
 from monai_qrvae.handlers.savers import AnomalyMapSaver, OverlaySaver, invert_to_input
 from monai_qrvae.handlers.training import EpochSeedHandler, LossHistory, LossPartsHandler
-from monai_qrvae.utils import atomic_write
 
 __all__ = [
     "AnomalyMapHandler",
@@ -41,7 +38,6 @@ __all__ = [
     "LesionDice",
     "MaskedROCAUC",
     "MaskedAveragePrecision",
-    "atomic_write",
     "invert_to_input",
     "AtomicCheckpointSaver",
     "ResumeFromCheckpoint",

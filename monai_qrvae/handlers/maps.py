@@ -1,84 +1,47 @@
 """Handlers that add anomaly maps and lesion masks to each output item of an evaluator.
 
-Each one is a ``monai.handlers.PostProcessing`` around a dictionary transform of :mod:`monai_qrvae.postprocessing`;
+Each one is a ``monai.handlers.PostProcessing`` around a dictionary transform of :mod:`monai_qrvae.transforms.anomaly`;
 they run at ``MODEL_COMPLETED`` by default, so the metric handlers see ``z``, ``p``, ``roi`` and ``lesion``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from monai.handlers import PostProcessing
 from monai.transforms import Compose
 
-from monai_qrvae.anomaly import FLAIR_CHANNEL
-from monai_qrvae.postprocessing import AnomalyMapsd, FDRMaskd, LesionFilterd, label_free_transforms
+from monai_qrvae.transforms import AnomalyMapsd, FDRMaskd, LesionFilterd, label_free_transforms
 
 __all__ = ["AnomalyMapHandler", "FDRHandler", "LesionFilterHandler", "ThresholdHandler"]
 
 
 class AnomalyMapHandler(PostProcessing):
-    """Add the z-map and one-sided p-map of the FLAIR channel to each output item (``z``, ``p``).
+    """Add the z-map and one-sided p-map of the model's score to each output item (``z``, ``p``, ``roi``):
+    :class:`~monai_qrvae.transforms.AnomalyMapsd` at ``event``.
 
     Args:
         pred_key: key of the ``[mu, sigma, z]`` prediction.
-        mask_key: brain mask key; outside it ``z = 0`` and ``p = 1``.
-        channel: input channel to score.
-        alternative: ``"greater"`` (hyperintense), ``"less"`` or ``"two-sided"``.
-        keep_mu_sigma: also add ``mu`` and ``sigma`` of the channel.
-        median_size: in-plane median filter of the z-map before the p-values (1 = off).
         event: ``"MODEL_COMPLETED"`` (default, before metrics) or ``"ITERATION_COMPLETED"``.
-        score: combine the contrasts' z-maps (a name of :data:`~monai_qrvae.anomaly.SCORES` or weights), see
-            :class:`~monai_qrvae.transforms.AnomalyMapsd`; ``None``: ``channel`` alone.
-        contrast_key: also add every contrast's lesion-signed z-map under this key (for the lesion report).
+        kwargs: the other arguments of :class:`~monai_qrvae.transforms.AnomalyMapsd` (``mask_key``, ``channel``,
+            ``alternative``, ``keep_mu_sigma``, ``median_size``, ``score``, ``contrast_key``...).
     """
 
-    def __init__(
-        self,
-        pred_key: str = "pred",
-        mask_key: str | None = "brain_mask",
-        channel: int = FLAIR_CHANNEL,
-        alternative: str = "greater",
-        keep_mu_sigma: bool = False,
-        median_size: int = 1,
-        event: str = "MODEL_COMPLETED",
-        score: str | Sequence[float] | None = None,
-        contrast_key: str | None = None,
-    ) -> None:
-        super().__init__(
-            AnomalyMapsd(
-                pred_key,
-                mask_key,
-                channel,
-                alternative,
-                keep_mu_sigma=keep_mu_sigma,
-                median_size=median_size,
-                score=score,
-                contrast_key=contrast_key,
-            ),
-            event=event,
-        )
+    def __init__(self, pred_key: str = "pred", event: str = "MODEL_COMPLETED", **kwargs: Any) -> None:
+        super().__init__(AnomalyMapsd(pred_key, **kwargs), event=event)
 
 
 class FDRHandler(PostProcessing):
-    """Add the Benjamini-Hochberg lesion mask (``lesion``) at false discovery rate ``alpha`` inside the brain."""
+    """Add the Benjamini-Hochberg lesion mask (``lesion``) inside the brain: :class:`~monai_qrvae.transforms.FDRMaskd`
+    (``mask_key``, ``alpha``, ``per``, ``output_key`` as keyword arguments) at ``event``."""
 
-    def __init__(
-        self,
-        p_key: str = "p",
-        mask_key: str | None = "brain_mask",
-        alpha: float = 0.05,
-        per: str = "volume",
-        output_key: str = "lesion",
-        event: str = "MODEL_COMPLETED",
-    ) -> None:
-        super().__init__(FDRMaskd(p_key, mask_key, alpha, per, output_key), event=event)
+    def __init__(self, p_key: str = "p", event: str = "MODEL_COMPLETED", **kwargs: Any) -> None:
+        super().__init__(FDRMaskd(p_key, **kwargs), event=event)
 
 
 class ThresholdHandler(PostProcessing):
     """Add the label-free lesion mask (``lesion``) with one of the thresholds of
-    :func:`~monai_qrvae.postprocessing.label_free_transforms`: ``"gaussian"`` (BH on N(0, 1) p-values, as
+    :func:`~monai_qrvae.transforms.label_free_transforms`: ``"gaussian"`` (BH on N(0, 1) p-values, as
     :class:`FDRHandler`), ``"conformal"`` (conformal BH; also replaces ``p`` by the conformal p-map), ``"volume"``
     (volume-level threshold), ``"cluster"`` (volume-level cluster size), ``"lesion"`` (BH over candidate lesions)
     or ``"lesion-volume"`` (volume-level threshold of a lesion statistic).
@@ -115,14 +78,9 @@ class ThresholdHandler(PostProcessing):
 
 
 class LesionFilterHandler(PostProcessing):
-    """Median-filter the lesion mask in-plane and drop connected components smaller than ``min_size`` voxels."""
+    """Median-filter the lesion mask in-plane and drop small connected components:
+    :class:`~monai_qrvae.transforms.LesionFilterd` (``median_size``, ``min_size``, ``connectivity`` as keyword
+    arguments) at ``event``."""
 
-    def __init__(
-        self,
-        lesion_key: str = "lesion",
-        median_size: int = 1,
-        min_size: int = 0,
-        connectivity: int = 1,
-        event: str = "MODEL_COMPLETED",
-    ) -> None:
-        super().__init__(LesionFilterd(lesion_key, median_size, min_size, connectivity), event=event)
+    def __init__(self, lesion_key: str = "lesion", event: str = "MODEL_COMPLETED", **kwargs: Any) -> None:
+        super().__init__(LesionFilterd(lesion_key, **kwargs), event=event)

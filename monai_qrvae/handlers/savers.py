@@ -21,18 +21,14 @@ from monai.utils import ImageMetaKey
 
 from monai_qrvae.anomaly import FLAIR_CHANNEL
 from monai_qrvae.report import lesion_report, write_lesion_report
-from monai_qrvae.utils import CONTRAST_NAMES, atomic_write
+from monai_qrvae.utils import CONTRAST_NAMES, atomic_write, identity
 
 logger = logging.getLogger("monai_qrvae")
 
-__all__ = ["AnomalyMapSaver", "OverlaySaver", "invert_to_input"]
+__all__ = ["AnomalyMapSaver", "OverlaySaver", "invert_to_input", "output_stem"]
 
 
-def _identity(x: Any) -> Any:
-    return x
-
-
-def _stem(meta: dict, fallback: str) -> str:
+def output_stem(meta: dict, fallback: str) -> str:
     name = meta.get(ImageMetaKey.FILENAME_OR_OBJ) if meta else None
     if isinstance(name, (list, tuple)):
         name = name[-1] if name else None
@@ -194,8 +190,8 @@ class AnomalyMapSaver(_ItemSaver):
         orig_key: str = "image",
         nearest_interp: Sequence[bool] = (False, False, True),
         postfixes: Sequence[str] | None = None,
-        output_transform: Callable = _identity,
-        batch_transform: Callable = _identity,
+        output_transform: Callable = identity,
+        batch_transform: Callable = identity,
         one_outside: Sequence[str] = ("p",),
         report: bool = False,
         contrast_key: str = "zc",
@@ -226,7 +222,7 @@ class AnomalyMapSaver(_ItemSaver):
     def save_item(self, out: dict, batch: dict, fallback: str = "volume") -> list[Path]:
         """Invert and write the maps of one item; return the written paths."""
         data, meta = self.invert(out, batch)
-        stem = _stem(meta, fallback)
+        stem = output_stem(meta, fallback)
         written = self.write_maps(data, stem, meta)
         if self.report:
             extra = [k for k in data if k not in self.keys and k != self.lesion_labels_key]
@@ -357,8 +353,8 @@ class OverlaySaver(_ItemSaver):
         channel: int = FLAIR_CHANNEL,
         num_slices: int = 6,
         z_max: float = 6.0,
-        output_transform: Callable = _identity,
-        batch_transform: Callable = _identity,
+        output_transform: Callable = identity,
+        batch_transform: Callable = identity,
     ) -> None:
         super().__init__(output_dir, output_transform, batch_transform)
         self.image_key = image_key
@@ -372,7 +368,7 @@ class OverlaySaver(_ItemSaver):
     def _save(self, out: dict, batch: dict, fallback: str) -> None:
         merged = {**batch, **out}
         meta = merged[self.image_key].meta if isinstance(merged[self.image_key], MetaTensor) else {}
-        self.save_item(merged, _stem(meta, fallback))
+        self.save_item(merged, output_stem(meta, fallback))
 
     def save_item(self, data: dict, stem: str) -> Path:
         """Render one item to ``<output_dir>/<stem>_overlay.png``."""

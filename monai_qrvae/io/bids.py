@@ -175,7 +175,7 @@ def write_derivative(
 ) -> dict[str, Path]:
     """Copy a subject's maps (``lesion``, ``z``, ``p``, ``report``) into the BIDS derivative, atomically; write the
     derivative's ``dataset_description.json`` when absent."""
-    from monai_qrvae import __version__
+    from monai_qrvae.version import __version__
 
     deriv = Path(root) / "derivatives" / "qrvae"
     description = deriv / "dataset_description.json"

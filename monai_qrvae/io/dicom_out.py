@@ -67,18 +67,25 @@ def write_seg(mask: np.ndarray, series: DicomSeries, path: str | os.PathLike, la
         pixel_array=(_frames(mask, series, "lesion mask") > 0).astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
-        series_instance_uid=hd.UID(),
-        series_number=900,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=_SOFTWARE,
-        manufacturer_model_name="QR-VAE",
-        software_versions="0.1.0",
-        device_serial_number="none",
+        **_new_series(hd, 900),
         series_description="QR-VAE lesions",
         omit_empty_frames=False,
     )
     return atomic_write(path, lambda tmp: seg.save_as(tmp))
+
+
+def _new_series(hd: Any, series_number: int) -> dict[str, Any]:
+    """A new derived series' identity (fresh UIDs) and this software as the device that made it."""
+    return {
+        "series_instance_uid": hd.UID(),
+        "series_number": series_number,
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "manufacturer": _SOFTWARE,
+        "manufacturer_model_name": "QR-VAE",
+        "software_versions": "0.1.0",
+        "device_serial_number": "none",
+    }
 
 
 def write_parametric_map(zmap: np.ndarray, series: DicomSeries, path: str | os.PathLike) -> Path:
@@ -99,14 +106,7 @@ def write_parametric_map(zmap: np.ndarray, series: DicomSeries, path: str | os.P
     pmap = hd.pm.ParametricMap(
         source_images=_sources(series),
         pixel_array=frames,
-        series_instance_uid=hd.UID(),
-        series_number=901,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=_SOFTWARE,
-        manufacturer_model_name="QR-VAE",
-        software_versions="0.1.0",
-        device_serial_number="none",
+        **_new_series(hd, 901),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=2.0, window_width=8.0)],

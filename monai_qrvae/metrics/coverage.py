@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from monai.metrics import CumulativeIterationMetric
 
-from monai_qrvae.anomaly import _as_tensor, _broadcast_mask, check_quantiles, split_quantiles
+from monai_qrvae.anomaly.utils import as_tensor, broadcast_mask, check_quantiles, split_quantiles
 from monai_qrvae.metrics.utils import _PerItemMaskMixin
 
 
@@ -17,8 +17,8 @@ def _coverage_counts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per item: voxels of ``y`` strictly below each predicted quantile ``(B, Q, C)`` and voxels counted ``(B, C)``."""
     q = check_quantiles(quantiles)
-    pred = _as_tensor(y_pred)
-    target = _as_tensor(y).to(pred.device)
+    pred = as_tensor(y_pred)
+    target = as_tensor(y).to(pred.device)
     groups = split_quantiles(pred, len(q))  # (B, Q, C, spatial...)
     if tuple(target.shape) != (groups.shape[0], *groups.shape[2:]):
         raise ValueError(
@@ -28,7 +28,7 @@ def _coverage_counts(
     inside = (
         torch.ones(target.shape, dtype=torch.bool, device=target.device)
         if mask is None
-        else _broadcast_mask(mask, target.shape, target.device)
+        else broadcast_mask(mask, target.shape, target.device)
     )
     below = (target.unsqueeze(1) < groups) & inside.unsqueeze(1)
     counts = below.flatten(3).sum(-1).to(torch.float64)
@@ -84,7 +84,7 @@ class QuantileCoverageMetric(_PerItemMaskMixin, CumulativeIterationMetric):
         """Per-item counts ``(B, Q, C)`` below each quantile and totals ``(B, C)``."""
         if y is None:
             raise ValueError("y (the target image) is required, got None.")
-        return _coverage_counts(y_pred, y, self.quantiles, None if mask is None else _as_tensor(mask).detach())
+        return _coverage_counts(y_pred, y, self.quantiles, None if mask is None else as_tensor(mask).detach())
 
     def _counts(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         buffers = super().get_buffer()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from monai.metrics import CumulativeIterationMetric
 
-from monai_qrvae.anomaly import _as_tensor, _broadcast_mask
+from monai_qrvae.anomaly.utils import as_tensor, broadcast_mask
 from monai_qrvae.metrics.utils import _masked_voxels, _MaskedVoxelMetric, _PerItemMaskMixin, _scores_labels_mask
 
 
@@ -67,7 +67,7 @@ def compute_dice_score(pred: Any, labels: Any, mask: Any = None, empty_score: fl
     Raises:
         ValueError: for mismatched shapes.
     """
-    p = _as_tensor(pred)
+    p = as_tensor(pred)
     p, y, m = _scores_labels_mask(p != 0 if p.dtype != torch.bool else p, labels, mask)
     p, y = p.bool() & m, y & m
     denominator = int(p.sum()) + int(y.sum())
@@ -137,15 +137,15 @@ class DiceScoreMetric(_PerItemMaskMixin, CumulativeIterationMetric):
         """Per-item counts ``(B, 3)``: intersection, predicted and lesion voxels inside the mask."""
         if y is None:
             raise ValueError("y (the lesion labels) is required, got None.")
-        p = _as_tensor(y_pred)
+        p = as_tensor(y_pred)
         if p.ndim < 2:
             raise ValueError(f"y_pred must be batch-first (B, C, spatial...), got shape {tuple(p.shape)}.")
         p = p if p.dtype == torch.bool else p != 0
-        labels = _broadcast_mask(y, p.shape, p.device, name="labels")
+        labels = broadcast_mask(y, p.shape, p.device, name="labels")
         m = (
             torch.ones(p.shape, dtype=torch.bool, device=p.device)
             if mask is None
-            else _broadcast_mask(_as_tensor(mask).detach(), p.shape, p.device)
+            else broadcast_mask(as_tensor(mask).detach(), p.shape, p.device)
         )
         p, labels = (p & m).flatten(1), (labels & m).flatten(1)
         return torch.stack([(p & labels).sum(1), p.sum(1), labels.sum(1)], dim=1).to(torch.float64)

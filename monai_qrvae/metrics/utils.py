@@ -8,7 +8,7 @@ import torch
 from monai.metrics import CumulativeIterationMetric
 from monai.utils import evenly_divisible_all_gather
 
-from monai_qrvae.anomaly import _as_tensor, _broadcast_mask
+from monai_qrvae.anomaly.utils import as_tensor, broadcast_mask
 
 
 def _scores_labels_mask(scores: Any, labels: Any, mask: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -17,13 +17,13 @@ def _scores_labels_mask(scores: Any, labels: Any, mask: Any = None) -> tuple[tor
     Raises:
         ValueError: when labels or mask do not broadcast to the scores' shape.
     """
-    s = _as_tensor(scores)
+    s = as_tensor(scores)
     s = s.to(torch.float64 if s.dtype == torch.float64 else torch.float32)
-    y = _broadcast_mask(labels, s.shape, s.device, name="labels")
+    y = broadcast_mask(labels, s.shape, s.device, name="labels")
     m = (
         torch.ones(s.shape, dtype=torch.bool, device=s.device)
         if mask is None
-        else _broadcast_mask(mask, s.shape, s.device)
+        else broadcast_mask(mask, s.shape, s.device)
     )
     return s, y, m
 
@@ -66,9 +66,9 @@ class _PerItemMaskMixin:
             )
         results = [
             self._compute_tensor(  # type: ignore[attr-defined]
-                _as_tensor(p).detach().unsqueeze(0),
-                None if t is None else _as_tensor(t).detach().unsqueeze(0),
-                mask=None if m is None else _as_tensor(m).detach().unsqueeze(0),
+                as_tensor(p).detach().unsqueeze(0),
+                None if t is None else as_tensor(t).detach().unsqueeze(0),
+                mask=None if m is None else as_tensor(m).detach().unsqueeze(0),
             )
             for p, t, m in zip(preds, targets, masks)
         ]
@@ -102,7 +102,7 @@ class _MaskedVoxelMetric(_PerItemMaskMixin, CumulativeIterationMetric):
             raise ValueError("y (the lesion labels) is required, got None.")
         if y_pred.ndim < 2:
             raise ValueError(f"y_pred must be batch-first (B, C, spatial...), got shape {tuple(y_pred.shape)}.")
-        s, labels, m = _scores_labels_mask(y_pred, y, None if mask is None else _as_tensor(mask).detach())
+        s, labels, m = _scores_labels_mask(y_pred, y, None if mask is None else as_tensor(mask).detach())
         if bool(torch.isnan(s[m]).any()):
             raise ValueError("scores inside the mask must not be NaN.")
         lengths = m.flatten(1).sum(1)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from .errors import MissingSeriesError, RawInputError, RegistrationError
 from .inverse import infer_raw, infer_raw_items, lesion_report, load_transforms, maps_to_series, series_to_analysis
-from .preprocess import DEFAULT_THRESHOLDS, analysis_grid, load_series, normalised_mutual_information, preprocess
+from .preprocess import DEFAULT_THRESHOLDS, analysis_grid, preprocess
+from .series import load_series, normalised_mutual_information
 from .synthetic import DEFAULT_AXCODES, DEFAULT_SPACINGS, RAW_SERIES, make_raw_cohort, make_raw_subject
 
 __all__ = [

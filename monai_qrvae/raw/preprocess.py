@@ -60,13 +60,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from monai_qrvae.raw.bias import _downsample, _n4, _work_grid  # noqa: F401 - steps, importable from here as before
-from monai_qrvae.raw.brain_extraction import _bet_model, _brain_extraction  # noqa: F401
+from monai_qrvae.raw.bias import _n4
+from monai_qrvae.raw.brain_extraction import _brain_extraction
 from monai_qrvae.raw.errors import RawInputError, RegistrationError
 from monai_qrvae.raw.geometry import resample_to_grid
-from monai_qrvae.raw.registration import _ants, _ants_affine, _register, _template, _to_ants  # noqa: F401
-from monai_qrvae.raw.series import (  # noqa: F401
-    _MIN_FOV_MM,
+from monai_qrvae.raw.registration import _ants, _register, _template
+from monai_qrvae.raw.series import (
     _head_mask,
     alignment_sharpness,
     load_series,
@@ -82,8 +81,6 @@ __all__ = [
     "TIMING_FILE",
     "DEFAULT_THRESHOLDS",
     "analysis_grid",
-    "load_series",
-    "normalised_mutual_information",
     "preprocess",
 ]
 
@@ -132,7 +129,7 @@ def _timed(timing: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
 
 
 def _write_nifti(array: np.ndarray, affine: np.ndarray, path: Path, descrip: str) -> None:
-    from monai_qrvae.handlers import atomic_write
+    from monai_qrvae.utils import atomic_write
 
     img = nib.Nifti1Image(array, affine)
     img.header.set_xyzt_units("mm")
@@ -403,7 +400,7 @@ def preprocess(
         "work_mm": float(work_mm),
         "n4_mm": float(n4_mm),
     }
-    from monai_qrvae.handlers import atomic_write
+    from monai_qrvae.utils import atomic_write
 
     text = json.dumps(info, indent=2) + "\n"
     atomic_write(out / TRANSFORMS_FILE, lambda tmp: Path(tmp).write_text(text))

@@ -10,10 +10,9 @@ Volumes are channel-first ``(C, H, W, D)`` with the axial slices along the last 
 - ``intensity``: :class:`MaskedScaleIntensityPercentiles`, :class:`MaskedZScore`, :class:`HistogramStandardize`
   and their ``...d`` forms: per-channel normalisation with statistics taken inside the brain mask only.
 - ``anomaly``: dictionary transforms on the anomaly network's output (:class:`AnomalyMapsd`, :class:`FDRMaskd`,
-  :class:`LesionFilterd`) and the calibrated label-free thresholds (:func:`label_free_transforms`); also
-  importable from :mod:`monai_qrvae.postprocessing`.
+  :class:`LesionFilterd`) and the calibrated label-free thresholds (:func:`label_free_transforms`).
 - ``spatial``: :class:`ModelSpacingd`, MONAI's ``Spacingd`` onto the model's grid, leaving other entries alone.
-- ``utils``: private helpers shared by the families.
+- ``utils``: input checks and mask helpers shared by the families.
 """
 
 from __future__ import annotations
@@ -36,16 +35,6 @@ from monai_qrvae.transforms.slices.array import *  # noqa: F403
 from monai_qrvae.transforms.slices.dictionary import *  # noqa: F403
 from monai_qrvae.transforms.spatial import dictionary as _spatial_dictionary
 from monai_qrvae.transforms.spatial.dictionary import *  # noqa: F403
-
-# private helpers importable from here before the split (benchmarks/bench_speedups.py uses them)
-from monai_qrvae.transforms.utils import (  # noqa: F401
-    _as_float,
-    _channel_mask,
-    _check_finite,
-    _check_volume,
-    _percentiles,
-    _prepare_mask,
-)
 
 __all__ = [
     *_slices_array.__all__,

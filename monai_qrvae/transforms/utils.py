@@ -12,10 +12,10 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 from monai.utils import convert_to_tensor
 
-__all__: list[str] = []
+__all__ = ["check_finite_image", "as_float", "prepare_mask", "channel_mask"]
 
 
-def _check_finite(img: torch.Tensor, name: str) -> None:
+def check_finite_image(img: torch.Tensor, name: str) -> None:
     """Raise ``ValueError`` when ``img`` holds NaN or Inf values."""
     if img.is_floating_point() or img.is_complex():
         bad = ~torch.isfinite(img)
@@ -32,13 +32,13 @@ def _check_volume(img: NdarrayOrTensor, name: str) -> None:
         raise ValueError(f"{name}: expected a channel-first volume (C, H, W, D), got shape {tuple(img.shape)}.")
 
 
-def _as_float(img: NdarrayOrTensor) -> torch.Tensor:
+def as_float(img: NdarrayOrTensor) -> torch.Tensor:
     """Plain (meta-free) floating-point tensor view of ``img``."""
     img_t = convert_to_tensor(img, track_meta=False)
     return img_t if img_t.is_floating_point() else img_t.float()
 
 
-def _prepare_mask(img: torch.Tensor, mask: NdarrayOrTensor | None, name: str) -> torch.Tensor:
+def prepare_mask(img: torch.Tensor, mask: NdarrayOrTensor | None, name: str) -> torch.Tensor:
     """Boolean mask ``(1 or C, *spatial)`` for ``img`` ``(C, *spatial)``.
 
     ``mask=None`` gives the voxels that are non-zero in any channel. A mask without a channel axis gets one.
@@ -78,12 +78,12 @@ def _masked_input(
     """``img`` as a tensor (a ``MetaTensor`` when meta is tracked), its plain float view and its boolean mask.
 
     Raises:
-        ValueError: ``img`` holds NaN/Inf, or the mask does not match it or is empty (see :func:`_prepare_mask`).
+        ValueError: ``img`` holds NaN/Inf, or the mask does not match it or is empty (see :func:`prepare_mask`).
     """
     img = convert_to_tensor(img, track_meta=get_track_meta())
-    img_t = _as_float(img)
-    _check_finite(img_t, name)
-    return img, img_t, _prepare_mask(img_t, mask, name)
+    img_t = as_float(img)
+    check_finite_image(img_t, name)
+    return img, img_t, prepare_mask(img_t, mask, name)
 
 
 def _percentiles(values: torch.Tensor, q: Sequence[float]) -> list[float]:
@@ -97,7 +97,7 @@ def _percentiles(values: torch.Tensor, q: Sequence[float]) -> list[float]:
     return [float(v) for v in percentile(values, list(q))]
 
 
-def _channel_mask(mask: torch.Tensor, channel: int) -> torch.Tensor:
+def channel_mask(mask: torch.Tensor, channel: int) -> torch.Tensor:
     """The mask of ``channel`` (a single-channel mask is shared by all channels)."""
     return mask[channel if mask.shape[0] > 1 else 0]
 

@@ -1,12 +1,17 @@
-"""High-level jobs behind the ``qrvae`` command: train, evaluate, infer and the demo.
+"""High-level jobs behind the ``qrvae`` command: train, calibrate, evaluate, infer and the demo.
 
-Each job wires the package's pieces (transforms, networks, losses, engines, handlers) the same way the bundle
-configs do, and writes everything atomically into one output folder. One module per concern:
+Each job runs a model folder through one :class:`~monai_qrvae.workflows.pipeline.Pipeline` (pre-transforms, network,
+score, calibration and thresholds, inversion to the input grid), the same one the bundle configs, the MONAI Label app,
+the raw-series path and the experiments use, and writes everything atomically into one output folder. One module per
+concern:
 
 - :mod:`~monai_qrvae.workflows.models`: methods, presets, :class:`ModelConfig`, networks, losses, model folders;
+- :mod:`~monai_qrvae.workflows.pipeline`: :class:`Pipeline`, :data:`THRESHOLD_CHOICES`, :class:`InputError`;
 - :mod:`~monai_qrvae.workflows.datasets`: checked datalist sections and the training slices (in memory, or
   :class:`PersistentSliceDataset`: bounded memory, for large cohorts);
 - :mod:`~monai_qrvae.workflows.training`: :func:`train`;
+- :mod:`~monai_qrvae.workflows.calibration`: :func:`fit_calibration` (``qrvae calibrate``) and
+  :class:`CalibrationCollector`;
 - :mod:`~monai_qrvae.workflows.evaluation`: :func:`evaluate` and :func:`write_table`;
 - :mod:`~monai_qrvae.workflows.inference`: :func:`infer`;
 - :mod:`~monai_qrvae.workflows.comparison`: :func:`demo` and :data:`PINNED_DEMO`.
@@ -14,11 +19,9 @@ configs do, and writes everything atomically into one output folder. One module 
 
 from __future__ import annotations
 
-import logging
-
-from monai_qrvae.workflows import datasets, inference, models, training
+from monai_qrvae.workflows.calibration import CalibrationCollector, fit_calibration
 from monai_qrvae.workflows.comparison import DEMO_METHODS, PINNED_DEMO, demo
-from monai_qrvae.workflows.datasets import PersistentSliceDataset
+from monai_qrvae.workflows.datasets import PersistentSliceDataset, checked_section
 from monai_qrvae.workflows.evaluation import evaluate, write_table
 from monai_qrvae.workflows.inference import infer
 from monai_qrvae.workflows.models import (
@@ -33,22 +36,21 @@ from monai_qrvae.workflows.models import (
     load_model,
     shipped_model_dir,
 )
-from monai_qrvae.workflows.training import plot_history, train
-
-# private names that other modules, benchmarks and tests import from here
-_datalist, _slice_dataset = datasets._datalist, datasets._slice_dataset
-_SLICE_CACHE, _SLICE_CACHE_SIZE = datasets._SLICE_CACHE, datasets._SLICE_CACHE_SIZE
-_anomaly_handlers, _roi_size = inference._anomaly_handlers, inference._roi_size
-THRESHOLD_CHOICES = inference.THRESHOLD_CHOICES
-_check_weights_fit, _residual_sigma = models._check_weights_fit, training._residual_sigma
+from monai_qrvae.workflows.pipeline import CHECKED_SCORE_KEYS, THRESHOLD_CHOICES, InputError, Pipeline
+from monai_qrvae.workflows.training import calibrate_model, plot_history, train
 
 __all__ = [
     "METHODS",
     "MODEL_PRESETS",
     "ModelConfig",
+    "Pipeline",
+    "InputError",
     "build_networks",
     "load_model",
     "train",
+    "fit_calibration",
+    "calibrate_model",
+    "CalibrationCollector",
     "evaluate",
     "infer",
     "demo",
@@ -62,7 +64,7 @@ __all__ = [
     "PINNED_DEMO",
     "DEMO_METHODS",
     "THRESHOLD_CHOICES",
+    "CHECKED_SCORE_KEYS",
     "PersistentSliceDataset",
+    "checked_section",
 ]
-
-logger = logging.getLogger("monai_qrvae")

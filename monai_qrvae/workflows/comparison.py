@@ -11,6 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_qrvae.data import make_cohort
+from monai_qrvae.numerics import reproducible_numerics, torch_threads
+from monai_qrvae.tables import update_doc_block
+from monai_qrvae.workflows.evaluation import evaluate, write_table
+from monai_qrvae.workflows.training import train
+
 __all__ = ["DEMO_METHODS", "PINNED_DEMO", "demo"]
 
 #: the methods ``make demo`` trains by default: QR-VAE against FLAIR thresholding, within 10 minutes on 2 CPU cores
@@ -57,13 +63,11 @@ def demo(
     Writes under ``output_dir``: ``data/`` (the synthetic cohort), ``<method>/model`` (weights, curves),
     ``<method>/eval`` (metrics, PNG overlays; NIfTI maps for QR-VAE) and ``metrics.csv``/``metrics.md`` (the
     comparison, whole brain on the input grid). ``update_docs`` rewrites the marked ``block`` of those Markdown
-    files with the table (see :func:`monai_qrvae.study.update_doc_block`). ``threads``: torch's intra-op threads
+    files with the table (see :func:`monai_qrvae.tables.update_doc_block`). ``threads``: torch's intra-op threads
     for the whole run (``None``: unchanged), restored afterwards. ``reproducible``: train and evaluate in float64 with
     deterministic kernels (:func:`~monai_qrvae.numerics.reproducible_numerics`), so that the figures do not depend on
     the CPU (slower; the pinned setting).
     """
-    from monai_qrvae.numerics import reproducible_numerics, torch_threads
-
     with reproducible_numerics(threads=threads) if reproducible else torch_threads(threads):
         return _demo(
             output_dir, epochs, methods, seed, n_healthy, n_lesion, alpha, progress, preset, spacing, update_docs, block
@@ -84,9 +88,6 @@ def _demo(
     update_docs: Sequence[str | os.PathLike],
     block: str,
 ) -> dict[str, Any]:
-    from monai_qrvae import workflows  # the jobs through the package, as a user (or a test's monkeypatch) sees them
-    from monai_qrvae.data import make_cohort
-    from monai_qrvae.study import update_doc_block
 
     start = time.perf_counter()
     output_dir = Path(output_dir)
@@ -99,7 +100,7 @@ def _demo(
     results = []
     for method in methods:
         print(f"[demo] training {method} ...")
-        summary = workflows.train(
+        summary = train(
             datalist,
             output_dir / method / "model",
             method=method,
@@ -109,7 +110,7 @@ def _demo(
             preset=preset,
         )
         print(f"[demo] evaluating {method} on the test subjects (whole brain, input grid) ...")
-        metrics = workflows.evaluate(
+        metrics = evaluate(
             output_dir / method / "model",
             datalist,
             output_dir / method / "eval",
@@ -119,7 +120,7 @@ def _demo(
         )
         metrics["train_seconds"] = summary["seconds"]
         results.append(metrics)
-    csv_path, md_path, table = workflows.write_table(results, output_dir)
+    csv_path, md_path, table = write_table(results, output_dir)
     for doc in update_docs:  # the figures only: training times are not reproducible to the second
         update_doc_block(doc, block, table.split("\nTraining time")[0])
     total = time.perf_counter() - start

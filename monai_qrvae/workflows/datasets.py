@@ -1,9 +1,9 @@
 """The data the jobs read: checked datalist sections and the training slices.
 
-:func:`_datalist` checks one section of a datalist (files, contrasts, shapes) before any job starts. Training
+:func:`checked_section` checks one section of a datalist (files, contrasts, shapes) before any job starts. Training
 slices come one of two ways:
 
-- in memory (the default): :func:`_slice_dataset` keeps the last few :class:`~monai_qrvae.preprocessing.SliceDataset`
+- in memory (the default): :func:`slice_dataset` keeps the last few :class:`~monai_qrvae.preprocessing.SliceDataset`
   in memory, so the demo, the sweep and the benchmark prepare each cohort's slices once; memory grows with the
   cohort (every slice is held);
 - bounded (:class:`PersistentSliceDataset`, ``train(..., cache_dir=...)``): each volume's slices are prepared once
@@ -34,7 +34,7 @@ from monai_qrvae.preprocessing import SliceDataset, volume_transforms
 __all__ = ["PersistentSliceDataset"]
 
 
-def _datalist(datalist: str | os.PathLike, section: str, read_data: bool = False) -> list[dict]:
+def checked_section(datalist: str | os.PathLike, section: str, read_data: bool = False) -> list[dict]:
     """One checked section of a datalist: files exist, contrasts agree in shape and affine, 3 channels.
 
     With ``read_data`` every voxel is read too (corrupt data, NaN/Inf voxels, all-zero images).
@@ -58,11 +58,11 @@ def _stamped(item: dict) -> dict:
     return {k: _stamp(v) for k, v in sorted(item.items())}
 
 
-_SLICE_CACHE: dict[tuple[Any, ...], SliceDataset] = {}
-_SLICE_CACHE_SIZE = 4
+SLICE_CACHE: dict[tuple[Any, ...], SliceDataset] = {}
+SLICE_CACHE_SIZE = 4
 
 
-def _slice_dataset(
+def slice_dataset(
     items: list[dict],
     image_size: int | None,
     num_slices: int | None,
@@ -80,12 +80,12 @@ def _slice_dataset(
         context,
         None if spacing is None else tuple(spacing),
     )
-    if key not in _SLICE_CACHE:
-        if len(_SLICE_CACHE) >= _SLICE_CACHE_SIZE:
-            _SLICE_CACHE.pop(next(iter(_SLICE_CACHE)))
+    if key not in SLICE_CACHE:
+        if len(SLICE_CACHE) >= SLICE_CACHE_SIZE:
+            SLICE_CACHE.pop(next(iter(SLICE_CACHE)))
         vt = volume_transforms(image_size=image_size, num_slices=num_slices, context=context, spacing=spacing)
-        _SLICE_CACHE[key] = SliceDataset(items, vt, progress=progress)
-    return _SLICE_CACHE[key]
+        SLICE_CACHE[key] = SliceDataset(items, vt, progress=progress)
+    return SLICE_CACHE[key]
 
 
 def _stamped_hash(item: dict) -> bytes:
@@ -201,7 +201,7 @@ class PersistentSliceDataset(_TorchDataset):
         return item if self.slice_transform is None else apply_transform(self.slice_transform, item)
 
 
-def _persistent_slice_dataset(
+def persistent_slice_dataset(
     items: list[dict],
     image_size: int | None,
     num_slices: int | None,

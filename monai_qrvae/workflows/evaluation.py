@@ -5,7 +5,6 @@ The figures (pooled over the section, per stratum and per volume) are computed b
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -13,14 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai.data import DataLoader, Dataset
-
-from monai_qrvae.defaults import method_defaults
-from monai_qrvae.engines import create_anomaly_evaluator
-from monai_qrvae.handlers import AnomalyMapSaver, OverlaySaver, atomic_write
-from monai_qrvae.workflows.datasets import _datalist
-from monai_qrvae.workflows.inference import _anomaly_handlers, _calibration_for, _roi_size
-from monai_qrvae.workflows.models import load_model
+from monai_qrvae.evaluation import InputGridCollector, summarise
+from monai_qrvae.handlers import AnomalyMapSaver, OverlaySaver
+from monai_qrvae.tables import HEADLINE_COLUMNS, format_headline
+from monai_qrvae.utils import write_csv, write_text
+from monai_qrvae.workflows.datasets import checked_section
+from monai_qrvae.workflows.pipeline import Pipeline
 
 __all__ = ["evaluate", "write_table"]
 
@@ -55,25 +52,22 @@ def evaluate(
             default from :mod:`monai_qrvae.defaults` (chosen on the ``tuning`` split).
         threshold: the label-free threshold of the lesion mask (see :func:`~monai_qrvae.workflows.infer`).
     """
-    from monai_qrvae.evaluation import InputGridCollector, summarise
-
-    config, net = load_model(model_dir, device)
-    _calibration_for(model_dir, threshold)  # a missing calibration is refused before anything is written
-    if score_median is None:
-        score_median = method_defaults(config.method).score_median
-    items = _datalist(datalist, section, read_data=True)
+    pipeline = Pipeline.from_model_dir(model_dir, device).load()
+    pipeline.calibration_for(threshold)  # a missing calibration is refused before anything is written
+    config = pipeline.config
+    score_median = pipeline.score_median(score_median)
+    items = checked_section(datalist, section, read_data=True)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    pre = config.transforms()
-    loader = DataLoader(Dataset(items, pre), batch_size=1, num_workers=0)
-    post = _anomaly_handlers(config, model_dir, alpha, per, median_size, min_size, score_median, threshold)
+    pre = pipeline.pre_transforms()
+    post = pipeline.anomaly_handlers(threshold, alpha, per, median_size, min_size, score_median)
     collector = InputGridCollector(pre)
     handlers: list[Any] = [*post, collector]
     if save_maps:
         handlers.append(AnomalyMapSaver(output_dir / "maps", preprocessing=pre))
     if save_png:
         handlers.append(OverlaySaver(output_dir / "overlays"))
-    evaluator = create_anomaly_evaluator(net, loader, device=device, roi_size=_roi_size(config), val_handlers=handlers)
+    evaluator = pipeline.evaluator(items, handlers, pre)
     start = time.perf_counter()
     evaluator.run()
     seconds = time.perf_counter() - start
@@ -88,35 +82,25 @@ def evaluate(
     }
     result.update(summarise(collector.records))
     result["seconds"] = seconds
-    text = json.dumps(result, indent=2)
-    atomic_write(output_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text))
+    write_text(output_dir / "metrics.json", json.dumps(result, indent=2))
     return result
 
 
 def write_table(results: Sequence[dict[str, Any]], output_dir: str | os.PathLike) -> tuple[Path, Path, str]:
     """Write a metrics table (CSV and Markdown) comparing methods; return the paths and the Markdown text.
 
-    The columns are :data:`monai_qrvae.study.HEADLINE_COLUMNS` (whole brain, input grid) plus training seconds;
+    The columns are :data:`monai_qrvae.tables.HEADLINE_COLUMNS` (whole brain, input grid) plus training seconds;
     one row per result, strata rows under each method when the results have them.
     """
-    from monai_qrvae.study import HEADLINE_COLUMNS, format_headline
-
     output_dir = Path(output_dir)
     columns = ["method", *(k for k, _ in HEADLINE_COLUMNS), "train_seconds"]
     rows = [{c: r.get(c) for c in columns} for r in results]
-
-    def _csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    csv_path = atomic_write(output_dir / "metrics.csv", _csv)
+    csv_path = write_csv(output_dir / "metrics.csv", rows, columns)
     text = format_headline({r["method"]: [r] for r in results})
     times = ", ".join(
         f"{r['method']} {r['train_seconds']:.0f} s" for r in results if r.get("train_seconds") is not None
     )
     if times:
         text += f"\nTraining time: {times}.\n"
-    md_path = atomic_write(output_dir / "metrics.md", lambda tmp: Path(tmp).write_text(text))
+    md_path = write_text(output_dir / "metrics.md", text)
     return csv_path, md_path, text

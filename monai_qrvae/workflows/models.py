@@ -17,12 +17,13 @@ from torch import nn
 
 from monai_qrvae.anomaly import SCORES
 from monai_qrvae.baselines import IntensityBaseline
-from monai_qrvae.checkpoints import load_state_dict_file
 from monai_qrvae.context import CONTEXTS, context_channels
-from monai_qrvae.handlers import atomic_write
+from monai_qrvae.defaults import method_defaults
+from monai_qrvae.handlers.checkpoint import load_state_dict_file
 from monai_qrvae.losses import GaussianVAELoss, QRVAELoss
 from monai_qrvae.networks import QRVAE, AnomalyMapNet, GaussianVAE
 from monai_qrvae.preprocessing import volume_transforms
+from monai_qrvae.utils import atomic_write
 
 __all__ = [
     "METHODS",
@@ -106,6 +107,13 @@ class ModelConfig:
                 raise ValueError(f"spacing must be three positive voxel sizes in mm (RAS axes), got {self.spacing!r}.")
             self.spacing = spacing  # type: ignore[assignment]
 
+    @classmethod
+    def from_defaults(cls, method: str = "qrvae", **overrides: Any) -> ModelConfig:
+        """The configuration ``qrvae train --method method`` gives without options (:mod:`monai_qrvae.defaults`)."""
+        defaults = method_defaults(method)
+        keys = ("image_size", "num_slices", "quantiles", "context", "score", "quantile_score")
+        return cls(method=method, **{**{k: getattr(defaults, k) for k in keys}, **overrides})
+
     @property
     def network_channels(self) -> int:
         """Input channels of the network: the contrasts plus the through-plane context channels."""
@@ -181,7 +189,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     config = ModelConfig.load(model_dir / CONFIG_FILE)
     _, net = build_networks(config)
     state = load_state_dict_file(model_dir / WEIGHTS_FILE, map_location=device)
-    _check_weights_fit(state, net, model_dir / WEIGHTS_FILE, config)
+    check_weights_fit(state, net, model_dir / WEIGHTS_FILE, config)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
@@ -191,7 +199,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     return config, net.to(device).eval()
 
 
-def _check_weights_fit(state: dict[str, Any], net: nn.Module, path: Path, config: ModelConfig) -> None:
+def check_weights_fit(state: dict[str, Any], net: nn.Module, path: Path, config: ModelConfig) -> None:
     """Compare a state dict with the network of ``config``; a clear error names the first differences."""
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]

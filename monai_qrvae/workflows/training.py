@@ -21,18 +21,20 @@ from monai.utils import set_determinism
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from monai_qrvae.checkpoints import AtomicCheckpointSaver, ResumeFromCheckpoint
 from monai_qrvae.data.io import common_spacing
 from monai_qrvae.defaults import method_defaults
-from monai_qrvae.engines import EpochSeedHandler, LossHistory, create_loss_evaluator, create_trainer
-from monai_qrvae.handlers import atomic_write
+from monai_qrvae.engines import create_loss_evaluator, create_trainer
+from monai_qrvae.handlers.checkpoint import AtomicCheckpointSaver, ResumeFromCheckpoint
+from monai_qrvae.handlers.training import EpochSeedHandler, LossHistory
 from monai_qrvae.logging_utils import progress_enabled
-from monai_qrvae.workflows.datasets import _datalist, _persistent_slice_dataset, _slice_dataset
+from monai_qrvae.utils import atomic_write
+from monai_qrvae.workflows.calibration import fit_calibration
+from monai_qrvae.workflows.datasets import checked_section, persistent_slice_dataset, slice_dataset
 from monai_qrvae.workflows.models import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, build_loss, build_networks
 
 logger = logging.getLogger("monai_qrvae")
 
-__all__ = ["plot_history", "train"]
+__all__ = ["plot_history", "train", "calibrate_model"]
 
 
 def plot_history(rows: Sequence[dict[str, float]], path: str | os.PathLike, title: str = "training") -> Path:
@@ -129,8 +131,8 @@ def train(
         score=defaults.score if score is None else score,
         quantile_score=defaults.quantile_score if quantile_score is None else quantile_score,
     )
-    train_items = _datalist(datalist, "training")
-    val_items = _datalist(datalist, "validation")
+    train_items = checked_section(datalist, "training")
+    val_items = checked_section(datalist, "validation")
     config.spacing = common_spacing(train_items) if spacing == "auto" else spacing  # type: ignore[assignment]
     config.__post_init__()  # checks the spacing
     vae, net = build_networks(config)
@@ -141,7 +143,7 @@ def train(
         config.save(output_dir / CONFIG_FILE)
         atomic_write(output_dir / WEIGHTS_FILE, lambda tmp: torch.save(net.state_dict(), tmp))
         seconds = time.perf_counter() - start
-        calibration = _calibrate(output_dir, datalist, config, net, device) if calibrate else None
+        calibration = calibrate_model(output_dir, datalist, config, net, device) if calibrate else None
         return {
             "method": method,
             "model_dir": str(output_dir),
@@ -151,13 +153,13 @@ def train(
         }
 
     if cache_dir is None:
-        train_ds = _slice_dataset(train_items, image_size, num_slices, progress, config.context, config.spacing)
-        val_ds = _slice_dataset(val_items, image_size, num_slices, progress, config.context, config.spacing)
+        train_ds = slice_dataset(train_items, image_size, num_slices, progress, config.context, config.spacing)
+        val_ds = slice_dataset(val_items, image_size, num_slices, progress, config.context, config.spacing)
     else:  # bounded memory: slices read from the on-disk cache of prepared volumes
-        train_ds = _persistent_slice_dataset(
+        train_ds = persistent_slice_dataset(
             train_items, image_size, num_slices, cache_dir, progress, config.context, config.spacing
         )
-        val_ds = _persistent_slice_dataset(
+        val_ds = persistent_slice_dataset(
             val_items, image_size, num_slices, cache_dir, progress, config.context, config.spacing
         )
 
@@ -202,7 +204,7 @@ def train(
     trainer.run()
 
     if method == "mse":  # calibrate the residual sigma on healthy validation slices
-        config.residual_sigma = _residual_sigma(net, val_loader, device)
+        config.residual_sigma = estimate_residual_sigma(net, val_loader, device)
         net.residual_sigma = config.residual_sigma
     net = net.cpu().eval()
     config.save(output_dir / CONFIG_FILE)
@@ -212,7 +214,7 @@ def train(
     if rows:
         plot_history(rows, output_dir / "training_curve.png", title=f"{method} ({preset})")
     seconds = time.perf_counter() - start
-    calibration = _calibrate(output_dir, datalist, config, net, device) if calibrate else None
+    calibration = calibrate_model(output_dir, datalist, config, net, device) if calibrate else None
     return {
         "method": method,
         "model_dir": str(output_dir),
@@ -225,7 +227,7 @@ def train(
     }
 
 
-def _calibrate(
+def calibrate_model(
     output_dir: Path,
     datalist: str | os.PathLike,
     config: ModelConfig,
@@ -240,7 +242,6 @@ def _calibrate(
     for any ``n``). ``score_median``: the z-map filter calibrated (``None``: the method's default). Returns the
     number of calibration volumes, or ``None`` when there is no such section.
     """
-    from monai_qrvae.calibration import fit_calibration
     from monai_qrvae.data.datalist import load_datalist
 
     try:
@@ -258,7 +259,7 @@ def _calibrate(
 
 
 @torch.no_grad()
-def _residual_sigma(net: nn.Module, loader: Any, device: str) -> float:
+def estimate_residual_sigma(net: nn.Module, loader: Any, device: str) -> float:
     """Standard deviation of the FLAIR residual inside the brain on healthy slices (MSE-VAE's sigma)."""
     from monai_qrvae.anomaly import FLAIR_CHANNEL
 

@@ -20,12 +20,12 @@ from monai.transforms import Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
 
 from monai_qrvae.transforms.utils import (
-    _as_float,
-    _channel_mask,
-    _check_finite,
     _masked_input,
     _percentiles,
-    _prepare_mask,
+    as_float,
+    channel_mask,
+    check_finite_image,
+    prepare_mask,
 )
 
 __all__ = ["DEFAULT_LANDMARK_PERCENTILES", "MaskedScaleIntensityPercentiles", "MaskedZScore", "HistogramStandardize"]
@@ -81,7 +81,7 @@ class MaskedScaleIntensityPercentiles(Transform):
         img, img_t, mask_t = _masked_input(img, mask, name)
         out = torch.empty_like(img_t)
         for c in range(img_t.shape[0]):
-            m = _channel_mask(mask_t, c)
+            m = channel_mask(mask_t, c)
             a, b = _percentiles(img_t[c][m], [self.lower, self.upper])
             if b - a == 0.0:
                 warnings.warn(
@@ -123,7 +123,7 @@ class MaskedZScore(Transform):
         img, img_t, mask_t = _masked_input(img, mask, name)
         out = torch.full_like(img_t, self.background)
         for c in range(img_t.shape[0]):
-            m = _channel_mask(mask_t, c)
+            m = channel_mask(mask_t, c)
             values = img_t[c][m].double()
             std, mean = torch.std_mean(values, correction=0)
             if float(std) == 0.0:
@@ -236,14 +236,14 @@ class HistogramStandardize(Transform):
 
     def image_landmarks(self, img: NdarrayOrTensor, mask: NdarrayOrTensor | None = None) -> torch.Tensor:
         """Landmarks ``(C, L)`` (float64) of ``img`` ``(C, *spatial)`` inside ``mask`` (None: non-zero voxels)."""
-        img_t = _as_float(img).double()
-        _check_finite(img_t, "HistogramStandardize")
-        mask_t = _prepare_mask(img_t, mask, "HistogramStandardize")
+        img_t = as_float(img).double()
+        check_finite_image(img_t, "HistogramStandardize")
+        mask_t = prepare_mask(img_t, mask, "HistogramStandardize")
         return self._landmarks(img_t, mask_t)
 
     def _landmarks(self, img_t: torch.Tensor, mask_t: torch.Tensor) -> torch.Tensor:
         rows = [
-            torch.as_tensor(_percentiles(img_t[c][_channel_mask(mask_t, c)], self.percentiles), dtype=torch.float64)
+            torch.as_tensor(_percentiles(img_t[c][channel_mask(mask_t, c)], self.percentiles), dtype=torch.float64)
             for c in range(img_t.shape[0])
         ]
         return torch.stack(rows).cpu()
@@ -299,19 +299,19 @@ class HistogramStandardize(Transform):
                 "or load_state_dict() first."
             )
         img = convert_to_tensor(img, track_meta=get_track_meta())
-        img_t = _as_float(img)
+        img_t = as_float(img)
         if img_t.ndim < 2 or img_t.shape[0] != self.landmarks.shape[0]:
             raise ValueError(
                 f"HistogramStandardize: image of shape {tuple(img_t.shape)} has not the {self.landmarks.shape[0]} "
                 "channels of the landmarks; expected (C, *spatial) with the fitted C."
             )
-        _check_finite(img_t, "HistogramStandardize")
-        mask_t = _prepare_mask(img_t, mask, "HistogramStandardize")
+        check_finite_image(img_t, "HistogramStandardize")
+        mask_t = prepare_mask(img_t, mask, "HistogramStandardize")
         source = self._landmarks(img_t.double(), mask_t).to(img_t.device)
         target = self.landmarks.to(img_t.device)
         out = torch.full_like(img_t, self.background)
         for c in range(img_t.shape[0]):
-            m = _channel_mask(mask_t, c)
+            m = channel_mask(mask_t, c)
             out[c][m] = _piecewise_linear(img_t[c][m], source[c], target[c]).to(out.dtype)
         return convert_to_dst_type(out, dst=img, dtype=self.dtype)[0]
 

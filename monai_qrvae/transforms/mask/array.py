@@ -10,7 +10,7 @@ from monai.transforms import Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 from scipy import ndimage
 
-from monai_qrvae.transforms.utils import _check_finite
+from monai_qrvae.transforms.utils import check_finite_image
 
 __all__ = ["BrainMask"]
 
@@ -46,7 +46,7 @@ class BrainMask(Transform):
         img_t = convert_to_tensor(img, track_meta=False)
         if img_t.ndim < 2:
             raise ValueError(f"BrainMask: expected a channel-first image (C, *spatial), got shape {tuple(img.shape)}.")
-        _check_finite(img_t, "BrainMask")
+        check_finite_image(img_t, "BrainMask")
         mask = (img_t.abs() > self.threshold).any(dim=0, keepdim=True)
         if not bool(mask.any()):
             raise ValueError(

@@ -4,12 +4,11 @@ Everything here needs only ``monai`` and ``monai_qrvae``, so it runs (and is tes
 environment as well as in the MONAI Label server's. The infer task in ``lib/infers/qrvae.py`` is a thin
 ``BasicInferTask`` around it.
 
-The app loads the same model files as ``qrvae infer``: a model folder with ``model.pt``, ``model_config.json`` and
-(for the default, calibrated threshold) ``calibration.pt``; the shipped model is the bundle's ``models/`` folder.
-The preprocessing is the model's own (:meth:`monai_qrvae.workflows.ModelConfig.transforms`: its in-plane size, its
-slices, its context channels), the score is the model's (``ModelConfig.score``), and the lesion mask uses the
-label-free threshold of ``qrvae infer`` (conformal Benjamini-Hochberg on the model's healthy calibration by default,
-:func:`monai_qrvae.postprocessing.label_free_transforms`).
+The app runs a model folder through the same :class:`monai_qrvae.workflows.Pipeline` as ``qrvae infer``: a model
+folder with ``model.pt``, ``model_config.json`` and (for the default, calibrated threshold) ``calibration.pt``; the
+shipped model is the bundle's ``models/`` folder. The preprocessing is the pipeline's (the model's in-plane size,
+slices and context channels), the score is the model's, and the lesion mask uses the pipeline's label-free threshold
+(conformal Benjamini-Hochberg on the model's healthy calibration by default).
 
 Outside the brain (the input's all-zero voxels) every returned map follows the convention of the CLI and the bundle:
 ``z = 0``, ``p = 1``, ``lesion = 0``.
@@ -33,12 +32,10 @@ from monai.inferers import SliceInferer
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, MapTransform
 from torch import nn
 
-from monai_qrvae.calibration import CALIBRATION_FILE, Calibration, load_calibration
-from monai_qrvae.defaults import method_defaults
-from monai_qrvae.handlers.savers import invert_to_input
-from monai_qrvae.postprocessing import AnomalyMapsd, LesionFilterd, label_free_transforms
+from monai_qrvae.calibration import CALIBRATION_FILE, Calibration
+from monai_qrvae.transforms import LesionFilterd
 from monai_qrvae.transforms.anomaly.thresholds import LESION_STATS_KEY, SITE_KEY
-from monai_qrvae.workflows.models import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from monai_qrvae.workflows import CONFIG_FILE, THRESHOLD_CHOICES, WEIGHTS_FILE, ModelConfig, Pipeline
 
 __all__ = [
     "CONTRASTS",
@@ -67,7 +64,7 @@ ZMAP_BANDS = (2.0, 3.0, 4.0)
 #: label-free thresholds a request may ask for (``threshold``), as ``qrvae infer --threshold``: ``"conformal"``
 #: (default; needs the model's calibration.pt), ``"volume"``, ``"lesion"`` and ``"lesion-volume"`` (need it too)
 #: and ``"gaussian"`` (the paper's N(0, 1) p-values, no calibration).
-THRESHOLDS = ("conformal", "volume", "gaussian", "lesion", "lesion-volume")
+THRESHOLDS = THRESHOLD_CHOICES
 
 #: what an infer task returns: the lesion mask, the score's z-map in bands or as floats, or the p-map.
 OUTPUTS = ("lesion", "zmap_bands", "zmap", "pmap")
@@ -102,6 +99,7 @@ class LoadedModel:
         source: human-readable description of where the weights came from.
         defaults: post-processing defaults (``threshold``, ``alpha``, ``fdr_per``, ``score_median``,
             ``median_size``, ``min_size``).
+        pipeline: the model folder's pipeline (pre-transforms, score, thresholds, inversion), as ``qrvae infer``'s.
     """
 
     config: ModelConfig
@@ -110,6 +108,7 @@ class LoadedModel:
     calibration: Calibration | None
     source: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    pipeline: Pipeline | None = None
     _by_device: dict[str, nn.Module] = field(default_factory=dict, repr=False)
 
     @property
@@ -155,9 +154,9 @@ def _copy_to(network: nn.Module, device: str | torch.device) -> nn.Module:
 _POST_KEYS = ("threshold", "alpha", "fdr_per", "score_median", "median_size", "min_size")
 
 
-def _post_defaults(config: ModelConfig, threshold: str = "conformal") -> dict[str, Any]:
+def _post_defaults(pipeline: Pipeline, threshold: str = "conformal") -> dict[str, Any]:
     """The defaults of ``qrvae infer`` for this model (:mod:`monai_qrvae.defaults`)."""
-    method = method_defaults(config.method)
+    method = pipeline.defaults
     return {
         "threshold": threshold,
         "alpha": method.alpha,
@@ -211,16 +210,14 @@ def _require(path: Path, files: tuple[str, ...], option: str, what: str) -> None
 def load_model_source(kind: str, path: str | os.PathLike, threshold: str = "conformal") -> LoadedModel:
     """Load the model of a ``qrvae train`` folder (``kind="model_dir"``) or of a bundle's ``models/`` folder
     (``kind="bundle"``), with its calibration when the folder has one; ``threshold`` is the app's default."""
-    from monai_qrvae.workflows import load_model
-
     if kind not in ("model_dir", "bundle"):
         raise ValueError(f"kind must be 'model_dir' or 'bundle', got {kind!r}.")
     if threshold not in THRESHOLDS:
         raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}.")
     path = Path(path)
     model_dir = path / "models" if kind == "bundle" else path
-    config, network = load_model(model_dir)
-    calibration = load_calibration(model_dir)
+    pipeline = Pipeline.from_model_dir(model_dir).load()
+    config, network, calibration = pipeline.config, pipeline.network, pipeline.calibration
     what = "bundle" if kind == "bundle" else "model folder"
     return LoadedModel(
         config=config,
@@ -231,7 +228,8 @@ def load_model_source(kind: str, path: str | os.PathLike, threshold: str = "conf
             f"{what} {path} ({config.method}, preset {config.preset}, {config.image_size} px, score {config.score}, "
             f"{'calibrated' if calibration is not None else f'no {CALIBRATION_FILE}'})"
         ),
-        defaults=_post_defaults(config, threshold),
+        defaults=_post_defaults(pipeline, threshold),
+        pipeline=pipeline,
     )
 
 
@@ -318,15 +316,22 @@ def build_pre_transforms(model: LoadedModel) -> Compose:
             EnsureChannelFirstd(keys="image"),
             CheckContrastsd(keys="image", contrasts=CONTRASTS[: model.in_channels]),
             InputBraind(keys="image"),
-            *model.config.transforms(load=False).transforms,
+            *_pipeline(model).pre_transforms(load=False).transforms,
         ]
     )
 
 
 def build_inferer(model: LoadedModel) -> SliceInferer:
     """The 2D network over the stack of selected slices (last axis), as ``qrvae infer`` runs it."""
-    size = model.image_size or 256  # pointwise methods (FLAIR thresholding) take any in-plane size
-    return SliceInferer(roi_size=(size, size), sw_batch_size=SW_BATCH_SIZE, spatial_dim=2, progress=False)
+    roi_size = _pipeline(model).roi_size  # pointwise methods (FLAIR thresholding) take any in-plane size
+    return SliceInferer(roi_size=roi_size, sw_batch_size=SW_BATCH_SIZE, spatial_dim=2, progress=False)
+
+
+def _pipeline(model: LoadedModel) -> Pipeline:
+    """The model's pipeline (built from its folder and configuration when the model was made by hand)."""
+    if model.pipeline is None:
+        model.pipeline = Pipeline.from_model_dir(model.model_dir, model=(model.config, model.network))
+    return model.pipeline
 
 
 @dataclass
@@ -395,24 +400,16 @@ def threshold_transforms(model: LoadedModel, options: PostOptions) -> list[Any]:
     Raises:
         NotCalibratedError: a calibrated threshold is asked and the model folder has no ``calibration.pt``.
     """
-    calibration = None
-    if options.threshold != "gaussian":
-        calibration = model.calibration
-        if calibration is None:
-            raise NotCalibratedError(
-                f"the model {model.model_dir} has no {CALIBRATION_FILE}, so the {options.threshold!r} threshold "
-                "(healthy-calibrated, the default) cannot be used: calibrate the model with 'qrvae calibrate "
-                f"--model {model.model_dir} --datalist D' (D with a healthy 'calibration' section) and restart the "
-                "server, or send the request option {'threshold': 'gaussian'} for the paper's N(0, 1) p-values."
-            )
-    score = {"method": model.config.method, "score_median": options.score_median, "score": model.config.score}
+    if options.threshold != "gaussian" and model.calibration is None:
+        raise NotCalibratedError(
+            f"the model {model.model_dir} has no {CALIBRATION_FILE}, so the {options.threshold!r} threshold "
+            "(healthy-calibrated, the default) cannot be used: calibrate the model with 'qrvae calibrate "
+            f"--model {model.model_dir} --datalist D' (D with a healthy 'calibration' section) and restart the "
+            "server, or send the request option {'threshold': 'gaussian'} for the paper's N(0, 1) p-values."
+        )
     try:
-        return label_free_transforms(
-            options.threshold,
-            calibration,
-            alpha=options.alpha,
-            per=options.fdr_per,
-            score=score if calibration is not None else None,
+        return _pipeline(model).threshold_transforms(
+            options.threshold, options.alpha, options.fdr_per, options.score_median
         )
     except ValueError as e:  # the request's score definition differs from the calibrated one (e.g. score_median)
         raise StudyError(f"the request cannot use the model's calibration: {e}") from e
@@ -432,9 +429,8 @@ def postprocess(
     calibration, and a warning when it is off) in ``data["site"]``; the lesion-level thresholds leave their
     per-lesion evidence (analysed grid) in ``data["lesion_stats"]``.
     """
-    transforms: list[Any] = [
-        AnomalyMapsd(keys=pred_key, mask_key="brain_mask", median_size=options.score_median, score=model.config.score)
-    ]
+    pipeline = _pipeline(model)
+    transforms: list[Any] = [pipeline.score_transform(options.score_median, pred_key=pred_key)]
     if options.needs_threshold:
         transforms += threshold_transforms(model, options)
     if options.output == "lesion":
@@ -448,7 +444,7 @@ def postprocess(
         data[LESION_STATS_KEY] = d[LESION_STATS_KEY]
     key = {"lesion": "lesion", "pmap": "p"}.get(options.output, "z")
     image = d["image"]
-    inverted = invert_to_input({key: d[key]}, image, pre, one_outside=("p",))[key]
+    inverted = pipeline.invert({key: d[key]}, image, pre, one_outside=("p",))[key]
     affine_src = inverted.affine if hasattr(inverted, "affine") else image.meta["original_affine"]
     affine = torch.as_tensor(affine_src).double().cpu().numpy()
     array = torch.as_tensor(inverted).detach().cpu().float().numpy()[0]
