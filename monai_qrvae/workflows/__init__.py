@@ -36,7 +36,14 @@ from monai_qrvae.workflows.models import (
     load_model,
     shipped_model_dir,
 )
-from monai_qrvae.workflows.pipeline import CHECKED_SCORE_KEYS, THRESHOLD_CHOICES, InputError, Pipeline
+from monai_qrvae.workflows.pipeline import (
+    CHECKED_SCORE_KEYS,
+    EXPECTED_INPUT,
+    THRESHOLD_CHOICES,
+    CheckedDataset,
+    InputError,
+    Pipeline,
+)
 from monai_qrvae.workflows.training import calibrate_model, plot_history, train
 
 __all__ = [
@@ -45,6 +52,8 @@ __all__ = [
     "ModelConfig",
     "Pipeline",
     "InputError",
+    "CheckedDataset",
+    "EXPECTED_INPUT",
     "build_networks",
     "load_model",
     "train",

@@ -33,7 +33,7 @@ from monai_qrvae.transforms import AnomalyMapsd, LesionFilterd, label_free_trans
 from monai_qrvae.utils import CONTRAST_NAMES
 from monai_qrvae.workflows.models import CONFIG_FILE, ModelConfig, load_model
 
-__all__ = ["THRESHOLD_CHOICES", "CHECKED_SCORE_KEYS", "InputError", "Pipeline"]
+__all__ = ["THRESHOLD_CHOICES", "CHECKED_SCORE_KEYS", "EXPECTED_INPUT", "CheckedDataset", "InputError", "Pipeline"]
 
 #: the entries of the score definition that a calibrated threshold checks against the calibration's.
 CHECKED_SCORE_KEYS = ("method", "score_median", "score")
@@ -73,10 +73,18 @@ def input_error(item: Any, err: BaseException, expected: str) -> InputError:
     return InputError(message)
 
 
-class _CheckedDataset(Dataset):
-    """``monai.data.Dataset`` whose pre-transform errors name the item's file (see :func:`input_error`)."""
+#: what an input must be, in words, where the model is not known (the bundle's datasets)
+EXPECTED_INPUT = (
+    "a readable 3D brain MRI with the model's contrasts as channels (NIfTI or another ITK format), finite voxels, and "
+    "a brain mask of its grid when one is given"
+)
 
-    def __init__(self, data: Sequence[Any], transform: Callable, expected: str) -> None:
+
+class CheckedDataset(Dataset):
+    """``monai.data.Dataset`` whose pre-transform errors are one :class:`InputError` line naming the item's file and
+    what was expected (see :func:`input_error`); the bundle's inference configs use it as their ``dataset``."""
+
+    def __init__(self, data: Sequence[Any], transform: Callable, expected: str = EXPECTED_INPUT) -> None:
         super().__init__(data, transform)
         self.expected = expected
 
@@ -291,7 +299,7 @@ class Pipeline:
 
     def dataset(self, items: Sequence[Any], pre: Callable | None = None) -> Dataset:
         """The items through the pre-transforms; an item that cannot be prepared is an :class:`InputError`."""
-        return _CheckedDataset(list(items), pre if pre is not None else self.pre_transforms(), self.expected_input)
+        return CheckedDataset(list(items), pre if pre is not None else self.pre_transforms(), self.expected_input)
 
     def prepare(self, item: Any, pre: Callable) -> Any:
         """One item through ``pre`` (outside an evaluator), its errors as :class:`InputError`."""

@@ -323,7 +323,7 @@ def test_the_shipped_flair_t2_score_weights_t2_and_flair_not_t1():
     from monai_qrvae.defaults import DEFAULTS
     from monai_qrvae.transforms import AnomalyMapsd
 
-    repo = Path(__file__).parents[1]
+    repo = Path(__file__).parents[2]
     assert json.loads((repo / "bundle" / "models" / "model_config.json").read_text())["score"] == "flair_t2"
     for config in ("train.json", "inference.json"):
         assert json.loads((repo / "bundle" / "configs" / config).read_text())["score"] == "flair_t2"

@@ -257,6 +257,27 @@ def test_inference_datalist_from_a_folder_or_the_datalist(tmp_path):
     assert items == [{"image": item["image"], "brain_mask": item["brain_mask"]}]
 
 
+def test_inference_dataset_errors_are_one_line_naming_the_file(tmp_path):
+    """A scan the bundle's preprocessing cannot read or use is one InputError line: the file, and what was expected
+    (not MONAI's ``applying transform <...Orientationd object at 0x...>``)."""
+    from monai_qrvae.workflows import InputError
+
+    corrupt = tmp_path / "scans" / "case0.nii.gz"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"not a NIfTI file")
+    nan = tmp_path / "scans" / "case1.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((20, 20, 20, 3), np.nan, np.float32), np.eye(4)), nan)
+    # past the datalist's own up-front check (a datalist given on the command line, or a file changed since)
+    parser = _parser("inference.json", datalist=[{"image": str(corrupt)}, {"image": str(nan)}])
+    dataset = parser.get_parsed_content("dataset")
+    for index, path in enumerate((corrupt, nan)):
+        with pytest.raises(InputError) as info:
+            dataset[index]
+        message = str(info.value)
+        assert "\n" not in message and str(path) in message and "expected" in message, message
+        assert "applying transform" not in message and " object at 0x" not in message, message
+
+
 @pytest.mark.parametrize("folder", ["empty", "missing", "other_files"])
 def test_inference_refuses_an_input_folder_without_scans(tmp_path, capsys, folder):
     """``--input_dir`` without a matching scan: a one-line error naming the folder and the pattern, exit status 2."""
