@@ -28,6 +28,22 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "qrvae"))
 
 
+@pytest.fixture(autouse=True)
+def _torch_global_state() -> Any:
+    """Every test starts with the process's torch settings and leaves them so: a test that changes the thread count,
+    the default dtype or the deterministic flag must not change the figures of the tests after it (float results of
+    the network depend on the thread count, and some tests compare two runs bit for bit)."""
+    import torch
+
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    deterministic, mkldnn = torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.mkldnn.enabled = mkldnn
+
+
 @pytest.fixture(scope="session")
 def cohort_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``make(basename, subfolder=None, **settings) -> datalist``: :func:`monai_qrvae.data.make_cohort` with

@@ -83,7 +83,7 @@ def test_sigma_summary_of_the_truth_is_calibrated():
 
 def test_qrvae_recovers_the_known_sigma_ordering():
     """A QR-VAE trained briefly predicts sigma close to the truth and growing with it (the heteroscedasticity)."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # restored after the test by conftest's _torch_global_state
     train = simulation.make_manifold_data(1000, seed=0)
     test = simulation.make_manifold_data(1000, seed=100)
     torch.manual_seed(0)
