@@ -42,8 +42,8 @@ __all__ = [
 
 #: the columns of ``cohort.csv`` (one row per subject).
 COHORT_COLUMNS = ("subject", "lesions", "total_ml", "largest_lesion_ml", "site_mismatch", "seconds")
-MANIFEST_DIR = ".manifest"
-PARTIAL_DIR = ".partial"
+#: the folder of an output folder that holds the per-subject manifests, and the staging folder of unfinished subjects.
+MANIFEST_DIR, PARTIAL_DIR = ".manifest", ".partial"
 
 
 def _file_stamp(path: Path) -> list[int]:
