@@ -1,25 +1,42 @@
 """Mutation score per module from mutmut's results (``mutants/**/*.py.meta``), for ``make mutation``.
 
-``python tools/mutation_score.py [--survivors] [--diff] [MODULE_PREFIX ...]``: one line per mutated module (killed,
-survived, no tests, timeout, score = killed (+ timeouts) / checked mutants), then the total; ``--survivors`` also
-lists every surviving mutant, ``--diff`` with the line it changes (``mutmut show NAME`` prints the whole diff).
-Mutants not checked (a run restricted to some modules) are left out.
+``python tools/mutation_score.py [--survivors] [--diff] [--markdown] [MODULE_PREFIX ...]``: one line per mutated
+module (killed, survived, no tests, timeout, equivalent survivors, score = killed (+ timeouts) / checked mutants, and
+the score of the non-equivalent ones), then the total; ``--survivors`` also lists every surviving mutant with its
+category, ``--diff`` with the line it changes (``mutmut show NAME`` prints the whole diff); ``--markdown`` writes
+the docs/testing.md section. Mutants not checked (a run restricted to some modules) are left out.
+
+A survivor counts as equivalent only when a rule proves or accepts it (a device or dtype argument, MetaTensor
+tracking, display rounding, or a dropped keyword argument whose literal value equals the callee's default, checked
+on the callee's signature), or when it is reviewed one by one in ``tools/mutation_equivalents.toml``, with its
+reason. Every other survivor is a gap.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import difflib
+import importlib
+import inspect
 import json
 import re
 import sys
+import textwrap
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 KILLED = {1, 3, 37}  # a failing test, pytest's internal error on the mutant, caught by the type checker
 TIMEOUT = {24, -24, 36, 152, 255}  # a mutant that hangs is caught: the run would never finish
 SURVIVED = {0}
 NO_TESTS = {5, 33}
+EQUIVALENTS = Path(__file__).with_name("mutation_equivalents.toml")
 
 
 def scores(root: Path = Path("mutants")) -> tuple[dict[str, Counter], dict[str, list[str]]]:
@@ -46,10 +63,10 @@ def scores(root: Path = Path("mutants")) -> tuple[dict[str, Counter], dict[str, 
     return counts, survivors
 
 
-def changed_lines(wanted: set[str] | None = None, root: Path = Path("mutants")) -> dict[str, str]:
-    """``{mutant name: "old line -> new line"}`` from the mutated copies (each mutant is a function beside its
-    ``__mutmut_orig``)."""
-    out: dict[str, str] = {}
+def _functions(root: Path, wanted: set[str] | None) -> dict[str, tuple[str, str, str]]:
+    """``{mutant name: (module, original function source, mutated function source)}`` from the mutated copies (each
+    mutant is a function beside its ``__mutmut_orig``), the original renamed like the mutant."""
+    out: dict[str, tuple[str, str, str]] = {}
     for path in sorted(root.rglob("*.py")):
         text = path.read_text()
         if "__mutmut_orig" not in text:
@@ -67,39 +84,118 @@ def changed_lines(wanted: set[str] | None = None, root: Path = Path("mutants")) 
             stem, _, number = name.rpartition("__mutmut_")
             if number == "orig" or (wanted is not None and f"{module}.{name}" not in wanted):
                 continue
-            orig = functions.get(f"{stem}__mutmut_orig", "").replace(f"{stem}__mutmut_orig", name).splitlines()
-            mutated = source.splitlines()
-            opcodes = difflib.SequenceMatcher(None, orig, mutated, autojunk=False).get_opcodes()
-            change = next((op for op in opcodes if op[0] != "equal"), None)
-            if change is not None:
-                _, i1, i2, j1, j2 = change
-                old = " / ".join(line.strip() for line in orig[i1:i2])
-                new = " / ".join(line.strip() for line in mutated[j1:j2])
-                out[f"{module}.{name}"] = f"{old}  ->  {new}"
+            orig = functions.get(f"{stem}__mutmut_orig", "").replace(f"{stem}__mutmut_orig", name)
+            out[f"{module}.{name}"] = (module, orig, source)
     return out
 
 
-#: why a surviving mutant may be left alive, by what its change touches (first match wins); the rest are gaps
+def _change(orig: str, mutated: str) -> str:
+    """``"old line -> new line"``: the first lines that differ."""
+    a, b = orig.splitlines(), mutated.splitlines()
+    change = next(
+        (op for op in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes() if op[0] != "equal"), None
+    )
+    if change is None:
+        return ""
+    _, i1, i2, j1, j2 = change
+    return " / ".join(line.strip() for line in a[i1:i2]) + "  ->  " + " / ".join(line.strip() for line in b[j1:j2])
+
+
+def changed_lines(wanted: set[str] | None = None, root: Path = Path("mutants")) -> dict[str, str]:
+    """``{mutant name: "old line -> new line"}`` from the mutated copies."""
+    return {name: _change(orig, mutated) for name, (_, orig, mutated) in _functions(root, wanted).items()}
+
+
+def _dropped_keyword(orig: str, mutated: str) -> tuple[ast.Call, ast.keyword] | None:
+    """The call and the keyword argument a mutant removed, when that is its whole change (else None)."""
+    try:
+        a, b = ast.parse(textwrap.dedent(orig)), ast.parse(textwrap.dedent(mutated))
+    except SyntaxError:
+        return None
+    calls_a = [n for n in ast.walk(a) if isinstance(n, ast.Call)]
+    calls_b = [n for n in ast.walk(b) if isinstance(n, ast.Call)]
+    if len(calls_a) != len(calls_b):
+        return None
+    found = None
+    for ca, cb in zip(calls_a, calls_b):
+        if ast.dump(ca) == ast.dump(cb):
+            continue
+        kept = [ast.dump(k) for k in cb.keywords]
+        gone = [k for k in ca.keywords if ast.dump(k) not in kept]
+        same_rest = ast.dump(ca.func) == ast.dump(cb.func) and [ast.dump(x) for x in ca.args] == [
+            ast.dump(x) for x in cb.args
+        ]
+        if len(gone) == 1 and len(cb.keywords) == len(ca.keywords) - 1 and same_rest:
+            # the innermost differing call is the mutated one (ast.walk is breadth first: outer calls differ too)
+            found = (ca, gone[0])
+    return found
+
+
+def _callee(module: str, mutant: str, func: ast.expr) -> Any:
+    """The object a call's ``func`` names in the mutated module (``self.x`` in a method: the class's ``x``)."""
+    mod = importlib.import_module(module)
+    parts: list[str] = []
+    node = func
+    while isinstance(node, ast.Attribute):
+        parts.insert(0, node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        raise LookupError("not a dotted name")
+    if node.id == "self":
+        cls = mutant.rpartition(".")[2].split("\u01c1")[1]
+        obj: Any = getattr(mod, cls)
+    else:
+        obj = getattr(mod, node.id) if hasattr(mod, node.id) else getattr(builtins, node.id)
+    for part in parts:
+        obj = getattr(obj, part)
+    return obj
+
+
+def verified_default(module: str, mutant: str, orig: str, mutated: str) -> bool:
+    """Whether a mutant only drops a keyword argument whose literal value equals the callee's own default, checked
+    on the callee's signature (such a mutant is equivalent: the call is unchanged)."""
+    dropped = _dropped_keyword(orig, mutated)
+    if dropped is None or dropped[1].arg is None:
+        return False
+    call, keyword = dropped
+    try:
+        value = ast.literal_eval(keyword.value)
+        parameter = inspect.signature(_callee(module, mutant, call.func)).parameters[keyword.arg]
+    except Exception:  # not a literal, a callee without a signature, an unknown parameter: not verified
+        return False
+    default = parameter.default
+    return default is not inspect.Parameter.empty and type(default) is type(value) and default == value
+
+
+def _load_equivalents(path: Path = EQUIVALENTS) -> dict[str, str]:
+    """``{mutant name: why it is equivalent or accepted}`` from the reviewed list."""
+    if not path.exists():
+        return {}
+    out: dict[str, str] = {}
+    for group in tomllib.loads(path.read_text()).get("group", []):
+        for name in group["mutants"]:
+            out[name] = group["why"]
+    return out
+
+
+#: why a surviving mutant may be left alive, by what its change touches (first match wins); what no rule and no
+#: reviewed entry of tools/mutation_equivalents.toml covers is a gap
 CATEGORIES = [
     ("device", r"device|\.to\(None\)", "equivalent here: where a tensor lives (one CPU device in the tests)"),
     (
         "dtype",
-        r"dtype|float64|float32|\.double|\.float|int64",
+        r"dtype|float64|float32|\.double|\.float",
         "accepted: working precision only (the values agree to the checked tolerance)",
     ),
     ("metatensor", r"track_meta", "equivalent: MetaTensor or plain tensor, same values"),
     ("rounding", r"round\(", "accepted: digits of a displayed (rounded) value"),
-    (
-        "default",
-        r"None|, \)|\(\)",
-        "equivalent or accepted: an argument dropped or set to None where the default gives the same result",
-    ),
-    (
-        "text",
-        r"XX|\"[A-Z_]{2,}\"|'[A-Z_]{2,}'",
-        "accepted: the text of a name, key or label that only reaches messages, logs or display",
-    ),
 ]
+REASONS = {
+    **{name: reason for name, _, reason in CATEGORIES},
+    "default": "equivalent: drops a keyword argument equal to the callee's default (checked on its signature)",
+    "reviewed": "equivalent or accepted, reviewed one by one (tools/mutation_equivalents.toml gives each one's reason)",
+    "gap": "not killed: a behaviour no fast test checks",
+}
 
 
 def _fragments(change: str) -> str:
@@ -112,66 +208,94 @@ def _fragments(change: str) -> str:
     return " ".join(parts)
 
 
-def category(change: str) -> str:
+def category(change: str, name: str = "", sources: tuple[str, str, str] | None = None) -> str:
+    """Why a survivor may stay alive: a reviewed entry, a rule on its changed text, a verified default; else gap."""
+    if name in _EQUIVALENTS:
+        return "reviewed"
     fragment = _fragments(change)
-    for name, pattern, _ in CATEGORIES:
+    for label, pattern, _ in CATEGORIES:
         if re.search(pattern, fragment):
-            return name
+            return label
+    if sources is not None and verified_default(sources[0], name, sources[1], sources[2]):
+        return "default"
     return "gap"
 
 
-def markdown(prefixes: list[str]) -> str:
-    """The score table and every survivor by category (for docs/testing.md)."""
+_EQUIVALENTS = _load_equivalents()
+
+
+def classify(prefixes: list[str] = ()) -> tuple[dict[str, Counter], dict[str, list[tuple[str, str, str]]], dict]:
+    """Counts per module, the survivors by category (``(name, module, change)``) and the no-tests functions."""
     counts, survivors = scores()
-    wanted = {n.split(" ")[0] for m in survivors for n in survivors[m]}
-    lines = changed_lines(wanted)
-    rows = ["| module | killed | survived | no tests | timeout | score |", "|---|---:|---:|---:|---:|---:|"]
-    total: Counter = Counter()
-    for module in sorted(counts):
-        if prefixes and not any(module.startswith(p) for p in prefixes):
-            continue
-        c = counts[module]
-        if not sum(c.values()):
-            continue
-        total.update(c)
-        score = (c["killed"] + c["timeout"]) / sum(c.values())
-        rows.append(
-            f"| `{module}` | {c['killed']} | {c['survived']} | {c['no tests']} | {c['timeout']} | {score:.1%} |"
-        )
-    score = (total["killed"] + total["timeout"]) / max(1, sum(total.values()))
-    rows.append(
-        f"| total | {total['killed']} | {total['survived']} | {total['no tests']} | {total['timeout']} | {score:.1%} |"
-    )
-    by_category: dict[str, list[str]] = defaultdict(list)
+    counts = {m: c for m, c in counts.items() if not prefixes or any(m.startswith(p) for p in prefixes)}
+    wanted = {n.split(" ")[0] for m in counts for n in survivors.get(m, [])}
+    sources = _functions(Path("mutants"), wanted)
+    by_category: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     no_tests: dict[str, Counter] = defaultdict(Counter)
-    for module in sorted(survivors):
-        for entry in survivors[module]:
+    for module in sorted(counts):
+        for entry in survivors.get(module, []):
             name, outcome = entry.split(" ", 1)
             if "no tests" in outcome:
                 function = name.rpartition("__mutmut_")[0].rpartition(".")[2].lstrip("x").lstrip("_").replace("ǁ", ".")
                 no_tests[module][function] += 1
                 continue
-            change = lines.get(name, "")
-            cell = change.replace("|", "\\|")  # a table cell
-            by_category[category(change)].append(f"| `{name.rpartition('.')[2]}` ({module}) | `{cell}` |")
+            src = sources.get(name)
+            change = _change(src[1], src[2]) if src else ""
+            by_category[category(change, name, src)].append((name, module, change))
+    return counts, by_category, no_tests
+
+
+def markdown(prefixes: list[str]) -> str:
+    """The score table and every survivor by category (for docs/testing.md)."""
+    counts, by_category, no_tests = classify(prefixes)
+    equivalent_by_module: Counter = Counter(
+        module for label, rows in by_category.items() if label != "gap" for _, module, _ in rows
+    )
+    rows = [
+        "| module | killed | survived | no tests | timeout | equivalent | score | score of non-equivalent |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    total: Counter = Counter()
+    for module in sorted(counts):
+        c = counts[module]
+        if not sum(c.values()):
+            continue
+        total.update(c)
+        killed, eq = c["killed"] + c["timeout"], equivalent_by_module[module]
+        rows.append(
+            f"| `{module}` | {c['killed']} | {c['survived']} | {c['no tests']} | {c['timeout']} | {eq} | "
+            f"{killed / sum(c.values()):.1%} | {killed / max(1, sum(c.values()) - eq):.1%} |"
+        )
+    killed, eq = total["killed"] + total["timeout"], sum(equivalent_by_module.values())
+    checked = sum(total.values())
+    rows.append(
+        f"| total | {total['killed']} | {total['survived']} | {total['no tests']} | {total['timeout']} | {eq} | "
+        f"{killed / max(1, checked):.1%} | {killed / max(1, checked - eq):.1%} |"
+    )
     gaps = len(by_category.get("gap", []))
     untested = sum(sum(c.values()) for c in no_tests.values())
-    killed = total["killed"] + total["timeout"]
     rows += [
         "",
-        f"Not counting the survivors of the equivalent or accepted categories below: {killed} killed of "
-        f"{killed + gaps + untested} ({killed / max(1, killed + gaps + untested):.1%}); {gaps} gaps and {untested} "
-        "mutants in functions only slow tests run remain.",
+        f"Of the {checked - eq} non-equivalent mutants, {killed} are killed ({killed / max(1, checked - eq):.1%}); "
+        f"{gaps} survive (gaps) and {untested} sit in functions that no fast test calls.",
     ]
     out = rows + [""]
-    reasons = {name: reason for name, _, reason in CATEGORIES}
-    reasons["gap"] = "not killed yet: a behaviour no fast test checks (to do)"
-    for name in [c[0] for c in CATEGORIES] + ["gap"]:
-        if by_category.get(name):
-            out += [f"**{name}** ({len(by_category[name])}): {reasons[name]}", "", "| mutant | change |", "|---|---|"]
-            out += by_category[name] + [""]
+    for label in [c[0] for c in CATEGORIES] + ["default", "reviewed", "gap"]:
+        entries = by_category.get(label, [])
+        if not entries:
+            continue
+        out += [f"**{label}** ({len(entries)}): {REASONS[label]}", ""]
+        if label == "reviewed":
+            out += ["| mutant | change | why |", "|---|---|---|"]
+        else:
+            out += ["| mutant | change |", "|---|---|"]
+        for name, module, change in entries:
+            cell = change.replace("|", "\\|")  # a table cell
+            why = f" {_EQUIVALENTS[name]} |" if label == "reviewed" else ""
+            out.append(f"| `{name.rpartition('.')[2]}` ({module}) | `{cell}` |{why}")
+        out.append("")
     if no_tests:
-        out += ["**no tests**: functions that only the slow tests run (training, bundle and raw end-to-end runs):", ""]
+        out += ["**no tests**: functions that no fast test calls (only slow tests run them, or none):", ""]
         for module in sorted(no_tests):
             funcs = ", ".join(f"`{f}` ({n})" for f, n in sorted(no_tests[module].items()))
             out.append(f"- `{module}`: {funcs}")
@@ -179,40 +303,42 @@ def markdown(prefixes: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    prefixes = [a for a in argv if not a.startswith("--")]
     if "--markdown" in argv:
-        print(markdown([a for a in argv if not a.startswith("--")]))
+        print(markdown(prefixes))
         return 0
     diff = "--diff" in argv
     show = "--survivors" in argv or diff
-    prefixes = [a for a in argv if not a.startswith("--")]
-    counts, survivors = scores()
+    counts, by_category, no_tests = classify(prefixes)
+    eq_by_module: Counter = Counter(m for label, rows in by_category.items() if label != "gap" for _, m, _ in rows)
     total: Counter = Counter()
-    print(f"{'module':48s} {'killed':>7s} {'survived':>8s} {'no tests':>8s} {'timeout':>7s} {'score':>7s}")
+    head = ("module", "killed", "survived", "no tests", "timeout", "equiv.", "score", "non-eq.")
+    print(f"{head[0]:48s} " + " ".join(f"{h:>8s}" for h in head[1:]))
     for module in sorted(counts):
-        if prefixes and not any(module.startswith(p) for p in prefixes):
-            continue
         c = counts[module]
         checked = sum(c.values())
         if not checked:
             continue
         total.update(c)
-        score = (c["killed"] + c["timeout"]) / checked
-        print(f"{module:48s} {c['killed']:7d} {c['survived']:8d} {c['no tests']:8d} {c['timeout']:7d} {score:7.1%}")
-    checked = sum(total.values())
-    if checked:
-        score = (total["killed"] + total["timeout"]) / checked
+        killed, eq = c["killed"] + c["timeout"], eq_by_module[module]
         print(
-            f"{'total':48s} {total['killed']:7d} {total['survived']:8d} {total['no tests']:8d} "
-            f"{total['timeout']:7d} {score:7.1%}"
+            f"{module:48s} {c['killed']:8d} {c['survived']:8d} {c['no tests']:8d} {c['timeout']:8d} {eq:8d} "
+            f"{killed / checked:8.1%} {killed / max(1, checked - eq):8.1%}"
+        )
+    checked, eq = sum(total.values()), sum(eq_by_module.values())
+    if checked:
+        killed = total["killed"] + total["timeout"]
+        print(
+            f"{'total':48s} {total['killed']:8d} {total['survived']:8d} {total['no tests']:8d} {total['timeout']:8d} "
+            f"{eq:8d} {killed / checked:8.1%} {killed / max(1, checked - eq):8.1%}"
         )
     if show:
-        wanted = {n.split(" ")[0] for m in survivors for n in survivors[m]}
-        lines = changed_lines(wanted) if diff else {}
-        for module in sorted(survivors):
-            if prefixes and not any(module.startswith(p) for p in prefixes):
-                continue
-            for name in survivors[module]:
-                print(f"{name}  {lines.get(name.split(' ')[0], '')}".rstrip())
+        for label in sorted(by_category):
+            for name, _, change in by_category[label]:
+                print(f"[{label}] {name}  {change if diff else ''}".rstrip())
+        for module in sorted(no_tests):
+            for function, n in sorted(no_tests[module].items()):
+                print(f"[no tests] {module}.{function}: {n} mutants")
     return 0
 
 
