@@ -712,3 +712,90 @@ def test_summary_describes_the_calibration():
     assert out["lesion_threshold"] == 0.0 and out["lesion_clusters"] == 2
     assert out["lesion_volume_max"] == {"extent": [0.002, 0.001], "mass": [0.0055, 0.001], "peak": [3.0, 1.0]}
     assert out["voxel_quantiles"] == {"0.5": 0.0, "0.99": 2.5, "0.999": 2.5}
+
+
+def test_calibration_value_checks_and_conversions():
+    """'none' holds one stratum, at least one voxel score is needed (one is enough), lesion statistics become float64
+    tensors."""
+    with pytest.raises(ValueError, match="stratify 'none' needs one stratum, got 2"):
+        Calibration(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0, 1, 3]), torch.tensor([2.0]))
+    with pytest.raises(ValueError, match="at least one voxel score"):
+        Calibration(torch.zeros(0), torch.tensor([0, 0]), torch.tensor([2.0]))
+    one = Calibration(torch.tensor([1.5]), torch.tensor([0, 1]), torch.tensor([1.5]))
+    assert one.primary_threshold(0.5) == 1.5
+    cal = _cal([0.0, 1.0], [1.0], lesion_stats={"extent": [1, 2]}, lesion_volume_max={"extent": [[2]]})
+    assert cal.lesion_stats["extent"].dtype == torch.float64 and cal.lesion_stats["extent"].tolist() == [1.0, 2.0]
+    assert cal.lesion_volume_max["extent"].dtype == torch.float64 and cal.lesion_volume_max["extent"].shape == (1,)
+
+
+def test_from_scores_nulls_use_the_brain_voxels_only():
+    """Outside the mask the map is 1000: neither the standardising null nor the raw (site-check) null sees it; a
+    volume of exactly 10 brain voxels still gets its raw null."""
+    rng = np.random.default_rng(1)
+    vol = torch.full((6, 6, 2), 1000.0)
+    mask = torch.zeros_like(vol, dtype=torch.bool)
+    mask[:3] = True
+    vol[mask] = torch.tensor(rng.normal(2.0, 3.0, int(mask.sum())), dtype=torch.float32)
+    std = Calibration.from_scores([vol], [mask], null="robust")
+    z, params = standardise(vol[mask], None, "robust")
+    assert std.null_params[0].tolist() == pytest.approx(params) and params[0] == pytest.approx(2.0, abs=1.5)
+    assert torch.allclose(std.voxel_scores, torch.sort(z).values)
+    raw = Calibration.from_scores([vol], [mask])
+    assert raw.null_params[0].tolist() == pytest.approx(empirical_null(vol[mask], None, "central"))
+    ten = torch.zeros(6, 6, 2, dtype=torch.bool)
+    ten.view(-1)[:10] = True
+    assert Calibration.from_scores([vol], [ten]).null_params.shape == (1, 2)
+    ten.view(-1)[9] = False
+    assert Calibration.from_scores([vol], [ten]).null_params is None
+
+
+def test_standardise_with_a_null_uses_the_mask_and_the_calibration_method():
+    rng = np.random.default_rng(2)
+    cal = _cal([0.0, 1.0], [1.0], null="median")
+    scores = torch.tensor(rng.normal(5.0, 2.0, 40), dtype=torch.float32)
+    scores[30:] = 100.0
+    mask = torch.arange(40) < 30
+    out, params = cal.standardise(scores, mask)
+    expected, expected_params = standardise(scores, mask, "median")
+    assert params == pytest.approx(expected_params) and torch.allclose(out, expected)
+    assert params != pytest.approx(empirical_null(scores, mask, "central"))  # the calibration's own method
+
+
+def test_fits_are_required_before_use():
+    """A cluster-size threshold needs both the sizes and the cluster threshold; lesion inference needs the statistics,
+    the per-volume maxima and the threshold."""
+    sizes_only = _cal([0.0, 1.0], [1.0, 1.0, 1.0], max_cluster_sizes=[1, 2, 3])
+    with pytest.raises(ValueError, match="no cluster-size calibration"):
+        sizes_only.cluster_size_threshold(0.25)
+    both = _cal([0.0, 1.0], [1.0, 1.0, 1.0], max_cluster_sizes=[1, 2, 3], cluster_threshold=0.5)
+    assert both.cluster_size_threshold(0.25) == 3
+    stats = {"extent": [1.0], "mass": [1.0], "peak": [1.0]}
+    for missing in ("lesion_threshold", "lesion_volume_max", "lesion_stats"):
+        kw = {"lesion_threshold": 0.5, "lesion_volume_max": stats, "lesion_stats": stats}
+        kw.pop(missing)
+        with pytest.raises(ValueError, match="no lesion-level calibration"):
+            _cal([0.0, 1.0], [1.0], **kw).lesion_volume_threshold("extent", 0.5)
+
+
+def test_lesion_tail_and_p_values_beyond_the_healthy_clusters():
+    """200 healthy cluster extents (exponential quantiles): the tail is the one fitted to them; a candidate far beyond
+    the largest gets the tail's p-value (below the floor 1 / 201) by default, the floor without the tail."""
+    from monai_qrvae.anomaly.lesions import fit_lesion_tail
+
+    extent = -np.log(1.0 - (np.arange(200) + 0.5) / 200)
+    stats = {"extent": extent, "mass": extent, "peak": extent}
+    cal = _cal([0.0, 1.0], [1.0], lesion_threshold=0.5, lesion_stats=stats, lesion_volume_max=stats)
+    tail = cal.lesion_tail("extent")
+    assert tail is not None and tail == fit_lesion_tail(extent)
+    p = cal.lesion_p_values([20.0, 0.0], "extent")
+    assert p[0] < 1 / 201 and p[0] == pytest.approx(tail.sf(np.array([20.0]))[0]) and p[1] == 1.0
+    assert cal.lesion_p_values([20.0], "extent", tail=False).tolist() == [1 / 201]
+
+
+def test_check_score_lists_every_difference():
+    cal = _cal([0.0, 1.0], [1.0], score={"method": "qrvae", "score_median": 1})
+    cal.check_score(method="qrvae", channel=2)  # equal, or not recorded: nothing to say
+    with pytest.raises(
+        ValueError, match=r"\(method: calibrated 'qrvae', used 'mse', score_median: calibrated 1, used 3\)"
+    ):
+        cal.check_score(method="mse", score_median=3)

@@ -240,7 +240,12 @@ def test_collector_keeps_labels_masks_voxel_volumes_and_names():
     mask = torch.tensor([[[[1.0], [0.0]], [[0.5], [-1.0]]]])  # (1, 2, 2, 1): two voxels > 0
     label = torch.tensor([[[[0.0], [2.0]], [[0.0], [0.0]]]])
     outputs = [
-        [{"z": MetaTensor(torch.ones(1, 2, 2, 1), affine=affine, meta={"filename_or_obj": ["a/b.nii"]}), "roi": mask}],
+        [
+            {
+                "z": MetaTensor(torch.full((1, 2, 2, 1), 4.0), affine=affine, meta={"filename_or_obj": ["a/b.nii"]}),
+                "roi": mask,
+            }
+        ],
         [{"z": torch.full((1, 2, 2, 1), 2.0), "roi": mask, "label": label}],
         {"z": torch.full((1, 2, 2, 1), 3.0), "roi": mask},  # one dict, not a list of items
     ]
@@ -255,12 +260,29 @@ def test_collector_keeps_labels_masks_voxel_volumes_and_names():
     assert collector.labels[0].tolist() == [[[False], [False]], [[False], [False]]]
     assert collector.labels[1].tolist() == [[[False], [True]], [[False], [False]]]
     assert collector.scores[1].shape == (2, 2, 1) and float(collector.scores[2].sum()) == 12.0
+    assert not isinstance(collector.scores[0], MetaTensor)  # plain CPU tensors
     cal = collector.calibration(lesion_p=0.5)
-    assert cal.volume_maxima.tolist() == [1.0, 2.0, 3.0] and cal.n_voxels == 6  # brain voxels only
+    assert cal.volume_maxima.tolist() == [4.0, 2.0, 3.0] and cal.n_voxels == 6  # brain voxels only
+    assert cal.names == ["a/b.nii", "volume_0001", "volume_0002"]
+    # threshold 3 (2 of 6 scores may exceed it): only the first volume's 2 brain voxels (4.0) form a cluster, of the
+    # collected voxel volume 2 x 12 mm3
+    assert cal.lesion_threshold == 3.0 and cal.lesion_stats["extent"].tolist() == [pytest.approx(0.024)]
     engine.run([1], max_epochs=1)  # a new run: the previous volumes are forgotten
     assert len(collector.scores) == 1 and collector.names == ["volume_0000"]
     collector.reset()
     assert collector.scores == collector.masks == collector.labels == collector.names == collector.voxel_ml == []
+
+
+def test_collector_called_directly():
+    """As a plain handler (no attach, no run), it appends to the lists it starts with."""
+    from types import SimpleNamespace
+
+    collector = CalibrationCollector()
+    collector(
+        SimpleNamespace(state=SimpleNamespace(output=[{"z": torch.ones(1, 2, 1, 1), "roi": torch.ones(1, 2, 1, 1)}]))
+    )
+    assert len(collector.scores) == len(collector.masks) == len(collector.voxel_ml) == len(collector.names) == 1
+    assert collector.labels == []
 
 
 def test_collector_without_labels_and_with_an_output_transform():
