@@ -131,8 +131,8 @@ def test_fit_calibration_stores_the_pipeline_scores(fitted):
 
 
 def test_fit_calibration_options_reach_the_calibration(fitted, tmp_path):
-    """score_median, null, stratify/num_strata, max_voxels, lesion_p=None, save=False, a preloaded model: each changes
-    what is stored as recomputed here (median-3 maps standardised by each volume's median null, 2 slice bins)."""
+    """score_median, null, stratify (4 slice bins by default), max_voxels, lesion_p=None, save=False, a preloaded model:
+    each changes what is stored as recomputed here (median-3 maps standardised by each volume's median null)."""
     datalist, model, refs = fitted
     ref = refs[3]
     (model / CALIBRATION_FILE).unlink(missing_ok=True)
@@ -147,7 +147,6 @@ def test_fit_calibration_options_reach_the_calibration(fitted, tmp_path):
         score_median=3,
         null="median",
         stratify="slice",
-        num_strata=2,
         max_voxels=10**6,
         lesion_p=None,
         save=False,
@@ -156,21 +155,20 @@ def test_fit_calibration_options_reach_the_calibration(fitted, tmp_path):
     assert not (model / CALIBRATION_FILE).exists()
     assert cal.lesion_threshold is None and cal.lesion_stats is None and cal.cluster_threshold is None
     assert cal.score["score_median"] == 3 and cal.null == "median" and cal.stratify == "slice"
-    low, high, maxima, params = [], [], [], []
+    bins, maxima, params = [[], [], [], []], [], []
     for m, r in zip(ref.z, ref.roi):
         z = torch.as_tensor(np.asarray(m[0]), dtype=torch.float32)
         s, centre_width = standardise(z, torch.as_tensor(r), "median")
         params.append(centre_width)
         s = s.numpy()
         depth = s.shape[-1]
-        first = np.zeros_like(r)
-        first[..., : depth // 2] = True  # slice bins: the first half of the stack, then the second
-        low.append(s[r & first])
-        high.append(s[r & ~first])
+        for d in range(depth):  # the default 4 slice bins: quarters of the stack
+            bins[d * 4 // depth].append(s[..., d][r[..., d]])
         maxima.append(s[r].max())
-    low, high = np.concatenate(low), np.concatenate(high)
-    assert cal.offsets.tolist() == [0, low.size, low.size + high.size] and low.size > 0 and high.size > 0
-    assert np.allclose(cal.voxel_scores.numpy(), np.concatenate([np.sort(low), np.sort(high)]), atol=1e-5)
+    bins = [np.concatenate(b) for b in bins]
+    assert cal.num_strata == 4 and cal.offsets.tolist() == np.cumsum([0] + [b.size for b in bins]).tolist()
+    assert all(b.size > 0 for b in bins)
+    assert np.allclose(cal.voxel_scores.numpy(), np.concatenate([np.sort(b) for b in bins]), atol=1e-5)
     assert np.allclose(cal.volume_maxima.numpy(), maxima, atol=1e-5)
     assert np.allclose(cal.null_params.numpy(), params, atol=1e-5)
     # max_voxels thins the kept scores, not the count of calibration voxels
