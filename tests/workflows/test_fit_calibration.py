@@ -42,9 +42,9 @@ def _threshold(pooled, p):
 
 @pytest.fixture(scope="module")
 def fitted(cohort_factory):
-    """A tiny untrained QR-VAE folder, a cohort with 3 healthy calibration volumes and one lesion subject (in test),
+    """A tiny untrained QR-VAE folder, a cohort with 3 healthy calibration volumes (and one training subject),
     the z-maps of the calibration volumes through the model's own Pipeline (score median 1 and 3)."""
-    datalist = cohort_factory("fit", n_healthy=4, n_lesion=1, seed=3, spacing=4.0, n_calibration=3, n_validation=0)
+    datalist = cohort_factory("fit", n_healthy=4, n_lesion=0, seed=3, spacing=4.0, n_calibration=3, n_validation=0)
     model = datalist.parent / "model"
     model.mkdir()
     config = ModelConfig(image_size=32, num_slices=8)
@@ -184,8 +184,15 @@ def test_fit_calibration_refusals(fitted, tmp_path):
         fit_calibration(model, datalist, save=False)
     with pytest.raises(ValueError, match="at least 4 healthy .* alpha 0.2 .* smallest possible with 3 is 0.25"):
         fit_calibration(model, datalist, alpha=0.2, save=False)
-    with pytest.raises(ValueError, match=r"section 'test' must hold healthy subjects only .* 1 have lesions"):
-        fit_calibration(model, datalist, section="test", alpha=0.5, save=False)
+    content = json.loads(datalist.read_text())
+    content["lesional"] = [dict(e) for e in content["calibration"]]
+    content["lesional"][1]["label"] = content["lesional"][1]["brain_mask"]  # a non-empty label of the same grid
+    lesional = datalist.parent / "lesional.json"
+    lesional.write_text(json.dumps(content))
+    with pytest.raises(
+        ValueError, match=r"section 'lesional' must hold healthy .* 1 have lesions: \['brain_mask.nii.gz'\]"
+    ):
+        fit_calibration(model, lesional, section="lesional", alpha=0.5, save=False)
 
 
 def _label(path, value):
