@@ -557,6 +557,7 @@ def test_fit_lesions_statistics_and_an_empty_volume():
     cal = _cal(torch.cat([lesion.flatten(), flat.flatten()]), [5.0, 0.0])
     cal.fit_lesions([lesion, flat])  # the default p 1e-4: nothing of 250 scores may exceed it, the largest
     assert cal.lesion_threshold == 5.0 and cal.lesion_stats["extent"].numel() == 0
+    assert cal.lesion_volume_max["extent"].tolist() == [0.0, 0.0] and cal.lesion_volume_max["mass"].tolist() == [0, 0]
     cal.fit_lesions([lesion, flat], lesion_p=0.02)  # 250 scores, 4 may exceed it: threshold 0
     assert cal.lesion_threshold == 0.0 and cal.score["lesion_p"] == 0.02
     assert cal.lesion_stats["extent"].tolist() == pytest.approx([2e-3, 1e-3])
@@ -574,6 +575,9 @@ def test_fit_lesions_statistics_and_an_empty_volume():
     shifted = _cal(torch.cat([lesion.flatten(), flat.flatten()]) + 1.0, [6.0, 1.0])
     shifted.fit_lesions([lesion + 1.0, flat + 1.0], lesion_p=0.02)
     assert shifted.lesion_threshold == 1.0 and shifted.lesion_volume_max["peak"].tolist() == [6.0, 1.0]
+    assert shifted.lesion_volume_max["extent"].tolist() == [2e-3, 0.0]  # no cluster: extent 0, not the threshold
+    for values in (*shifted.lesion_stats.values(), *shifted.lesion_volume_max.values()):
+        assert values.dtype == torch.float64  # as the class documents (and a loaded calibration has)
 
 
 def test_standardise_without_a_null_needs_ten_brain_voxels():
@@ -614,12 +618,18 @@ def test_site_limits_and_site_check():
     off = cal.site_check(4.2, 2.0)
     assert off["matches_calibration"] is False and off["shift"] == 1.6 and "qrvae calibrate" in off["warning"]
     assert cal.site_check(1.0, 6.2)["matches_calibration"] is False and cal.site_check(1.0, 0.6)["warning"]
-    exact = _cal([0.0, 1.0], [1.0, 2.0, 3.0], null_params=[[0.123456, 1.0], [0.123456, 1.0], [0.123456, 1.0]])
-    assert exact.site_limits() == pytest.approx((0.1, 1 / 1.5, 1.5))  # identical volumes: the smallest shift 0.1
-    check = exact.site_check(0.123456 + 0.1, 1.0)
-    assert check["calibration_centre"] == 0.1235 and check["calibration_width"] == 1.0
+    # centres 0, 1, 5 and widths 1, 7, 10: shifts 1/7, 0, 4/7, ratios 1/7, 1, 10/7; limits rounded to 3 digits
+    odd = _cal([0.0, 1.0], [1.0, 2.0, 3.0], null_params=[[0.0, 1.0], [1.0, 7.0], [5.0, 10.0]])
+    assert odd.site_limits() == pytest.approx((6 / 7, 1 / 7 / 1.5, 10 / 7 * 1.5))
+    assert odd.site_check(1.0, 7.0)["limits"] == {"shift": 0.857, "width_ratio": [0.095, 2.143]}
+    # identical volumes (float32-exact 0.03125 and 1.03125): the smallest shift limit 0.1; centres rounded to 4 digits
+    exact = _cal([0.0, 1.0], [1.0, 2.0, 3.0], null_params=[[0.03125, 1.03125]] * 3)
+    assert exact.site_limits() == pytest.approx((0.1, 1 / 1.5, 1.5))
+    check = exact.site_check(0.03125 + 0.05 * 1.03125, 1.03125)
+    assert check["calibration_centre"] == 0.0312 and check["calibration_width"] == 1.0312
     assert check["limits"] == {"shift": 0.1, "width_ratio": [0.667, 1.5]} and check["matches_calibration"] is True
-    assert exact.site_check(0.123456 + 0.1004, 1.0)["shift"] == 0.1  # shift rounded to 3 digits
+    assert check["shift"] == 0.05 and check["width_ratio"] == 1.0
+    assert exact.site_check(0.03125 + 0.1004 * 1.03125, 1.03125)["shift"] == 0.1  # shift rounded to 3 digits
 
 
 class _NotACalibration:
@@ -672,6 +682,26 @@ def test_conformal_bh_default_alpha_and_mask():
     assert conformal_bh(scores, cal, mask=torch.tensor([[[[False, True]]]])).tolist() == [[[[False, False]]]]
 
 
+def test_conformal_bh_per_slice_and_given_strata():
+    """Per slice, a p = 0.02 voxel among three p = 0.49 ones is not kept (BH with m = 4) though it is in the whole
+    volume (m = 8, four p = 0.01 voxels in the other slice). With two strata (0..98, 100..198), a score of 100 is
+    significant in the first only: the default strata are the slice bins, given strata replace them."""
+    cal = _cal(torch.arange(99.0), [98.0])
+    scores = torch.tensor([[98.0, 100.0], [50.0, 100.0], [50.0, 100.0], [50.0, 100.0]]).reshape(1, 1, 1, 4, 2)
+    assert conformal_bh(scores, cal)[0, 0, 0, :, 0].tolist() == [True, False, False, False]
+    assert conformal_bh(scores, cal, per="slice")[0, 0, 0, :, 0].tolist() == [False, False, False, False]
+    assert bool(conformal_bh(scores, cal, per="slice")[..., 1].all())
+    strata = Calibration(
+        torch.cat([torch.arange(99.0), torch.arange(100.0, 199.0)]), [0, 99, 198], [198.0], stratify="slice"
+    )
+    two = torch.full((1, 1, 1, 1, 2), 100.0)
+    assert conformal_bh(two, strata).flatten().tolist() == [True, False]
+    assert conformal_bh(two, strata, strata=torch.zeros(1, 1, 1, 1, 2, dtype=torch.int64)).flatten().tolist() == [
+        True,
+        True,
+    ]
+
+
 def test_summary_describes_the_calibration():
     """Sizes, the smallest p, quantiles of the pooled scores (strata sorted together), maxima rounded to 4 digits,
     the volume thresholds where n allows them, and the cluster and lesion parts when fitted."""
@@ -704,13 +734,18 @@ def test_summary_describes_the_calibration():
     assert cal.summary(alphas=(0.5,))["volume_thresholds"] == {"0.5": pytest.approx(maxima[9])}  # k = ceil(10)
     assert cal.summary(alphas=(0.05,))["volume_thresholds"]["0.05"] == pytest.approx(maxima[18])
     fitted = Calibration.from_scores(
-        [torch.tensor([[[0.0, 3.0, 2.5]]]), torch.tensor([[[0.0, 0.0, 1.0]]])], cluster_p=0.6, lesion_p=0.6
+        [torch.tensor([[[0.0, 3.0, 2.5]]]), torch.tensor([[[0.0, 0.0, 1.0]]])],
+        cluster_p=0.6,
+        lesion_p=0.6,
+        voxel_ml=[0.0123456, 0.001],
     )
     out = fitted.summary()
     assert out["volume_thresholds"] == {"0.01": None, "0.05": None, "0.1": None}
     assert out["cluster_threshold"] == 0.0 and out["max_cluster_sizes"] == [2, 1]
     assert out["lesion_threshold"] == 0.0 and out["lesion_clusters"] == 2
-    assert out["lesion_volume_max"] == {"extent": [0.002, 0.001], "mass": [0.0055, 0.001], "peak": [3.0, 1.0]}
+    assert out["lesion_volume_max"] == {"extent": [0.0247, 0.001], "mass": [0.0679, 0.001], "peak": [3.0, 1.0]}
+    stats_only = _cal([0.0, 1.0], [1.0], lesion_stats={"extent": [1.0]}, lesion_threshold=0.5)
+    assert "lesion_threshold" not in stats_only.summary() and "lesion_clusters" not in stats_only.summary()
     assert out["voxel_quantiles"] == {"0.5": 0.0, "0.99": 2.5, "0.999": 2.5}
 
 
