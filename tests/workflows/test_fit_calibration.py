@@ -171,10 +171,13 @@ def test_fit_calibration_options_reach_the_calibration(fitted, tmp_path):
     assert np.allclose(cal.voxel_scores.numpy(), np.concatenate([np.sort(b) for b in bins]), atol=1e-5)
     assert np.allclose(cal.volume_maxima.numpy(), maxima, atol=1e-5)
     assert np.allclose(cal.null_params.numpy(), params, atol=1e-5)
-    # max_voxels thins the kept scores, not the count of calibration voxels
+    # max_voxels thins the kept scores, not the count of calibration voxels; the given network is the one used (its
+    # quantile score switched on, unlike the folder's configuration: the score definition records it)
+    net.quantile_score = True
     thin = fit_calibration(model, datalist, alpha=0.25, max_voxels=100, lesion_p=None, save=False, model=(config, net))
     assert thin.n_voxels == sum(int(r.sum()) for r in refs[1].roi) and 95 <= thin.voxel_scores.numel() <= 100
     assert thin.score["score_median"] == 1 and thin.null == "none" and thin.stratify == "none"
+    assert thin.score["quantile_score"] is True and thin.score["score_name"] == "qf[FLAIR]"
 
 
 def test_fit_calibration_refusals(fitted, tmp_path):
@@ -243,7 +246,7 @@ def test_collector_keeps_labels_masks_voxel_volumes_and_names():
     score's affine, names from the meta (first of a list) or numbered; a new run forgets the previous one."""
     affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0]))
     mask = torch.tensor([[[[1.0], [0.0]], [[0.5], [-1.0]]]])  # (1, 2, 2, 1): two voxels > 0
-    label = torch.tensor([[[[0.0], [2.0]], [[0.0], [0.0]]]])
+    label = torch.tensor([[[[0.0], [1.0]], [[0.0], [0.0]]]])  # a lesion label is 1
     outputs = [
         [
             {
