@@ -130,7 +130,7 @@ def test_fit_calibration_stores_the_pipeline_scores(fitted):
     assert summary["max_cluster_sizes"] == sizes and summary["lesion_clusters"] == len(extent)
 
 
-def test_fit_calibration_options_reach_the_calibration(fitted, tmp_path):
+def test_fit_calibration_options_reach_the_calibration(fitted):
     """score_median, null, stratify (4 slice bins by default), max_voxels, lesion_p=None, save=False, a preloaded model:
     each changes what is stored as recomputed here (median-3 maps standardised by each volume's median null)."""
     datalist, model, refs = fitted
@@ -180,7 +180,7 @@ def test_fit_calibration_options_reach_the_calibration(fitted, tmp_path):
     assert thin.score["quantile_score"] is True and thin.score["score_name"] == "qf[FLAIR]"
 
 
-def test_fit_calibration_refusals(fitted, tmp_path):
+def test_fit_calibration_refusals(fitted):
     """Too few volumes for the method's alpha (0.05 needs 19), and a section with a lesion label, are refused."""
     datalist, model, _ = fitted
     with pytest.raises(ValueError, match=r"at least 19 healthy calibration volumes for alpha 0.05 .* got 3;"):
