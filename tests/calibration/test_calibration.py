@@ -8,6 +8,7 @@ import torch
 from monai.data import MetaTensor
 from scipy.stats import false_discovery_control
 
+from monai_qrvae.anomaly.null import empirical_null, standardise
 from monai_qrvae.calibration import (
     CALIBRATION_FILE,
     Calibration,
@@ -455,3 +456,381 @@ def test_cli_parsers_for_calibrate_and_the_threshold_experiment():
     )
     assert args.func is experiment_cli.run_thresholds_cmd and args.alphas == [0.1] and args.quantile_score
     assert args.section == "test" and args.calibration_section == "calibration" and args.cluster_p == 0.001
+
+
+# --- the Calibration value: validation, thresholds, lesion/cluster fits, site check, file, summary --------------------
+
+
+@pytest.mark.parametrize(
+    "offsets, stratify, message",
+    [
+        ([1, 3], "none", "offsets must run from 0"),  # starts after 0, ends right
+        ([0, 2], "none", "offsets must run from 0"),  # starts at 0, ends short
+        ([3], "none", "offsets must run from 0"),  # one boundary only
+        ([0, 3, 1, 3], "slice", "non-decreasing"),  # starts and ends right, a stratum runs backwards
+    ],
+)
+def test_calibration_refuses_bad_offsets(offsets, stratify, message):
+    with pytest.raises(ValueError, match=message):
+        Calibration(torch.tensor([0.0, 1.0, 2.0]), torch.tensor(offsets), torch.tensor([2.0]), stratify=stratify)
+
+
+def test_calibration_accepts_an_empty_stratum():
+    cal = Calibration(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0, 2, 2, 3]), torch.tensor([2.0]), stratify="slice")
+    assert cal.num_strata == 3 and cal.offsets.tolist() == [0, 2, 2, 3]
+
+
+def _brute_threshold(n, p):
+    """The smallest of the scores 1..n above which every score has conformal p (1 + #{c >= s}) / (n + 1) <= p."""
+    for t in range(1, n + 1):
+        if all((1 + sum(c >= s for c in range(1, n + 1))) / (n + 1) <= p + 1e-12 for s in range(t + 1, n + 1)):
+            return float(t)
+
+
+@pytest.mark.parametrize(
+    "n, p",
+    [
+        (9, 0.3),  # p (n + 1) = 3: 2 calibration scores may lie above the threshold, 7 (p of 8 is 3 / 10)
+        (99, 0.29),  # 0.29 * 100 is 28.999999999999996 in floating point: still 29 calibration scores allowed
+        (9, 0.05),  # below 1 / (n + 1): nothing may exceed it, the largest score
+        (9, 0.1),  # exactly 1 / (n + 1): still the largest score
+        (9, 0.95),  # nearly every score may exceed it: the smallest
+        (9, 0.55),
+    ],
+)
+def test_primary_threshold_is_the_conformal_cut(n, p):
+    values = torch.randperm(n).float() + 1.0  # 1..n, shuffled: the threshold sorts them
+    cal = _cal(values, [float(n)])
+    expected = _brute_threshold(n, p)
+    assert cal.primary_threshold(p) == expected
+    if n == 99:
+        assert expected == 71.0  # 28 scores above 71: (1 + 28) / 100 = 0.29
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, 1.5, -0.1])
+def test_primary_threshold_and_fit_clusters_refuse_p_outside_the_unit_interval(p):
+    cal = _cal([1.0, 2.0, 3.0], [3.0])
+    with pytest.raises(ValueError, match="primary p-value must be in"):
+        cal.primary_threshold(p)
+    with pytest.raises(ValueError, match="cluster_p must be in"):
+        cal.fit_clusters([torch.ones(2, 2, 2)], p)
+
+
+def test_from_scores_defaults_and_options():
+    """The score definition is kept; 'slice' without num_strata is one stratum; clusters are 6-connected by default,
+    formed inside the mask only; a volume too small for an empirical null leaves no null_params."""
+    vol = torch.zeros(4, 4, 3)
+    vol[0, 0, 0] = vol[1, 1, 0] = 5.0  # two voxels touching by an edge only
+    vol[3, 3, 2] = vol[3, 2, 2] = vol[2, 3, 2] = 4.0  # an L of 3 voxels outside the mask
+    mask = torch.ones_like(vol, dtype=torch.bool)
+    mask[2:, 2:, 2] = False
+    cal = Calibration.from_scores([vol], [mask], score={"method": "m"}, stratify="slice", cluster_p=0.1)
+    assert cal.score == {"method": "m", "cluster_p": 0.1, "cluster_connectivity": 1}
+    assert cal.num_strata == 1 and cal.stratify == "slice" and cal.n_voxels == 44
+    assert cal.cluster_threshold == 0.0 and cal.max_cluster_sizes.tolist() == [1]  # the masked L does not count
+    corner = Calibration.from_scores([vol], [mask], cluster_p=0.1, connectivity=2)
+    assert corner.max_cluster_sizes.tolist() == [2]  # edge neighbours with 18-connectivity
+    cal.fit_clusters([torch.where(mask, vol, torch.tensor(-torch.inf))], 0.1)  # default connectivity: 6
+    assert cal.max_cluster_sizes.tolist() == [1]
+    small = torch.arange(8.0).reshape(2, 2, 2)
+    assert Calibration.from_scores([vol, small]).null_params is None  # 8 voxels: too few for the second's null
+    assert Calibration.from_scores([vol]).null_params.shape == (1, 2)
+    assert Calibration.from_scores([vol, small], null="none").score == {}
+    # a null standardises each volume by its own centre and width
+    rng = np.random.default_rng(0)
+    vols = [torch.tensor(rng.normal(c, w, (6, 6, 4)), dtype=torch.float32) for c, w in ((3.0, 2.0), (-1.0, 0.5))]
+    std = Calibration.from_scores(vols, null="median")
+    expected = torch.cat([standardise(v, None, "median")[0].flatten() for v in vols])
+    assert torch.allclose(std.voxel_scores, torch.sort(expected).values, atol=1e-5)
+    raw = Calibration.from_scores(vols)
+    assert torch.allclose(raw.null_params, torch.tensor([empirical_null(v, None, "central") for v in vols]))
+    assert torch.allclose(raw.voxel_scores, torch.sort(torch.cat([v.flatten() for v in vols])).values)
+
+
+def test_fit_lesions_statistics_and_an_empty_volume():
+    """One voxel size for all maps (the default 1 mm3 or a float) or one per map; a volume without a cluster has
+    extent and mass 0 and the threshold as its peak."""
+    lesion = torch.zeros(5, 5, 5)
+    lesion[1:3, 1, 1] = torch.tensor([3.0, 5.0])  # one 2-voxel cluster
+    lesion[4, 4, 4] = 4.0  # and a 1-voxel one
+    flat = torch.zeros(5, 5, 5)
+    cal = _cal(torch.cat([lesion.flatten(), flat.flatten()]), [5.0, 0.0])
+    cal.fit_lesions([lesion, flat])  # the default p 1e-4: nothing of 250 scores may exceed it, the largest
+    assert cal.lesion_threshold == 5.0 and cal.lesion_stats["extent"].numel() == 0
+    assert cal.lesion_volume_max["extent"].tolist() == [0.0, 0.0] and cal.lesion_volume_max["mass"].tolist() == [0, 0]
+    cal.fit_lesions([lesion, flat], lesion_p=0.02)  # 250 scores, 4 may exceed it: threshold 0
+    assert cal.lesion_threshold == 0.0 and cal.score["lesion_p"] == 0.02
+    assert cal.lesion_stats["extent"].tolist() == pytest.approx([2e-3, 1e-3])
+    assert cal.lesion_stats["mass"].tolist() == pytest.approx([8e-3, 4e-3])
+    assert cal.lesion_stats["peak"].tolist() == [5.0, 4.0]
+    assert cal.lesion_volume_max["extent"].tolist() == pytest.approx([2e-3, 0.0])
+    assert cal.lesion_volume_max["mass"].tolist() == pytest.approx([8e-3, 0.0])
+    assert cal.lesion_volume_max["peak"].tolist() == [5.0, 0.0]  # the empty volume: the threshold
+    cal.fit_lesions([lesion, flat], lesion_p=0.02, voxel_ml=0.5)
+    assert cal.lesion_stats["extent"].tolist() == [1.0, 0.5]
+    cal.fit_lesions([lesion, flat], lesion_p=0.02, voxel_ml=[0.25, 2.0])
+    assert cal.lesion_stats["mass"].tolist() == [2.0, 1.0]
+    with pytest.raises(ValueError, match="got 1 voxel volumes for 2 maps"):
+        cal.fit_lesions([lesion, flat], voxel_ml=[0.5])
+    shifted = _cal(torch.cat([lesion.flatten(), flat.flatten()]) + 1.0, [6.0, 1.0])
+    shifted.fit_lesions([lesion + 1.0, flat + 1.0], lesion_p=0.02)
+    assert shifted.lesion_threshold == 1.0 and shifted.lesion_volume_max["peak"].tolist() == [6.0, 1.0]
+    assert shifted.lesion_volume_max["extent"].tolist() == [2e-3, 0.0]  # no cluster: extent 0, not the threshold
+    for values in (*shifted.lesion_stats.values(), *shifted.lesion_volume_max.values()):
+        assert values.dtype == torch.float64  # as the class documents (and a loaded calibration has)
+
+
+def test_standardise_without_a_null_needs_ten_brain_voxels():
+    cal = _cal([0.0, 1.0], [1.0])
+    scores = torch.arange(20.0)
+    mask = torch.zeros(20, dtype=torch.bool)
+    mask[:10] = True
+    same, params = cal.standardise(scores, mask)
+    assert torch.equal(same, scores) and params == pytest.approx(empirical_null(scores, mask, "central"))
+    mask[9] = False  # 9 brain voxels of 20
+    assert cal.standardise(scores, mask)[1] is None
+    assert cal.standardise(scores, mask.float())[1] is None  # a 0/1 mask: the zeros are outside
+    assert cal.standardise(scores)[1] == pytest.approx(empirical_null(scores, None, "central"))
+    assert cal.standardise(scores[:9])[1] is None
+
+
+def test_site_limits_and_site_check():
+    """Limits from null_params [[0, 1], [1, 2], [3, 4]]: median centre 1, median width 2, shifts 0.5, 0, 1 and ratios
+    0.5, 1, 2, widened by 1.5; a scan exactly on a limit matches."""
+    cal = _cal([0.0, 1.0], [1.0, 2.0, 3.0], null_params=[[0.0, 1.0], [1.0, 2.0], [3.0, 4.0]])
+    assert cal.site_limits() == pytest.approx((1.5, 0.5 / 1.5, 3.0))
+    on_limits = cal.site_check(4.0, 6.0)  # shift (4 - 1) / 2 = 1.5, ratio 3
+    assert on_limits["matches_calibration"] is True and on_limits["warning"] is None
+    assert cal.site_check(-2.0, 2.0)["matches_calibration"] is True  # shift -1.5
+    assert cal.site_check(1.0, 2.0 * (0.5 / 1.5))["matches_calibration"] is True  # the smallest ratio
+    out = cal.site_check(1.123456, 2.654321)
+    assert out == {
+        "centre": 1.1235,
+        "width": 2.6543,
+        "calibration_centre": 1.0,
+        "calibration_width": 2.0,
+        "shift": 0.062,
+        "width_ratio": 1.327,
+        "limits": {"shift": 1.5, "width_ratio": [0.333, 3.0]},
+        "matches_calibration": True,
+        "warning": None,
+    }
+    off = cal.site_check(4.2, 2.0)
+    assert off["matches_calibration"] is False and off["shift"] == 1.6 and "qrvae calibrate" in off["warning"]
+    assert cal.site_check(1.0, 6.2)["matches_calibration"] is False and cal.site_check(1.0, 0.6)["warning"]
+    # centres 0, 1, 5 and widths 1, 7, 10: shifts 1/7, 0, 4/7, ratios 1/7, 1, 10/7; limits rounded to 3 digits
+    odd = _cal([0.0, 1.0], [1.0, 2.0, 3.0], null_params=[[0.0, 1.0], [1.0, 7.0], [5.0, 10.0]])
+    assert odd.site_limits() == pytest.approx((6 / 7, 1 / 7 / 1.5, 10 / 7 * 1.5))
+    assert odd.site_check(1.0, 7.0)["limits"] == {"shift": 0.857, "width_ratio": [0.095, 2.143]}
+    # identical volumes (float32-exact 0.03125 and 1.03125): the smallest shift limit 0.1; centres rounded to 4 digits
+    exact = _cal([0.0, 1.0], [1.0, 2.0, 3.0], null_params=[[0.03125, 1.03125]] * 3)
+    assert exact.site_limits() == pytest.approx((0.1, 1 / 1.5, 1.5))
+    check = exact.site_check(0.03125 + 0.05 * 1.03125, 1.03125)
+    assert check["calibration_centre"] == 0.0312 and check["calibration_width"] == 1.0312
+    assert check["limits"] == {"shift": 0.1, "width_ratio": [0.667, 1.5]} and check["matches_calibration"] is True
+    assert check["shift"] == 0.05 and check["width_ratio"] == 1.0
+    assert exact.site_check(0.03125 + 0.1004 * 1.03125, 1.03125)["shift"] == 0.1  # shift rounded to 3 digits
+
+
+class _NotACalibration:
+    """A pickled object a weights-only load refuses."""
+
+
+def test_load_refuses_other_files(tmp_path):
+    torch.save({"format_version": 99}, tmp_path / "v99.pt")
+    with pytest.raises(ValueError, match=r"not a calibration of format 1 \(found 99\)"):
+        Calibration.load(tmp_path / "v99.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"not a calibration of format 1 \(found 'list'\)"):
+        Calibration.load(tmp_path / "list.pt")
+    torch.save(_NotACalibration(), tmp_path / "object.pt")
+    with pytest.raises(ValueError, match="cannot read calibration"):  # weights only: no arbitrary objects
+        Calibration.load(tmp_path / "object.pt")
+    (tmp_path / "junk.pt").write_text("not a torch file")
+    with pytest.raises(ValueError, match="cannot read calibration"):
+        Calibration.load(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Calibration.load(tmp_path / "missing.pt")
+    assert load_calibration(tmp_path / "nothing") is None
+    with pytest.raises(FileNotFoundError):
+        load_calibration(tmp_path / "nothing", required=True)
+
+
+def test_save_load_keeps_every_field(tmp_path):
+    maps = [torch.arange(27.0).reshape(3, 3, 3), torch.arange(27.0).reshape(3, 3, 3).flip(0) * 0.5]
+    cal = Calibration.from_scores(maps, score={"method": "m"}, cluster_p=0.2, lesion_p=0.2, names=["a", "b"])
+    cal.save(tmp_path)
+    back = Calibration.load(tmp_path / CALIBRATION_FILE)
+    assert back.score == cal.score and back.names == ["a", "b"] and back.n_voxels == 54 and back.null == "none"
+    assert back.cluster_threshold == cal.cluster_threshold and torch.equal(
+        back.max_cluster_sizes, cal.max_cluster_sizes
+    )
+    assert back.lesion_threshold == cal.lesion_threshold and torch.equal(back.null_params, cal.null_params)
+    for key in ("extent", "mass", "peak"):
+        assert torch.equal(back.lesion_stats[key], cal.lesion_stats[key])
+        assert torch.equal(back.lesion_volume_max[key], cal.lesion_volume_max[key])
+    assert back.lesion_stats["extent"].numel() > 0 and float(back.lesion_volume_max["extent"].max()) > 0
+
+
+def test_conformal_bh_default_alpha_and_mask():
+    """99 calibration scores 0..98: a voxel above them all has p = 1/100, one at 50 has p = 49/100. BH at the default
+    alpha 0.05 keeps the first only; masking the first out leaves nothing."""
+    cal = _cal(torch.arange(99.0), [98.0])
+    scores = torch.tensor([[[[100.0, 50.0]]]])  # (1, 1, 1, 2)
+    assert conformal_bh(scores, cal).tolist() == [[[[True, False]]]]
+    assert conformal_bh(scores, cal, alpha=0.5).tolist() == [[[[True, True]]]]
+    assert conformal_bh(scores, cal, mask=torch.tensor([[[[False, True]]]])).tolist() == [[[[False, False]]]]
+
+
+def test_conformal_bh_per_slice_and_given_strata():
+    """Per slice, a p = 0.02 voxel among three p = 0.49 ones is not kept (BH with m = 4) though it is in the whole
+    volume (m = 8, four p = 0.01 voxels in the other slice). With two strata (0..98, 100..198), a score of 100 is
+    significant in the first only: the default strata are the slice bins, given strata replace them."""
+    cal = _cal(torch.arange(99.0), [98.0])
+    scores = torch.tensor([[98.0, 100.0], [50.0, 100.0], [50.0, 100.0], [50.0, 100.0]]).reshape(1, 1, 1, 4, 2)
+    assert conformal_bh(scores, cal)[0, 0, 0, :, 0].tolist() == [True, False, False, False]
+    assert conformal_bh(scores, cal, per="slice")[0, 0, 0, :, 0].tolist() == [False, False, False, False]
+    assert bool(conformal_bh(scores, cal, per="slice")[..., 1].all())
+    strata = Calibration(
+        torch.cat([torch.arange(99.0), torch.arange(100.0, 199.0)]), [0, 99, 198], [198.0], stratify="slice"
+    )
+    two = torch.full((1, 1, 1, 1, 2), 100.0)
+    assert conformal_bh(two, strata).flatten().tolist() == [True, False]
+    assert conformal_bh(two, strata, strata=torch.zeros(1, 1, 1, 1, 2, dtype=torch.int64)).flatten().tolist() == [
+        True,
+        True,
+    ]
+
+
+def test_summary_describes_the_calibration():
+    """Sizes, the smallest p, quantiles of the pooled scores (strata sorted together), maxima rounded to 4 digits,
+    the volume thresholds where n allows them, and the cluster and lesion parts when fitted."""
+    evens, odds = torch.arange(0.0, 1000.0, 2.0), torch.arange(1.0, 1000.0, 2.0)
+    maxima = [1.234567 + i for i in range(19)]
+    cal = Calibration(
+        torch.cat([evens, odds]),
+        torch.tensor([0, 500, 1000]),
+        torch.tensor(maxima),
+        score={"method": "m"},
+        stratify="slice",
+        n_voxels=5000,
+        null="median",
+    )
+    out = cal.summary()
+    assert out["n_volumes"] == 19 and out["n_voxels"] == 5000 and out["voxel_scores_kept"] == 1000
+    assert out["smallest_p"] == 1 / 1001 and out["stratify"] == "slice" and out["num_strata"] == 2
+    assert out["null"] == "median" and out["score"] == {"method": "m"}
+    out["score"]["method"] = "changed"  # a copy
+    assert cal.score == {"method": "m"}
+    assert out["voxel_quantiles"] == {"0.5": 499.0, "0.99": 989.0, "0.999": 998.0}
+    assert out["volume_maxima"] == [round(m, 4) for m in maxima] and out["volume_maxima"][0] == 1.2346
+    # n = 19: alpha 0.01 needs 99 volumes; 0.05 the largest maximum (k = 19), 0.1 the 18th
+    assert out["volume_thresholds"] == {
+        "0.01": None,
+        "0.05": pytest.approx(maxima[18]),
+        "0.1": pytest.approx(maxima[17]),
+    }
+    assert "cluster_threshold" not in out and "lesion_threshold" not in out and "lesion_clusters" not in out
+    assert cal.summary(alphas=(0.5,))["volume_thresholds"] == {"0.5": pytest.approx(maxima[9])}  # k = ceil(10)
+    assert cal.summary(alphas=(0.05,))["volume_thresholds"]["0.05"] == pytest.approx(maxima[18])
+    fitted = Calibration.from_scores(
+        [torch.tensor([[[0.0, 3.0, 2.5]]]), torch.tensor([[[0.0, 0.0, 1.0]]])],
+        cluster_p=0.6,
+        lesion_p=0.6,
+        voxel_ml=[0.0123456, 0.001],
+    )
+    out = fitted.summary()
+    assert out["volume_thresholds"] == {"0.01": None, "0.05": None, "0.1": None}
+    assert out["cluster_threshold"] == 0.0 and out["max_cluster_sizes"] == [2, 1]
+    assert out["lesion_threshold"] == 0.0 and out["lesion_clusters"] == 2
+    assert out["lesion_volume_max"] == {"extent": [0.0247, 0.001], "mass": [0.0679, 0.001], "peak": [3.0, 1.0]}
+    stats_only = _cal([0.0, 1.0], [1.0], lesion_stats={"extent": [1.0]}, lesion_threshold=0.5)
+    assert "lesion_threshold" not in stats_only.summary() and "lesion_clusters" not in stats_only.summary()
+    assert out["voxel_quantiles"] == {"0.5": 0.0, "0.99": 2.5, "0.999": 2.5}
+
+
+def test_calibration_value_checks_and_conversions():
+    """'none' holds one stratum, at least one voxel score is needed (one is enough), lesion statistics become float64
+    tensors."""
+    with pytest.raises(ValueError, match="stratify 'none' needs one stratum, got 2"):
+        Calibration(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0, 1, 3]), torch.tensor([2.0]))
+    with pytest.raises(ValueError, match="at least one voxel score"):
+        Calibration(torch.zeros(0), torch.tensor([0, 0]), torch.tensor([2.0]))
+    one = Calibration(torch.tensor([1.5]), torch.tensor([0, 1]), torch.tensor([1.5]))
+    assert one.primary_threshold(0.5) == 1.5
+    cal = _cal([0.0, 1.0], [1.0], lesion_stats={"extent": [1, 2]}, lesion_volume_max={"extent": [[2]]})
+    assert cal.lesion_stats["extent"].dtype == torch.float64 and cal.lesion_stats["extent"].tolist() == [1.0, 2.0]
+    assert cal.lesion_volume_max["extent"].dtype == torch.float64 and cal.lesion_volume_max["extent"].shape == (1,)
+
+
+def test_from_scores_nulls_use_the_brain_voxels_only():
+    """Outside the mask the map is 1000: neither the standardising null nor the raw (site-check) null sees it; a
+    volume of exactly 10 brain voxels still gets its raw null."""
+    rng = np.random.default_rng(1)
+    vol = torch.full((6, 6, 2), 1000.0)
+    mask = torch.zeros_like(vol, dtype=torch.bool)
+    mask[:3] = True
+    vol[mask] = torch.tensor(rng.normal(2.0, 3.0, int(mask.sum())), dtype=torch.float32)
+    std = Calibration.from_scores([vol], [mask], null="robust")
+    z, params = standardise(vol[mask], None, "robust")
+    assert std.null_params[0].tolist() == pytest.approx(params) and params[0] == pytest.approx(2.0, abs=1.5)
+    assert torch.allclose(std.voxel_scores, torch.sort(z).values)
+    raw = Calibration.from_scores([vol], [mask])
+    assert raw.null_params[0].tolist() == pytest.approx(empirical_null(vol[mask], None, "central"))
+    ten = torch.zeros(6, 6, 2, dtype=torch.bool)
+    ten.view(-1)[:10] = True
+    assert Calibration.from_scores([vol], [ten]).null_params.shape == (1, 2)
+    ten.view(-1)[9] = False
+    assert Calibration.from_scores([vol], [ten]).null_params is None
+
+
+def test_standardise_with_a_null_uses_the_mask_and_the_calibration_method():
+    rng = np.random.default_rng(2)
+    cal = _cal([0.0, 1.0], [1.0], null="median")
+    scores = torch.tensor(rng.normal(5.0, 2.0, 40), dtype=torch.float32)
+    scores[30:] = 100.0
+    mask = torch.arange(40) < 30
+    out, params = cal.standardise(scores, mask)
+    expected, expected_params = standardise(scores, mask, "median")
+    assert params == pytest.approx(expected_params) and torch.allclose(out, expected)
+    assert params != pytest.approx(empirical_null(scores, mask, "central"))  # the calibration's own method
+
+
+def test_fits_are_required_before_use():
+    """A cluster-size threshold needs both the sizes and the cluster threshold; lesion inference needs the statistics,
+    the per-volume maxima and the threshold."""
+    sizes_only = _cal([0.0, 1.0], [1.0, 1.0, 1.0], max_cluster_sizes=[1, 2, 3])
+    with pytest.raises(ValueError, match="no cluster-size calibration"):
+        sizes_only.cluster_size_threshold(0.25)
+    both = _cal([0.0, 1.0], [1.0, 1.0, 1.0], max_cluster_sizes=[1, 2, 3], cluster_threshold=0.5)
+    assert both.cluster_size_threshold(0.25) == 3
+    stats = {"extent": [1.0], "mass": [1.0], "peak": [1.0]}
+    for missing in ("lesion_threshold", "lesion_volume_max", "lesion_stats"):
+        kw = {"lesion_threshold": 0.5, "lesion_volume_max": stats, "lesion_stats": stats}
+        kw.pop(missing)
+        with pytest.raises(ValueError, match="no lesion-level calibration"):
+            _cal([0.0, 1.0], [1.0], **kw).lesion_volume_threshold("extent", 0.5)
+
+
+def test_lesion_tail_and_p_values_beyond_the_healthy_clusters():
+    """200 healthy cluster extents (exponential quantiles): the tail is the one fitted to them; a candidate far beyond
+    the largest gets the tail's p-value (below the floor 1 / 201) by default, the floor without the tail."""
+    from monai_qrvae.anomaly.lesions import fit_lesion_tail
+
+    extent = -np.log(1.0 - (np.arange(200) + 0.5) / 200)
+    stats = {"extent": extent, "mass": extent, "peak": extent}
+    cal = _cal([0.0, 1.0], [1.0], lesion_threshold=0.5, lesion_stats=stats, lesion_volume_max=stats)
+    tail = cal.lesion_tail("extent")
+    assert tail is not None and tail == fit_lesion_tail(extent)
+    p = cal.lesion_p_values([20.0, 0.0], "extent")
+    assert p[0] < 1 / 201 and p[0] == pytest.approx(tail.sf(np.array([20.0]))[0]) and p[1] == 1.0
+    assert cal.lesion_p_values([20.0], "extent", tail=False).tolist() == [1 / 201]
+
+
+def test_check_score_lists_every_difference():
+    cal = _cal([0.0, 1.0], [1.0], score={"method": "qrvae", "score_median": 1})
+    cal.check_score(method="qrvae", channel=2)  # equal, or not recorded: nothing to say
+    with pytest.raises(
+        ValueError, match=r"\(method: calibrated 'qrvae', used 'mse', score_median: calibrated 1, used 3\)"
+    ):
+        cal.check_score(method="mse", score_median=3)
