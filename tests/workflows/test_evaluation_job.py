@@ -253,7 +253,8 @@ def test_evaluate_maps_are_those_of_infer_with_the_same_settings(section, defaul
     """``evaluate`` applies its threshold settings as ``infer`` does: the same z, p and lesion maps, with the
     defaults and with other settings (per-slice BH at 0.2, a score median filter, lesion filters)."""
     root, datalist, model = section
-    images = [{k: str(root / name / f"{k}.nii.gz") for k in ("image", "brain_mask")} for name in SUBJECTS]
+    lesioned = ("sub-t", "sub-s")  # infer on the two lesion subjects is enough to compare the maps (and quicker)
+    images = [{k: str(root / name / f"{k}.nii.gz") for k in ("image", "brain_mask")} for name in lesioned]
     settings = dict(alpha=0.05, per="volume", median_size=1, min_size=0, score_median=1)
     other = dict(alpha=0.2, per="slice", median_size=3, min_size=3, score_median=3)
     infer(model, images, tmp_path / "infer", threshold="gaussian", save_png=False, **settings)
@@ -266,7 +267,7 @@ def test_evaluate_maps_are_those_of_infer_with_the_same_settings(section, defaul
     assert {k: result[k] for k in ("alpha", "per", "score_median")} == {"alpha": 0.2, "per": "slice", "score_median": 3}
     assert not (out / "overlays").exists()
     differ = False
-    for name in SUBJECTS:
+    for name in lesioned:
         for kind in ("zmap", "pmap", "lesion"):
             default = _read(default_run[1] / "maps" / f"{name}_{kind}.nii.gz")
             assert np.array_equal(default, _read(tmp_path / "infer" / f"{name}_{kind}.nii.gz")), (name, kind)
@@ -274,7 +275,7 @@ def test_evaluate_maps_are_those_of_infer_with_the_same_settings(section, defaul
             assert np.array_equal(changed, _read(tmp_path / "infer_other" / f"{name}_{kind}.nii.gz")), (name, kind)
             differ |= not np.array_equal(default, changed)
     assert differ
-    # and the figures are those of the other maps: fewer voxels survive the lesion filters
+    # and the figures are those of the maps written with these settings
     assert sum(v["detected_voxels"] for v in result["per_volume"]) == sum(
         int((_read(out / "maps" / f"{name}_lesion.nii.gz") > 0).sum()) for name in SUBJECTS
     )
