@@ -1,0 +1,271 @@
+"""Raw series without ANTs: ``infer_raw`` on a stored preprocessing (known transforms) and a tiny untrained model.
+
+The registration (``preprocess``) is replaced by a stand-in that writes what it would: an analysis-ready image and
+brain mask and a ``transforms.json`` whose FLAIR, T2 and T1 grids are oblique but map onto the analysis grid by a
+known integer voxel map (a flip, a permutation and a shift), so the maps ``infer_raw`` writes on a series' grid can
+be read off the analysis maps by indexing, without any resampling code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+import monai_qrvae.workflows as workflows
+from monai_qrvae.raw.geometry import rigid_matrix
+from monai_qrvae.raw.inverse import analysis_maps_by_key, infer_raw
+from monai_qrvae.workflows import ModelConfig, build_networks
+
+# the module (``monai_qrvae.raw.preprocess`` as an attribute is the function the package re-exports)
+preprocess_module = importlib.import_module("monai_qrvae.raw.preprocess")
+
+#: series voxel -> analysis voxel (homogeneous, integer): FLAIR a = (j + 2, 40 - i, k - 3); T1 a = (i - 2, j + 3, k);
+#: T2 a = (k + 1, j - 2, 44 - i). Each series sees beyond the analysis grid on some side.
+VOXEL_MAPS = {
+    "FLAIR": np.array([[0, 1, 0, 2], [-1, 0, 0, 40], [0, 0, 1, -3], [0, 0, 0, 1]], float),
+    "T1": np.array([[1, 0, 0, -2], [0, 1, 0, 3], [0, 0, 1, 0], [0, 0, 0, 1]], float),
+    "T2": np.array([[0, 0, 1, 1], [0, 1, 0, -2], [-1, 0, 0, 44], [0, 0, 0, 1]], float),
+}
+SERIES_SHAPES = {"FLAIR": (44, 40, 50), "T1": (46, 50, 44), "T2": (48, 54, 40)}
+SERIES_FILES = {"T1": "t1_mprage.nii.gz", "T2": "t2_tse.nii.gz", "FLAIR": "flair_3mm.nii.gz"}
+
+
+@pytest.fixture(scope="module")
+def tiny(cohort_factory, tmp_path_factory):
+    """A tiny untrained model folder, one analysis-ready case (4 mm) and the stored transforms of its raw series."""
+    datalist = cohort_factory("rawinverse", n_healthy=1, n_lesion=1, seed=4, spacing=4.0)
+    entry = json.loads(datalist.read_text())["test"][0]
+    image, mask = (datalist.parent / entry[k] for k in ("image", "brain_mask"))
+    model = tmp_path_factory.mktemp("model")
+    config = ModelConfig(image_size=32, quantiles=(0.15, 0.5, 0.85), score="flair", quantile_score=False)
+    torch.manual_seed(0)
+    _, net = build_networks(config)
+    config.save(model / "model_config.json")
+    torch.save(net.state_dict(), model / "model.pt")
+    analysis = nib.load(image)
+    a_aff = analysis.affine
+    mni_to_t1 = rigid_matrix((4.0, -3.0, 7.0), (2.5, -1.0, 3.0))
+    t1_to_series = {
+        "T1": np.eye(4),
+        "T2": rigid_matrix((-5.0, 2.0, 1.0), (1.0, 4.0, -2.0)),
+        "FLAIR": rigid_matrix((6.0, -2.0, -8.0), (-3.0, 2.0, 5.0)),
+    }
+    # a series voxel f lies at world t1_to_series @ mni_to_t1 @ a_aff @ M f: that is the series' affine
+    series = {
+        name: {
+            "shape": list(SERIES_SHAPES[name]),
+            "affine": (t1_to_series[name] @ mni_to_t1 @ a_aff @ VOXEL_MAPS[name]).tolist(),
+        }
+        for name in ("T1", "T2", "FLAIR")
+    }
+    raw = tmp_path_factory.mktemp("raw")
+    paths = {}
+    for name, file in SERIES_FILES.items():  # only their names matter: the stand-in does not read them
+        paths[name] = raw / file
+        paths[name].write_bytes(b"")
+    info = {
+        "series": series,
+        "analysis": {"shape": list(analysis.shape[:3]), "affine": a_aff.tolist(), "channels": ["T1", "T2", "FLAIR"]},
+        "mni_to_t1": mni_to_t1.tolist(),
+        "t1_to_series": {k: v.tolist() for k, v in t1_to_series.items()},
+        "similarity": {"T2_sharpness": 0.9},
+        "warnings": [],
+    }
+    return {"model": model, "image": image, "mask": mask, "info": info, "paths": paths}
+
+
+def _stand_in(tiny, calls):
+    """``preprocess`` as it would run on the tiny case: the files and transforms.json, and the same return keys."""
+
+    def preprocess(t1, t2, flair, out_dir, **kwargs):
+        calls.append(((t1, t2, flair, Path(out_dir)), kwargs))
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tiny["image"], out / "image.nii.gz")
+        shutil.copyfile(tiny["mask"], out / "brain_mask.nii.gz")
+        (out / "transforms.json").write_text(json.dumps(tiny["info"]))
+        files = [str(out / f) for f in ("image.nii.gz", "brain_mask.nii.gz", "transforms.json")]
+        return {**tiny["info"], "timing": {"total_seconds": 1.0}, "files": files}
+
+    return preprocess
+
+
+def _on_series(analysis: np.ndarray, name: str, fill: float) -> tuple[np.ndarray, np.ndarray]:
+    """``analysis`` read on series ``name``'s grid through its integer voxel map (``fill`` beyond the analysis
+    grid), and where the comparison is exact (not on the analysis grid's outer voxel layer, where the map's rounding
+    decides between a value and the fill)."""
+    idx = np.indices(SERIES_SHAPES[name]).reshape(3, -1)
+    a = (VOXEL_MAPS[name][:3, :3] @ idx + VOXEL_MAPS[name][:3, 3:]).astype(int)
+    size = np.array(analysis.shape)[:, None]
+    inside = np.all((a >= 0) & (a < size), axis=0)
+    edge = inside & np.any((a == 0) | (a == size - 1), axis=0)
+    out = np.full(idx.shape[1], fill, np.float64)
+    out[inside] = analysis[tuple(a[:, inside])]
+    return out.reshape(SERIES_SHAPES[name]), ~edge.reshape(SERIES_SHAPES[name])
+
+
+@pytest.fixture(scope="module")
+def flair_run(tiny, tmp_path_factory):
+    """One ``infer_raw`` (FLAIR grid, the default) with the real ``infer``, whose analysis report gets a ``site``
+    entry (as a calibrated site check writes) to follow into the series' report."""
+    out = tmp_path_factory.mktemp("infer_raw") / "case"
+    calls, infer_calls = [], []
+    real_infer = workflows.infer
+
+    def infer(model_dir, images, output_dir, **kwargs):
+        infer_calls.append((Path(model_dir), images, Path(output_dir), kwargs))
+        written = real_infer(model_dir, images, output_dir, **kwargs)
+        report = next(p for p in written if p.name.endswith("_lesions.json"))
+        report.write_text(json.dumps({**json.loads(report.read_text()), "site": {"shift": 0.25}}))
+        return written
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(preprocess_module, "preprocess", _stand_in(tiny, calls))
+        mp.setattr(workflows, "infer", infer)
+        p = tiny["paths"]
+        result = infer_raw(
+            tiny["model"],
+            p["T1"],
+            p["T2"],
+            p["FLAIR"],
+            out,
+            preprocess_kwargs={"threads": 1, "alignment_check": False},
+            threshold="gaussian",
+            alpha=0.5,
+            save_png=False,
+        )
+    return out, result, calls, infer_calls
+
+
+def test_infer_raw_runs_preprocess_then_infer_on_its_output(tiny, flair_run):
+    out, result, calls, infer_calls = flair_run
+    p = tiny["paths"]
+    assert calls == [((p["T1"], p["T2"], p["FLAIR"], out / "preprocessed"), {"threads": 1, "alignment_check": False})]
+    ((model, images, analysis_dir, kwargs),) = infer_calls
+    assert model == tiny["model"] and analysis_dir == out / "analysis"
+    prep = out / "preprocessed"
+    assert images == [{"image": str(prep / "image.nii.gz"), "brain_mask": str(prep / "brain_mask.nii.gz")}]
+    assert kwargs == {"threshold": "gaussian", "alpha": 0.5, "save_png": False}
+    # what preprocess returned, only its timing, similarity figures and files
+    assert result["preprocess"] == {
+        "timing": {"total_seconds": 1.0},
+        "similarity": {"T2_sharpness": 0.9},
+        "files": [str(prep / f) for f in ("image.nii.gz", "brain_mask.nii.gz", "transforms.json")],
+    }
+    stem = str(out / "analysis" / "preprocessed")  # named after the image's folder
+    suffixes = ("_zmap.nii.gz", "_pmap.nii.gz", "_lesion.nii.gz", "_lesions.json", "_lesions.csv")
+    assert result["analysis_maps"] == [stem + s for s in suffixes]
+    assert all(Path(f).is_file() for f in result["analysis_maps"])
+
+
+def test_infer_raw_writes_the_analysis_maps_on_the_flair_grid(tiny, flair_run):
+    """z (0 beyond the analysis grid), p (1 there) and lesion maps on the FLAIR file's shape and affine, equal to the
+    analysis maps read through the FLAIR grid's voxel map; the report counts the FLAIR lesion map's lesions."""
+    out, result, _, _ = flair_run
+    flair_affine = np.asarray(tiny["info"]["series"]["FLAIR"]["affine"])
+    assert result["maps"] == {
+        "z": str(out / "flair_3mm_zmap.nii.gz"),
+        "p": str(out / "flair_3mm_pmap.nii.gz"),
+        "lesion": str(out / "flair_3mm_lesion.nii.gz"),
+    }
+    analysis = {
+        k: np.asarray(nib.load(out / "analysis" / f"preprocessed_{k}.nii.gz").dataobj) for k in ("zmap", "pmap")
+    }
+    analysis["lesion"] = np.asarray(nib.load(out / "analysis" / "preprocessed_lesion.nii.gz").dataobj)
+    assert analysis["lesion"].any() and (analysis["pmap"] < 1).any()  # a random network at alpha 0.5 flags voxels
+    for key, postfix, fill in (("z", "zmap", 0.0), ("p", "pmap", 1.0), ("lesion", "lesion", 0.0)):
+        img = nib.load(result["maps"][key])
+        assert img.shape == SERIES_SHAPES["FLAIR"] and np.allclose(img.affine, flair_affine, atol=1e-5)
+        expected, exact = _on_series(analysis[postfix], "FLAIR", fill)
+        data = np.asarray(img.dataobj)
+        assert np.allclose(data[exact], expected[exact], atol=1e-4), key
+        assert (expected[exact] == fill).mean() > 0.2 and (expected[exact] != fill).any()  # both sides checked
+    lesion = np.asarray(nib.load(result["maps"]["lesion"]).dataobj)
+    assert lesion.dtype == np.uint8
+    report = json.loads(Path(result["report"]).read_text())
+    assert result["report"] == str(out / "flair_3mm_lesions.json")
+    assert result["report_csv"] == str(out / "flair_3mm_lesions.csv") and Path(result["report_csv"]).is_file()
+    assert report["n_lesions"] == ndimage.label(lesion > 0, structure=np.ones((3, 3, 3)))[1] >= 1
+    assert report["grid"]["shape"] == list(SERIES_SHAPES["FLAIR"])
+    assert report["series"] == "FLAIR" and report["source"] == os.path.abspath(tiny["paths"]["FLAIR"])
+    assert report["site"] == {"shift": 0.25}  # carried over from the analysis report
+
+
+@pytest.mark.parametrize("reference", ["t1", "T2"])
+def test_infer_raw_reference_series_picks_its_grid_and_file_name(tiny, flair_run, tmp_path, monkeypatch, reference):
+    """``reference``: the maps and report go on that series' grid (any case), named after that series' file; the
+    analysis maps are the stored ones of the FLAIR run (``infer`` is not run again)."""
+    first_out, first, _, _ = flair_run
+    name = reference.upper()
+    calls = []
+
+    def infer(model_dir, images, output_dir, **kwargs):  # the analysis maps and report of the first run
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True)
+        written = []
+        for path in map(Path, first["analysis_maps"]):
+            shutil.copyfile(path, output_dir / path.name)
+            written.append(output_dir / path.name)
+        return written
+
+    monkeypatch.setattr(preprocess_module, "preprocess", _stand_in(tiny, calls))
+    monkeypatch.setattr(workflows, "infer", infer)
+    p = tiny["paths"]
+    result = infer_raw(tiny["model"], p["T1"], p["T2"], p["FLAIR"], tmp_path, reference=reference)
+    assert calls[0][1] == {}  # no preprocess_kwargs: none passed on
+    stem = Path(SERIES_FILES[name]).name[: -len(".nii.gz")]
+    assert result["maps"] == {
+        "z": str(tmp_path / f"{stem}_zmap.nii.gz"),
+        "p": str(tmp_path / f"{stem}_pmap.nii.gz"),
+        "lesion": str(tmp_path / f"{stem}_lesion.nii.gz"),
+    }
+    affine = np.asarray(tiny["info"]["series"][name]["affine"])
+    for key, postfix, fill in (("z", "zmap", 0.0), ("p", "pmap", 1.0), ("lesion", "lesion", 0.0)):
+        img = nib.load(result["maps"][key])
+        assert img.shape == SERIES_SHAPES[name] and np.allclose(img.affine, affine, atol=1e-5)
+        analysis = np.asarray(nib.load(first_out / "analysis" / f"preprocessed_{postfix}.nii.gz").dataobj)
+        expected, exact = _on_series(analysis, name, fill)
+        assert np.allclose(np.asarray(img.dataobj)[exact], expected[exact], atol=1e-4), key
+    report = json.loads(Path(result["report"]).read_text())
+    assert report["series"] == name and report["source"] == os.path.abspath(p[name])
+    assert report["site"] == {"shift": 0.25}
+
+
+def test_infer_raw_without_a_model_config_fails_before_preprocessing(tiny, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(preprocess_module, "preprocess", _stand_in(tiny, calls))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.pt").write_bytes(b"")
+    p = tiny["paths"]
+    with pytest.raises(FileNotFoundError, match="has no model_config.json"):
+        infer_raw(tmp_path / "model", p["T1"], p["T2"], p["FLAIR"], tmp_path / "out")
+    assert calls == [] and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="reference must be one of"):
+        infer_raw(tiny["model"], p["T1"], p["T2"], p["FLAIR"], tmp_path / "out", reference="dwi")
+    assert calls == []
+
+
+def test_analysis_maps_by_key_picks_the_three_maps_by_their_postfix():
+    written = [
+        Path("a/case_zmap.nii.gz"),
+        "a/case_pmap.nii.gz",
+        Path("a/case_lesion.nii.gz"),
+        Path("a/case_lesions.json"),
+        Path("a/case_zmap.png"),
+    ]
+    assert analysis_maps_by_key(written) == {
+        "z": Path("a/case_zmap.nii.gz"),
+        "p": Path("a/case_pmap.nii.gz"),
+        "lesion": Path("a/case_lesion.nii.gz"),
+    }
+    with pytest.raises(RuntimeError, match=r"\['p', 'lesion'\] lack"):
+        analysis_maps_by_key([Path("a/case_zmap.nii.gz"), Path("a/case_lesion.png"), Path("a/case_pmap.nii")])
