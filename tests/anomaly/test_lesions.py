@@ -204,3 +204,13 @@ def test_bh_reject_keeps_q_equal_to_alpha_and_checks_alpha():
     for alpha in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\)"):
             bh_reject([0.01], alpha)
+
+
+def test_tail_is_fitted_from_twenty_statistics_to_their_ten_largest():
+    """The fewest statistics a tail is fitted to: 2 x 10, the largest 10 above the 11th largest."""
+    healthy = np.random.default_rng(5).exponential(1.0, 20)
+    tail = fit_lesion_tail(healthy)
+    h = np.sort(healthy)
+    assert tail is not None and tail.n == 20 and tail.exceedances == 10
+    assert tail.threshold == h[9] and tail.maximum == h[-1]
+    assert fit_lesion_tail(healthy[:19]) is None

@@ -37,6 +37,28 @@ def test_central_matching_is_the_vertex_and_curvature_of_the_log_histogram_parab
     assert centre != pytest.approx(_robust(values)[0], abs=0.5)  # not the fallback
 
 
+def _central_reference(values: np.ndarray) -> tuple[float, float]:
+    """Efron's central matching from its definition: the Poisson-weighted (by the counts) least-squares parabola
+    through the log counts of the 60-bin histogram of the central half, in the scores' own units."""
+    lo, hi = np.quantile(values, [0.25, 0.75])
+    counts, edges = np.histogram(values[(values >= lo) & (values <= hi)], bins=60, range=(lo, hi))
+    mids, k = 0.5 * (edges[1:] + edges[:-1]), counts > 0
+    design = np.stack([mids[k] ** 2, mids[k], np.ones(k.sum())], axis=1)
+    weighted = design * counts[k, None]
+    a, b, _ = np.linalg.solve(design.T @ weighted, weighted.T @ np.log(counts[k]))
+    return -b / (2 * a), np.sqrt(-1 / (2 * a))
+
+
+def test_central_matching_is_the_count_weighted_fit_over_the_central_halfs_range():
+    """Many bins (a least-squares fit, not an interpolation) and quartiles that are not data values."""
+    values = np.random.default_rng(3).normal(3.0, 2.0, 4001).astype(np.float32).astype(np.float64)
+    values = np.r_[values, 40.0]  # an even count: the quartiles fall between two scores
+    centre, width = empirical_null(values)  # "central" is the default method
+    assert (centre, width) == pytest.approx(_central_reference(values), rel=1e-7)
+    z, null = standardise(torch.from_numpy(values))
+    assert null == (centre, width)
+
+
 def test_central_matching_falls_back_to_the_robust_null_when_the_centre_is_not_concave():
     convex = _three_bins(4, 3, 4)  # more values at the edges of the central half than inside it
     assert empirical_null(convex, method="central") == pytest.approx(_robust(convex), rel=1e-12)
@@ -68,8 +90,11 @@ def test_empirical_null_needs_ten_finite_brain_scores():
         empirical_null(scores, torch.ones(11), method="median")
 
 
-def test_standardise_uses_the_volumes_own_null():
+def test_standardise_uses_the_volumes_own_null_inside_its_mask():
     scores = torch.arange(101.0).reshape(1, 101)
     z, (centre, width) = standardise(scores, method="robust")
     assert (centre, width) == pytest.approx((50.0, 50.0 / IQR_NORMAL))
     assert torch.allclose(z, (scores - 50.0) / (50.0 / IQR_NORMAL))
+    mask = scores < 21  # the null of 0..20 only
+    z, (centre, width) = standardise(scores, mask, method="median")
+    assert (centre, width) == (10.0, 1.0) and torch.equal(z, scores - 10.0)

@@ -25,8 +25,10 @@ def test_explicit_score_weights_one_per_channel():
     assert score_weights([3.0], 1).tolist() == [3.0]
     with pytest.raises(ValueError, match="got 3 score weights for a prediction of 2 channel"):
         score_weights((1.0, 1.0, 1.0), 2)
-    with pytest.raises(ValueError, match="not all zero"):
-        score_weights((0.0, 0.0), 2)
+    assert score_weights((1.0, 0.0, 0.0), 3).tolist() == [1.0, 0.0, 0.0]  # unit norm is fine
+    for bad in ((0.0, 0.0), (float("inf"), 1.0), (float("nan"), 0.0)):
+        with pytest.raises(ValueError, match="must be finite and not all zero"):
+            score_weights(bad, 2)
 
 
 def test_combine_z_is_the_weighted_stouffer_sum():
