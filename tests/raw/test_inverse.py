@@ -21,8 +21,19 @@ import torch
 from scipy import ndimage
 
 import monai_qrvae.workflows as workflows
+from monai_qrvae.raw.errors import MissingSeriesError
 from monai_qrvae.raw.geometry import rigid_matrix
-from monai_qrvae.raw.inverse import analysis_maps_by_key, infer_raw
+from monai_qrvae.raw.inverse import (
+    _stem,
+    analysis_maps_by_key,
+    infer_raw,
+    lesion_report,
+    load_transforms,
+    maps_to_series,
+    raw_entries,
+    series_to_analysis,
+    write_series_maps,
+)
 from monai_qrvae.workflows import ModelConfig, build_networks
 
 # the module (``monai_qrvae.raw.preprocess`` as an attribute is the function the package re-exports)
@@ -196,6 +207,8 @@ def test_infer_raw_writes_the_analysis_maps_on_the_flair_grid(tiny, flair_run):
     assert result["report_csv"] == str(out / "flair_3mm_lesions.csv") and Path(result["report_csv"]).is_file()
     assert report["n_lesions"] == ndimage.label(lesion > 0, structure=np.ones((3, 3, 3)))[1] >= 1
     assert report["grid"]["shape"] == list(SERIES_SHAPES["FLAIR"])
+    z = np.asarray(nib.load(result["maps"]["z"]).dataobj)
+    assert max(e["max_z"] for e in report["lesions"]) == pytest.approx(z[lesion > 0].max(), abs=1e-3)  # z of FLAIR
     assert report["series"] == "FLAIR" and report["source"] == os.path.abspath(tiny["paths"]["FLAIR"])
     assert report["site"] == {"shift": 0.25}  # carried over from the analysis report
 
@@ -269,3 +282,180 @@ def test_analysis_maps_by_key_picks_the_three_maps_by_their_postfix():
     }
     with pytest.raises(RuntimeError, match=r"\['p', 'lesion'\] lack"):
         analysis_maps_by_key([Path("a/case_zmap.nii.gz"), Path("a/case_lesion.png"), Path("a/case_pmap.nii")])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# maps_to_series and its inputs, on the stored transforms of the tiny case
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def prep(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prep")
+    (out / "transforms.json").write_text(json.dumps(tiny["info"]))
+    return out, tuple(tiny["info"]["analysis"]["shape"]), np.asarray(tiny["info"]["analysis"]["affine"])
+
+
+def test_load_transforms_refuses_incomplete_or_broken_files(prep, tmp_path):
+    out, _, _ = prep
+    assert load_transforms(out)["mni_to_t1"] == load_transforms(out / "transforms.json")["mni_to_t1"]
+    info = json.loads((out / "transforms.json").read_text())
+    del info["mni_to_t1"], info["series"]
+    (tmp_path / "transforms.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"lacks \['series', 'mni_to_t1'\]"):
+        load_transforms(tmp_path)
+    (tmp_path / "transforms.json").write_text("{")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        load_transforms(tmp_path)
+
+
+def test_series_to_analysis_defaults_to_the_flair_series(tiny):
+    info = tiny["info"]
+    expected = np.linalg.inv(np.asarray(info["mni_to_t1"])) @ np.linalg.inv(np.asarray(info["t1_to_series"]["FLAIR"]))
+    assert np.allclose(series_to_analysis(info), expected)
+    assert np.allclose(series_to_analysis(info, "t1"), np.linalg.inv(np.asarray(info["mni_to_t1"])))
+
+
+def test_maps_to_series_inputs_channels_and_header(prep):
+    """An array, a NIfTI image or a file; 3D, 4D with one channel (squeezed) or several (kept); the output carries
+    the series' affine as scanner-coded qform and sform, in mm."""
+    out, shape, a_aff = prep
+    ramp = np.indices(shape).sum(0).astype(np.float32)  # linear: trilinear sampling at the integer map is exact
+    expected, exact = _on_series(ramp, "FLAIR", 0.0)
+    for source in (ramp, nib.Nifti1Image(ramp, a_aff), ramp[..., None]):
+        img = maps_to_series(source, out)
+        assert img.shape == SERIES_SHAPES["FLAIR"] and img.get_data_dtype() == np.float32
+        assert np.allclose(np.asarray(img.dataobj)[exact], expected[exact], atol=1e-3)
+    two = maps_to_series(np.stack([ramp, 2 * ramp], -1), out)
+    assert two.shape == (*SERIES_SHAPES["FLAIR"], 2)
+    assert np.allclose(np.asarray(two.dataobj)[..., 1][exact], 2 * expected[exact], atol=1e-3)
+    flair_affine = np.asarray(json.loads((out / "transforms.json").read_text())["series"]["FLAIR"]["affine"])
+    header = two.header
+    assert int(header["qform_code"]) == 1 and int(header["sform_code"]) == 1  # "scanner"
+    assert np.allclose(two.get_qform(), flair_affine, atol=1e-4) and np.allclose(two.get_sform(), flair_affine)
+    assert header.get_xyzt_units()[0] == "mm"
+    with pytest.raises(ValueError, match="expected the analysis grid"):
+        maps_to_series(np.zeros((*shape, 2, 3), np.float32), out)  # 5D
+
+
+def test_maps_to_series_file_must_be_on_the_analysis_grid_to_a_thousandth(prep, tmp_path):
+    out, shape, a_aff = prep
+    ramp = np.indices(shape).sum(0).astype(np.float32)
+    close, far = a_aff.copy(), a_aff.copy()
+    close[0, 1] = 5e-4  # within 1e-3 of the analysis affine: the same grid
+    far[0, 3] += 0.5
+    nib.Nifti1Image(ramp, close).to_filename(str(tmp_path / "close.nii.gz"))
+    nib.Nifti1Image(ramp, far).to_filename(str(tmp_path / "far.nii.gz"))
+    assert maps_to_series(tmp_path / "close.nii.gz", out).shape == SERIES_SHAPES["FLAIR"]
+    with pytest.raises(ValueError, match="is not on the analysis grid"):
+        maps_to_series(tmp_path / "far.nii.gz", out)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        maps_to_series(tmp_path / "none.nii.gz", out)
+
+
+def _oblique_prep(tmp_path):
+    """A 2 mm analysis grid and a FLAIR grid of 1.3 x 1.7 x 2.9 mm, rotated against it (no voxel centre of one on
+    the other's)."""
+    a_aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    f_aff = rigid_matrix((7.0, -4.0, 11.0), (0.3, -0.7, 0.4)) @ np.diag([1.3, 1.7, 2.9, 1.0])
+    info = {
+        "series": {"FLAIR": {"shape": [14, 11, 7], "affine": f_aff.tolist()}},
+        "analysis": {"shape": [9, 10, 8], "affine": a_aff.tolist()},
+        "mni_to_t1": np.eye(4).tolist(),
+        "t1_to_series": {"T1": np.eye(4).tolist(), "FLAIR": np.eye(4).tolist()},
+    }
+    (tmp_path / "transforms.json").write_text(json.dumps(info))
+    vox = np.linalg.inv(a_aff) @ f_aff @ np.vstack([np.indices((14, 11, 7)).reshape(3, -1), np.ones(14 * 11 * 7)])
+    return vox[:3]
+
+
+def test_maps_to_series_masks_are_nearest_neighbour_and_auto_kind_follows_the_values(tmp_path):
+    vox = _oblique_prep(tmp_path)
+    mask = np.zeros((9, 10, 8), np.float32)  # a float map of 0 and 1 only: a mask
+    mask[2:7, 3:8, 2:6] = 1.0
+    mask[4, 5, 3] = 0.0
+    nearest = np.round(vox).astype(int)
+    inside = np.all((nearest >= 0) & (nearest < np.array([9, 10, 8])[:, None]), axis=0)
+    expected = np.zeros(vox.shape[1])
+    expected[inside] = mask[tuple(nearest[:, inside])]
+    assert 0 < expected.sum() < inside.sum()
+    img = maps_to_series(mask, tmp_path)
+    assert img.get_data_dtype() == np.uint8
+    assert np.array_equal(np.asarray(img.dataobj).ravel(), expected)
+    explicit = maps_to_series(mask * 0.4 + 0.3, tmp_path, kind="mask")  # 0.3 / 0.7: sampled, then > 0.5
+    assert np.array_equal(np.asarray(explicit.dataobj).ravel(), expected)
+    continuous = maps_to_series(mask * 0.5, tmp_path)  # 0 and 0.5: continuous, trilinear
+    assert continuous.get_data_dtype() == np.float32
+    values = np.asarray(continuous.dataobj)
+    assert len(np.unique(values)) > 3 and values.max() <= 0.5
+
+
+def test_maps_to_series_auto_kind_of_large_maps(tmp_path):
+    """From 5 million voxels on, a float map is taken as continuous without reading its values (an integer map is
+    still read)."""
+    shape = (250, 200, 100)  # 5 000 000 voxels
+    a_aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    info = {
+        "series": {"FLAIR": {"shape": [3, 3, 3], "affine": np.eye(4).tolist()}},
+        "analysis": {"shape": list(shape), "affine": a_aff.tolist()},
+        "mni_to_t1": np.eye(4).tolist(),
+        "t1_to_series": {"T1": np.eye(4).tolist(), "FLAIR": np.eye(4).tolist()},
+    }
+    (tmp_path / "transforms.json").write_text(json.dumps(info))
+    data = np.zeros(shape, np.uint8)
+    data[:2, :2, :2] = 1
+    assert maps_to_series(data, tmp_path).get_data_dtype() == np.uint8
+    as_float = maps_to_series(data.astype(np.float32), tmp_path)
+    assert as_float.get_data_dtype() == np.float32
+    assert np.asarray(as_float.dataobj)[:2, :2, :2].tolist() == np.ones((2, 2, 2)).tolist()
+
+
+def test_lesion_report_without_a_z_map():
+    mask = np.zeros((6, 6, 6), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1  # 8 voxels
+    report = lesion_report(nib.Nifti1Image(mask, np.diag([2.0, 2.0, 2.0, 1.0])))
+    assert report["n_lesions"] == 1 and report["lesions"][0]["voxels"] == 8 and "max_z" not in report["lesions"][0]
+    assert report["lesions"][0]["volume_ml"] == pytest.approx(0.064)
+
+
+def test_write_series_maps_keeps_float_maps_float_when_their_values_are_0_and_1(prep, tmp_path):
+    """A volume with nothing tested (z = 0, p = 1 everywhere): the z and p maps stay float maps, not masks."""
+    out, shape, a_aff = prep
+    maps = {}
+    for key, value, dtype in (("z", 0.0, np.float32), ("p", 1.0, np.float32), ("lesion", 0, np.uint8)):
+        maps[key] = tmp_path / f"case_{key}.nii.gz"
+        nib.Nifti1Image(np.full(shape, value, dtype), a_aff).to_filename(str(maps[key]))
+    written = write_series_maps(maps, out, tmp_path, tmp_path / "FLAIR.nii", analysis_report=tmp_path / "none.json")
+    z, p, lesion = (nib.load(written["maps"][k]) for k in ("z", "p", "lesion"))
+    assert z.get_data_dtype() == np.float32 and p.get_data_dtype() == np.float32 and lesion.get_data_dtype() == np.uint8
+    assert np.all(np.asarray(p.dataobj) == 1.0) and not np.asarray(z.dataobj).any()
+    report = json.loads(Path(written["report"]).read_text())
+    assert written["report"] == str(tmp_path / "FLAIR_lesions.json") and report["n_lesions"] == 0
+    assert "site" not in report  # no analysis report file: nothing carried over
+
+
+def test_stem_of_series_files_and_folders():
+    names = ["a/T1.nii.gz", "T2.nii", "b/flair.nrrd", "c.mha", "d.mhd", "series_dir", "scan.v2.dcm"]
+    assert [_stem(n) for n in names] == ["T1", "T2", "flair", "c", "d", "series_dir", "scan.v2"]
+
+
+def test_raw_entries_names_and_checks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("s1", "s1x", "s2/anat", "s3/anat"):
+        (tmp_path / folder).mkdir(parents=True)
+        for name in ("T1", "T2", "FLAIR"):
+            (tmp_path / folder / f"{name}.nii.gz").write_bytes(b"")
+    entry = {"image": ["s1/T1.nii.gz", "s1x/T2.nii.gz", "s1x/FLAIR.nii.gz"], "raw": True}
+    ((name, paths),) = raw_entries([entry])  # relative to the working folder without base_dir
+    assert name == "s1" and paths == [Path("s1/T1.nii.gz"), Path("s1x/T2.nii.gz"), Path("s1x/FLAIR.nii.gz")]
+    same = [{"image": [f"{d}/anat/{s}.nii.gz" for s in ("T1", "T2", "FLAIR")], "raw": True} for d in ("s2", "s3")]
+    assert [n for n, _ in raw_entries(same)] == ["anat-0", "anat-1"]  # two T1 folders of one name: numbered
+    bad = [
+        ["s1/T1.nii.gz"],
+        {"image": entry["image"]},
+        {"image": "s1/T1.nii.gz", "raw": True},
+        {"image": entry["image"][:2], "raw": True},
+    ]
+    for item in bad:
+        with pytest.raises(ValueError, match="three raw series"):
+            raw_entries([item])
+    with pytest.raises(MissingSeriesError, match="entry 0: FLAIR series"):
+        raw_entries([{"image": ["s1/T1.nii.gz", "s1/T2.nii.gz", "s1/none.nii.gz"], "raw": True}])
