@@ -308,7 +308,7 @@ def test_anomaly_maps_reduced_precision_crossing_and_metatensor():
     assert maps["z"].dtype == torch.float32 and maps["z"].shape == (2, 1, 4, 4)
     assert torch.isfinite(maps["z"]).all() and torch.isfinite(maps["p"]).all()
     assert ((maps["p"] >= 0) & (maps["p"] <= 1)).all()
-    with pytest.raises(ValueError, match="channel"):
+    with pytest.raises(ValueError, match="channel 5 is out of range for image with 3 channels"):
         anomaly_maps(image, mu, sigma, channel=5)
 
 

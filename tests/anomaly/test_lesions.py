@@ -195,6 +195,7 @@ def test_cluster_statistics_defaults_one_cluster_and_none():
     st3 = cluster_statistics(s, labels, 3, 2.0, 0.5)
     assert st3["voxels"].tolist() == [2.0, 0.0, 0.0] and st3["mass"].tolist() == [1.5, 0.0, 0.0]
     empty = cluster_statistics(s, np.zeros_like(labels), 0, 2.0)
+    assert set(empty) == {"voxels", "extent", "mass", "peak"}
     assert all(v.shape == (0,) and v.dtype == np.float64 for v in empty.values())
 
 
