@@ -306,10 +306,15 @@ def test_anomaly_maps_reduced_precision_crossing_and_metatensor():
     maps = anomaly_maps(image, mu.half(), sigma.half(), mask=torch.ones(2, 1, 4, 4))
     assert isinstance(maps["z"], MetaTensor) and float(maps["z"].affine[0, 0]) == 3.0
     assert maps["z"].dtype == torch.float32 and maps["z"].shape == (2, 1, 4, 4)
+    assert isinstance(maps["p"], MetaTensor) and maps["p"].dtype == torch.float32  # not the image's float16
     assert torch.isfinite(maps["z"]).all() and torch.isfinite(maps["p"]).all()
     assert ((maps["p"] >= 0) & (maps["p"] <= 1)).all()
     with pytest.raises(ValueError, match="channel 5 is out of range for image with 3 channels"):
         anomaly_maps(image, mu, sigma, channel=5)
+    with pytest.raises(ValueError, match="mu must be batched"):
+        anomaly_maps(image, mu[0, 0], sigma)
+    with pytest.raises(ValueError, match="sigma must be batched"):
+        anomaly_maps(image, mu, sigma[0, 0])
 
 
 def test_the_shipped_flair_t2_score_weights_t2_and_flair_not_t1():
@@ -358,6 +363,8 @@ def test_z_score_non_finite_inputs_and_floor_checks():
     x = torch.tensor([float("nan"), float("inf"), -float("inf"), 3.0])
     z = z_score(x, torch.zeros(4), torch.full((4,), 2.0))
     assert z.tolist() == [0.0, 1e6, -1e6, 1.5]  # NaN -> 0, +-inf -> +-1e6 exactly
+    assert z.dtype == torch.float32  # float32 in, float32 out; float64 in any input: float64
+    assert z_score(x, torch.zeros(4, dtype=torch.float64), torch.ones(4)).dtype == torch.float64
     for floor in (0.0, -1.0):
         with pytest.raises(ValueError, match="sigma_floor must be > 0"):
             z_score(x, torch.zeros(4), torch.ones(4), sigma_floor=floor)

@@ -215,3 +215,12 @@ def test_tail_is_fitted_from_twenty_statistics_to_their_ten_largest():
     assert tail is not None and tail.n == 20 and tail.exceedances == 10
     assert tail.threshold == h[9] and tail.maximum == h[-1]
     assert fit_lesion_tail(healthy[:19]) is None
+
+
+def test_tail_survival_is_the_pareto_tail_above_its_threshold():
+    """``P(S >= s) = k / n * genpareto.sf(s - threshold)``: an exponential tail (shape 0) above 2.0, 5 of 50."""
+    from monai_qrvae.anomaly.lesions import LesionTail
+
+    tail = LesionTail(threshold=2.0, exceedances=5, n=50, shape=0.0, scale=1.5, maximum=4.0)
+    np.testing.assert_allclose(tail.sf([2.0, 3.5, 5.0]), 0.1 * np.exp(-np.array([0.0, 1.5, 3.0]) / 1.5), rtol=1e-12)
+    assert tail.sf(200.0) == TAIL_P_FLOOR
