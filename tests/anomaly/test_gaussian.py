@@ -306,10 +306,15 @@ def test_anomaly_maps_reduced_precision_crossing_and_metatensor():
     maps = anomaly_maps(image, mu.half(), sigma.half(), mask=torch.ones(2, 1, 4, 4))
     assert isinstance(maps["z"], MetaTensor) and float(maps["z"].affine[0, 0]) == 3.0
     assert maps["z"].dtype == torch.float32 and maps["z"].shape == (2, 1, 4, 4)
+    assert isinstance(maps["p"], MetaTensor) and maps["p"].dtype == torch.float32  # not the image's float16
     assert torch.isfinite(maps["z"]).all() and torch.isfinite(maps["p"]).all()
     assert ((maps["p"] >= 0) & (maps["p"] <= 1)).all()
-    with pytest.raises(ValueError, match="channel"):
+    with pytest.raises(ValueError, match="channel 5 is out of range for image with 3 channels"):
         anomaly_maps(image, mu, sigma, channel=5)
+    with pytest.raises(ValueError, match="mu must be batched"):
+        anomaly_maps(image, mu[0, 0], sigma)
+    with pytest.raises(ValueError, match="sigma must be batched"):
+        anomaly_maps(image, mu, sigma[0, 0])
 
 
 def test_the_shipped_flair_t2_score_weights_t2_and_flair_not_t1():
@@ -340,3 +345,35 @@ def test_the_shipped_flair_t2_score_weights_t2_and_flair_not_t1():
     out = AnomalyMapsd(score="flair_t2", mask_key=None)({"pred": pred})
     assert torch.allclose(out["z"], torch.full((1, 2, 2, 1), 3.0 / np.sqrt(2.0)))
     assert all(DEFAULTS[m].score == "flair_t2" for m in ("qrvae", "gaussian", "mse"))
+
+
+# ---------------------------------------------------------------- edges of the Gaussian model
+
+
+def test_mu_is_the_predicted_median_not_the_regression_intercept():
+    """With 0.5 among the quantiles mu is that quantile itself, even when the three predictions are not on a line
+    (the least-squares intercept would be their mean, 5/6 here); sigma is the slope about it."""
+    pred = torch.tensor([0.0, 1.0, 1.5]).view(1, 3, 1, 1)  # quantiles 0.15, 0.5, 0.85 of one voxel
+    mu, sigma = quantiles_to_mu_sigma(pred, (0.15, 0.5, 0.85))
+    assert float(mu) == 1.0
+    assert float(sigma) == pytest.approx((-PPF_085 * -1.0 + PPF_085 * 0.5) / (2 * PPF_085**2), rel=1e-6)
+
+
+def test_z_score_non_finite_inputs_and_floor_checks():
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 3.0])
+    z = z_score(x, torch.zeros(4), torch.full((4,), 2.0))
+    assert z.tolist() == [0.0, 1e6, -1e6, 1.5]  # NaN -> 0, +-inf -> +-1e6 exactly
+    assert z.dtype == torch.float32  # float32 in, float32 out; float64 in any input: float64
+    assert z_score(x, torch.zeros(4, dtype=torch.float64), torch.ones(4)).dtype == torch.float64
+    for floor in (0.0, -1.0):
+        with pytest.raises(ValueError, match="sigma_floor must be > 0"):
+            z_score(x, torch.zeros(4), torch.ones(4), sigma_floor=floor)
+
+
+def test_anomaly_maps_floor_sigma_at_one_thousandth_by_default():
+    image = torch.full((1, 1, 2, 2), 0.5)
+    sigma = torch.full((1, 1, 2, 2), 1e-5)  # below the default floor 1e-3
+    z = anomaly_maps(image, torch.zeros(1, 1, 2, 2), sigma)["z"]
+    assert torch.allclose(z, torch.full((1, 1, 2, 2), 500.0))
+    z = anomaly_maps(image, torch.zeros(1, 1, 2, 2), sigma, sigma_floor=0.1)["z"]
+    assert torch.allclose(z, torch.full((1, 1, 2, 2), 5.0))

@@ -181,3 +181,46 @@ def test_calibration_fits_saves_and_loads_lesion_statistics(tmp_path):
     assert old.lesion_stats is None and old.lesion_threshold is None and old.n_volumes == 2
     with pytest.raises(ValueError, match="no lesion-level calibration"):
         LesionThresholdd("z", old)
+
+
+def test_cluster_statistics_defaults_one_cluster_and_none():
+    s = np.zeros((4, 4, 4))
+    s[1, 1, 1:3] = (3.0, 4.0)
+    labels, n = lesion_candidates(s, 2.0)
+    assert n == 1
+    st = cluster_statistics(s, labels, n, 2.0)  # voxel_ml defaults to 1: extent and mass in voxels
+    assert st["voxels"].tolist() == [2.0] and st["extent"].tolist() == [2.0]
+    assert st["mass"].tolist() == [3.0] and st["peak"].tolist() == [4.0]
+    # a label with no voxel left (n above the labels present) still has its entry: 0 voxels, no mass
+    st3 = cluster_statistics(s, labels, 3, 2.0, 0.5)
+    assert st3["voxels"].tolist() == [2.0, 0.0, 0.0] and st3["mass"].tolist() == [1.5, 0.0, 0.0]
+    empty = cluster_statistics(s, np.zeros_like(labels), 0, 2.0)
+    assert set(empty) == {"voxels", "extent", "mass", "peak"}
+    assert all(v.shape == (0,) and v.dtype == np.float64 for v in empty.values())
+
+
+def test_bh_reject_keeps_q_equal_to_alpha_and_checks_alpha():
+    assert bh_reject([0.05], 0.05).tolist() == [True]  # q = 0.05 <= alpha
+    assert bh_reject([0.01, 0.04, 0.5], 0.06).tolist() == [True, True, False]  # q = 0.03, 0.06, 0.5
+    for alpha in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\)"):
+            bh_reject([0.01], alpha)
+
+
+def test_tail_is_fitted_from_twenty_statistics_to_their_ten_largest():
+    """The fewest statistics a tail is fitted to: 2 x 10, the largest 10 above the 11th largest."""
+    healthy = np.random.default_rng(5).exponential(1.0, 20)
+    tail = fit_lesion_tail(healthy)
+    h = np.sort(healthy)
+    assert tail is not None and tail.n == 20 and tail.exceedances == 10
+    assert tail.threshold == h[9] and tail.maximum == h[-1]
+    assert fit_lesion_tail(healthy[:19]) is None
+
+
+def test_tail_survival_is_the_pareto_tail_above_its_threshold():
+    """``P(S >= s) = k / n * genpareto.sf(s - threshold)``: an exponential tail (shape 0) above 2.0, 5 of 50."""
+    from monai_qrvae.anomaly.lesions import LesionTail
+
+    tail = LesionTail(threshold=2.0, exceedances=5, n=50, shape=0.0, scale=1.5, maximum=4.0)
+    np.testing.assert_allclose(tail.sf([2.0, 3.5, 5.0]), 0.1 * np.exp(-np.array([0.0, 1.5, 3.0]) / 1.5), rtol=1e-12)
+    assert tail.sf(200.0) == TAIL_P_FLOOR

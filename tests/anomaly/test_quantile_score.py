@@ -124,3 +124,20 @@ def test_anomaly_map_net_quantile_score_matches_the_function_and_scripts():
         return
     scripted = torch.jit.script(wrapper)
     torch.testing.assert_close(scripted(x), out)
+
+
+def test_channel_is_selected_from_x_with_one_row():
+    """``channel`` picks that channel of a multi-channel ``x`` also when a spatial axis has size 1."""
+    gen = torch.Generator().manual_seed(2)
+    pred = torch.sort(torch.randn(1, 5, 3, 1, 4, generator=gen), dim=1).values.reshape(1, 15, 1, 4)
+    x = torch.randn(1, 3, 1, 4, generator=gen)
+    full = quantile_function_score(x, pred, TAILS)
+    assert torch.equal(quantile_function_score(x, pred, TAILS, channel=1), full[:, 1:2])
+
+
+def test_a_bad_channel_names_the_input_it_is_out_of_range_for():
+    pred = torch.zeros(1, 5 * 4, 2, 2)  # five quantiles of four channels
+    with pytest.raises(ValueError, match="channel 4 is out of range for pred with 4 channels"):
+        quantile_function_score(torch.zeros(1, 4, 2, 2), pred, TAILS, channel=4)
+    with pytest.raises(ValueError, match="channel 3 is out of range for x with 2 channels"):
+        quantile_function_score(torch.zeros(1, 2, 2, 2), pred, TAILS, channel=3)
