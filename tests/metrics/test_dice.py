@@ -249,3 +249,23 @@ def test_quantile_coverage_exact_small_case():
     torch.testing.assert_close(coverage, torch.tensor([[0.25], [0.75]], dtype=torch.float64))
     with pytest.raises(ValueError, match="y must be"):
         compute_quantile_coverage(pred, torch.zeros(1, 2, 1, 4), (0.15, 0.5))
+
+
+def test_quantile_coverage_pools_items_of_different_sizes_and_counts_strictly_below():
+    # Q = 2 levels (q0.15 = 0, q0.5 = 1), C = 1, two items: the first with 4 voxels, the second with 2 in its mask
+    pred = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1).expand(2, 2, 1, 4).clone()
+    target = torch.tensor([[[[-1.0, 0.0, 0.5, 1.0]]], [[[-1.0, 2.0, -5.0, -5.0]]]])  # a tie is not below
+    mask = torch.tensor([[[[1, 1, 1, 1]]], [[[1, 1, 0, 0]]]])
+    # below q0.15: 1 + 1 of 4 + 2 voxels; below q0.5: 3 + 1
+    expected = torch.tensor([[2 / 6], [4 / 6]], dtype=torch.float64)
+    torch.testing.assert_close(compute_quantile_coverage(pred, target, (0.15, 0.5), mask), expected)
+    per_volume = torch.tensor([[[0.25], [0.75]], [[0.5], [0.5]]], dtype=torch.float64)
+    torch.testing.assert_close(compute_quantile_coverage(pred, target, (0.15, 0.5), mask, per_volume=True), per_volume)
+    metric = QuantileCoverageMetric()
+    assert metric.get_buffer() is None
+    with pytest.raises(ValueError, match="no data"):
+        metric.aggregate()
+    metric(pred[:1], target[:1])  # no mask: every voxel of the first item
+    metric(pred[1:], target[1:], mask=mask[1:])
+    torch.testing.assert_close(metric.aggregate(), expected)
+    torch.testing.assert_close(metric.get_buffer(), per_volume)
