@@ -269,3 +269,24 @@ def test_quantile_coverage_pools_items_of_different_sizes_and_counts_strictly_be
     metric(pred[1:], target[1:], mask=mask[1:])
     torch.testing.assert_close(metric.aggregate(), expected)
     torch.testing.assert_close(metric.get_buffer(), per_volume)
+
+
+def test_dice_metric_per_item_conventions_on_flat_batches():
+    # (B, N) batches are batch-first too: one item per row. Item 0: nothing predicted, no lesion (empty_score);
+    # item 1: one false positive (Dice 0, not empty); item 2: 2 |{0}| / (2 + 1)
+    pred = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 1, 0]])
+    labels = torch.tensor([[0, 0, 0], [0, 0, 0], [1, 0, 0]])
+    metric = DiceScoreMetric()
+    metric(pred, labels)
+    per_item = metric.get_buffer()[:, 0]
+    assert math.isnan(per_item[0]) and per_item[1] == 0.0 and per_item[2] == pytest.approx(2 / 3)
+    assert metric.aggregate() == pytest.approx(2 * 1 / (3 + 1))
+    counted_perfect = DiceScoreMetric(empty_score=1.0)
+    counted_perfect(pred, labels)
+    assert counted_perfect.get_buffer()[:, 0].tolist() == pytest.approx([1.0, 0.0, 2 / 3])
+    best = BestDiceMetric()
+    best(torch.tensor([[0.9, 0.1, 0.2], [0.8, 0.3, 0.1]]), torch.tensor([[1, 0, 0], [1, 0, 0]]))
+    assert best.aggregate(return_threshold=True) == (1.0, pytest.approx(0.8))
+    for metric in (DiceScoreMetric(), BestDiceMetric()):
+        with pytest.raises(ValueError, match="batch-first"):
+            metric(torch.ones(3), torch.ones(3))
