@@ -290,3 +290,35 @@ def test_dice_metric_per_item_conventions_on_flat_batches():
     for metric in (DiceScoreMetric(), BestDiceMetric()):
         with pytest.raises(ValueError, match="batch-first"):
             metric(torch.ones(3), torch.ones(3))
+
+
+def test_best_dice_metric_empty_score_reaches_the_pooled_and_per_item_values():
+    metric = BestDiceMetric(empty_score=0.0)
+    metric(torch.tensor([[0.9, 0.1, 0.2]]), torch.tensor([[1, 0, 0]]))  # the lesion, found at 0.9
+    metric(torch.tensor([[0.5, 0.3, 0.4]]), torch.tensor([[0, 0, 0]]))  # no lesion, nothing above 0.9
+    # pooled: the best cut is 0.9 (Dice 1); per item at 0.9: 1.0, and empty_score for the empty item
+    assert metric.aggregate(return_threshold=True) == (1.0, pytest.approx(0.9))
+    buffer = metric.get_buffer()
+    assert buffer.dtype == torch.float64 and buffer[:, 0].tolist() == [1.0, 0.0]
+    healthy = BestDiceMetric(empty_score=0.0)
+    healthy(torch.tensor([[0.5, 0.3, 0.4]]), torch.tensor([[0, 0, 0]]))
+    assert healthy.aggregate() == 0.0 and healthy.get_buffer()[:, 0].tolist() == [0.0]
+
+
+def test_list_items_without_labels_or_masks_and_with_channel_less_masks():
+    preds = [torch.tensor([[[0.9, 0.1, 0.2], [0.3, 0.8, 0.0]]])]  # one (1, 2, 3) item
+    labels = [torch.tensor([[[1, 0, 0], [0, 1, 0]]])]
+    for metric in (BestDiceMetric(), DiceScoreMetric()):
+        with pytest.raises(ValueError, match="lesion labels"):
+            metric(preds)
+    metric = BestDiceMetric()
+    metric(preds, labels)  # no mask: every voxel
+    assert metric.aggregate(return_threshold=True) == (1.0, pytest.approx(0.8))
+    masked = BestDiceMetric()
+    masked(preds, labels, mask=[torch.tensor([[1, 1, 1], [1, 0, 1]])])  # (H, W) mask of a (1, H, W) item
+    assert masked.aggregate(return_threshold=True) == (1.0, pytest.approx(0.9))
+    nan = torch.tensor([[[float("nan"), 0.1, 0.2], [0.3, 0.8, 0.0]]])
+    with pytest.raises(ValueError, match="NaN"):
+        BestDiceMetric()(nan[None], labels[0][None])
+    with pytest.raises(ValueError, match="labels"):
+        DiceScoreMetric()(preds[0][None] > 0.5, torch.ones(1, 1, 3, 2))
