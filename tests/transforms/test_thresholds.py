@@ -3,6 +3,8 @@ they report, and ``label_free_transforms`` building every threshold with each ar
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from monai.data import MetaTensor
@@ -265,3 +267,50 @@ def test_label_free_lesion(cal, threshold, mode, alpha, kept):
     assert d["out"].sum() == sum({1: 2, 2: 3}[label] for label in kept)  # A has 2 voxels, C 3
     with pytest.raises(ValueError, match="score_median"):
         label_free_transforms(threshold, cal, score={"score_median": 1})
+
+
+def test_outputs_carry_the_score_maps_metadata(cal):
+    affine = torch.diag(torch.tensor([2.0, 1.5, 3.0, 1.0]))
+    d = LesionThresholdd("z", cal, alpha=0.5, statistic="peak", p_key="p")(_lesion_item(affine=affine))
+    for key in ("lesion", "lesion_labels", "p"):
+        assert isinstance(d[key], MetaTensor) and torch.equal(d[key].affine, affine.double()), key
+    c = ClusterThresholdd("z", cal, alpha=0.1)(_lesion_item(affine=affine))["lesion"]
+    assert isinstance(c, MetaTensor) and torch.equal(c.affine, affine.double())
+
+
+def test_cluster_connectivity_comes_from_the_calibration(cal):
+    corner = _calibration()
+    corner.score["cluster_connectivity"] = 2  # clusters were counted with edge neighbours
+    s = torch.zeros(1, 6, 6, 1)
+    s[0, 3, 3, 0] = s[0, 4, 4, 0] = 1.0  # corner neighbours: one cluster of 2 with connectivity 2
+    t = ClusterThresholdd("z", corner, alpha=0.1, mask_key=None)
+    assert t.connectivity == 2 and t({"z": s})["lesion"].sum() == 2
+    assert ClusterThresholdd("z", cal, alpha=0.1, mask_key=None)({"z": s})["lesion"].sum() == 0
+
+
+def test_lesion_fdr_reports_the_fitted_tail_and_p_from_tail_strictly_beyond_the_healthy_max():
+    tailed = _calibration()
+    # 40 healthy peaks (float32 values, as the score maps'): enough for a fitted tail
+    peaks = (2.0 + torch.arange(1, 41, dtype=torch.float32) ** 1.5 / 100).double()
+    tailed.lesion_stats["peak"] = peaks
+    tail = tailed.lesion_tail("peak")
+    assert tail is not None
+    s = torch.zeros(1, 6, 6, 6)
+    s[0, 1, 1, 1] = float(peaks.max())  # equal to the largest healthy peak: not from the tail
+    s[0, 4, 4, 4] = 40.0  # far beyond it
+    d = LesionThresholdd("z", tailed, alpha=0.9, statistic="peak", mask_key=None)({"z": s})["lesion_stats"]
+    assert d["calibration"]["tail"] == dataclasses.asdict(tail)
+    at_max, beyond = d["lesions"]
+    assert at_max["value"] == float(peaks.max()) and at_max["p_from_tail"] is False
+    assert beyond["p_from_tail"] is True and beyond["p"] < 1 / 41  # the tail's p beyond the healthy range
+    volume = LesionThresholdd("z", tailed, alpha=0.1, mode="volume", statistic="peak", mask_key=None)({"z": s})
+    assert volume["lesion_stats"]["calibration"]["tail"] is None  # the volume mode uses no tail
+
+
+def test_lesion_threshold_without_healthy_clusters():
+    empty = _calibration()
+    empty.lesion_stats = {k: torch.zeros(0, dtype=torch.float64) for k in ("extent", "mass", "peak")}
+    d = LesionThresholdd("z", empty, alpha=0.5, statistic="peak")(_lesion_item())["lesion_stats"]
+    # every candidate's p is (1 + 0) / (0 + 1) = 1: nothing kept, and no healthy maximum to compare with
+    assert d["candidates"] == 3 and d["lesions"] == []
+    assert d["calibration"]["healthy_clusters"] == 0 and d["calibration"]["healthy_max"] == float("inf")
