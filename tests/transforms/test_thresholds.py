@@ -314,3 +314,22 @@ def test_lesion_threshold_without_healthy_clusters():
     # every candidate's p is (1 + 0) / (0 + 1) = 1: nothing kept, and no healthy maximum to compare with
     assert d["candidates"] == 3 and d["lesions"] == []
     assert d["calibration"]["healthy_clusters"] == 0 and d["calibration"]["healthy_max"] == float("inf")
+
+
+def test_site_check_looks_at_the_brain_only_and_needs_ten_voxels(cal):
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(1, 6, 6, 2, generator=g)
+    mask = torch.zeros(1, 6, 6, 2)
+    mask[0, :4, :4] = 1  # 32 brain voxels
+    t = ConformalPValued("z", cal)
+    site = t({"z": s, "brain_mask": mask})["site"]
+    assert {"centre", "width"} <= set(site) and site["width"] > 0
+    outside = s.clone()
+    outside[mask == 0] = 50.0  # what lies outside the brain does not move the comparison
+    assert t({"z": outside, "brain_mask": mask})["site"] == site
+    assert t({"z": outside, "brain_mask": torch.ones_like(mask)})["site"] != site
+    tiny = torch.zeros_like(mask)
+    tiny[0, 0, :3, 0] = 1  # 3 brain voxels: too few for an empirical null
+    assert "site" not in t({"z": s, "brain_mask": tiny})
+    with pytest.raises(ValueError, match="does not match the score map"):
+        t({"z": s, "brain_mask": torch.ones(1, 6, 6, 3)})
