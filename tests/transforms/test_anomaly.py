@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from monai.data import MetaTensor
 from scipy.stats import false_discovery_control, norm
 
 from monai_qrvae.transforms import AnomalyMapsd, FDRMaskd, LesionFilterd
@@ -180,3 +181,23 @@ def test_lesion_filter_median_keeps_voxels_above_one_half():
     assert LesionFilterd(median_size=3)({"lesion": half})["lesion"].sum() == 0
     half[0, 1:5, 1:5, 0] = 0.6
     assert LesionFilterd(median_size=3)({"lesion": half})["lesion"][0, 2:4, 2:4, 0].sum() == 4
+
+
+def test_alternatives_and_metadata_of_every_output():
+    z = torch.tensor([-2.0, 0.0, 1.5, 3.0]).view(2, 2, 1)
+    affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0]))
+    pred = MetaTensor(_pred(z), affine=affine)
+    mask = torch.ones(1, 2, 2, 1)
+    mask[0, 1, 1, 0] = 0  # the 3.0 is outside the brain
+    d = AnomalyMapsd(alternative="less", contrast_key="cz", keep_mu_sigma=True)({"pred": pred, "brain_mask": mask})
+    expected = torch.as_tensor(norm.cdf(z.numpy()), dtype=torch.float32)
+    expected[1, 1, 0] = 1.0
+    torch.testing.assert_close(d["p"][0].as_tensor(), expected)
+    for key in ("roi", "z", "p", "cz", "mu", "sigma"):
+        assert isinstance(d[key], MetaTensor) and torch.equal(d[key].affine, affine.double()), key
+    two_sided = AnomalyMapsd(alternative="two-sided", mask_key=None)({"pred": _pred(z)})["p"][0]
+    torch.testing.assert_close(two_sided, torch.as_tensor(2 * norm.sf(abs(z.numpy())), dtype=torch.float32))
+    lesion = FDRMaskd(alpha=0.5)(d)["lesion"]
+    assert isinstance(lesion, MetaTensor) and torch.equal(lesion.affine, affine.double())
+    filtered = LesionFilterd(min_size=1)({"lesion": lesion})["lesion"]
+    assert isinstance(filtered, MetaTensor) and torch.equal(filtered.affine, affine.double())
