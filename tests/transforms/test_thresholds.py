@@ -276,6 +276,17 @@ def test_outputs_carry_the_score_maps_metadata(cal):
         assert isinstance(d[key], MetaTensor) and torch.equal(d[key].affine, affine.double()), key
     c = ClusterThresholdd("z", cal, alpha=0.1)(_lesion_item(affine=affine))["lesion"]
     assert isinstance(c, MetaTensor) and torch.equal(c.affine, affine.double())
+    v = VolumeThresholdd("z", cal, alpha=0.1, p_key="p_fwer")(_lesion_item(affine=affine))
+    for key in ("lesion", "p_fwer"):
+        assert isinstance(v[key], MetaTensor) and torch.equal(v[key].affine, affine.double()), key
+
+
+def test_an_item_without_its_brain_mask_is_scored_everywhere(cal):
+    item = _lesion_item()
+    item.pop("brain_mask")  # the 9.0 at (5, 5, 5) now counts
+    d = VolumeThresholdd("z", cal, alpha=0.5, p_key="p_fwer")(item)  # threshold: the 11th smallest maximum, 11
+    assert d["lesion"].sum() == 0 and float(d["p_fwer"][0, 5, 5, 5]) == pytest.approx(13 / 21)
+    assert LesionThresholdd("z", cal, alpha=0.5, statistic="peak")(item)["lesion_stats"]["candidates"] == 4
 
 
 def test_cluster_connectivity_comes_from_the_calibration(cal):
