@@ -111,3 +111,36 @@ def test_lesion_evidence_from_the_label_covering_most_of_each_lesion():
     big, small = lesion_report(mask, affine, lesion_labels=labels, lesion_stats=volume_stats)["lesions"]
     assert big["above_volume_threshold"] is True and "q" not in big and "p_from_tail" not in big
     assert "p" not in small  # candidate 1 was not kept: no evidence
+
+
+def test_drivers_by_strength_and_evidence_only_with_labels(tmp_path):
+    mask, affine, z, cz = _case()
+    cz[1, 6:9, 6:9, 6] = 4.0  # T2 now drives the big lesion more than FLAIR (3.0): listed first
+    big, _ = lesion_report(mask, affine, z, cz)["lesions"]
+    assert big["drivers"] == ["T2", "FLAIR"]
+    stats = {
+        "threshold": "lesion",
+        "alpha": 0.1,
+        "statistic": "mass",
+        "lesions": [{"label": 1, "value": 1.0, "p": 0.1}],
+    }
+    rep = lesion_report(mask, affine, lesion_stats=stats)  # evidence needs the candidates' labels too
+    assert rep["inference"] == {"threshold": "lesion", "alpha": 0.1, "statistic": "mass"}
+    assert all("p" not in e and "statistic" not in e for e in rep["lesions"])
+    for name, kwargs in (
+        ("zmap", {"zmap": np.zeros((2, 2, 2))}),
+        ("contrast_z", {"contrast_z": np.zeros((3, 2, 2, 2))}),
+        ("lesion_labels", {"lesion_labels": np.zeros((2, 2, 2))}),
+    ):
+        with pytest.raises(ValueError, match=rf"{name} of shape \(.*2, 2, 2\) does not match"):
+            lesion_report(mask, affine, **kwargs)
+
+
+def test_csv_cells_left_empty_and_the_header_of_an_empty_report(tmp_path):
+    mask, affine, _, _ = _case()
+    _, csv_path = write_lesion_report(lesion_report(mask, affine), tmp_path, "plain")  # no z-map, no evidence
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(r[k] == "" for r in rows for k in ("max_z", "drivers", "statistic", "p", "q"))
+    _, empty = write_lesion_report(lesion_report(np.zeros_like(mask), affine), tmp_path, "empty")
+    assert empty.read_text().splitlines() == ["id,voxels,volume_ml,x_mm,y_mm,z_mm,max_z,drivers,statistic,p,q"]

@@ -161,6 +161,12 @@ def test_defaults_read_calibration_pt_and_need_the_score_key(tmp_path, monkeypat
     assert volume.alpha == 0.05 and volume.threshold == 20.0 and volume.p_key is None
     cluster = ClusterThresholdd()
     assert cluster.alpha == 0.05 and cluster.min_size == 4 and cluster.connectivity == 1
+    four = torch.zeros(1, 6, 6, 1)
+    four[0, 0, :4, 0] = 1.0  # a cluster of 4 voxels (the smallest kept at 5 %), outside the brain mask
+    brain = torch.ones(1, 6, 6, 1)
+    brain[0, 0, :4, 0] = 0
+    assert cluster({"z": four, "brain_mask": brain})["lesion"].sum() == 0
+    assert cluster({"z": four, "brain_mask": torch.ones(1, 6, 6, 1)})["lesion"].sum() == 4
     lesion = LesionThresholdd()
     assert lesion.keys == ("z",) and lesion.alpha == 0.05 and lesion.mode == "fdr" and lesion.statistic == "mass"
     assert lesion.volume_threshold is None and lesion.calibration.lesion_threshold == 2.0
