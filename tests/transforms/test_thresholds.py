@@ -91,6 +91,7 @@ def test_lesion_fdr_evidence_of_each_kept_candidate(cal):
     for (x, y, z), label in (((1, 1, 1), 1), ((2, 4, 4), 2), ((4, 4, 1), 3)):
         assert float(d["p"][0, x, y, z]) == pytest.approx(P_FDR[label])
     assert float(d["p"][0, 0, 0, 0]) == 1.0 and float(d["p"][0, 5, 5, 5]) == 1.0
+    assert d["p"].dtype == d["lesion"].dtype == torch.float32  # maps in float32, like the other score maps
     assert stats == {
         "threshold": "lesion",
         "alpha": 0.5,
