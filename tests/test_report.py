@@ -74,3 +74,73 @@ def test_lesion_report_on_an_oblique_grid():
         [c * 9 - s * 1.5 + 30.0, s * 9 + c * 1.5 - 40.0, 15.0 + 12.0], abs=0.006
     )
     assert rep["total_volume_ml"] == pytest.approx(13 * voxel_ml, abs=6e-5)  # rounded to 0.1 uL
+
+
+def test_lesion_evidence_from_the_label_covering_most_of_each_lesion():
+    mask, affine, _, _ = _case()
+    labels = np.zeros((10, 10, 10), np.float32)
+    labels[7, 7, 6] = 2.0  # one of the 9 voxels of the big lesion carries candidate 2, the others none
+    labels[1:3, 1:3, 1] = 1.0  # half of the small lesion carries candidate 1, a quarter candidate 3
+    labels[1, 1:3, 2] = 3.0
+    stats = {
+        "threshold": "lesion",
+        "alpha": 0.1,
+        "statistic": "mass",
+        "lesions": [
+            {"label": 1, "value": 0.0123456, "p": 0.05, "q": 0.1, "p_from_tail": True},
+            {"label": 2, "value": 0.5, "p": 0.2, "q": 0.3, "p_from_tail": False},
+            {"label": 3, "value": 0.7, "p": 0.01, "q": 0.01, "p_from_tail": False},
+        ],
+    }
+    big, small = lesion_report(mask, affine, lesion_labels=labels, lesion_stats=stats)["lesions"]
+    assert {k: big[k] for k in ("statistic", "value", "p", "q", "p_from_tail")} == {
+        "statistic": "mass",
+        "value": 0.5,
+        "p": 0.2,
+        "q": 0.3,
+        "p_from_tail": False,
+    }
+    assert small["value"] == 0.01235 and small["p"] == 0.05 and small["p_from_tail"] is True
+    assert "above_volume_threshold" not in small
+    volume_stats = {
+        "threshold": "lesion-volume",
+        "alpha": 0.05,
+        "statistic": "peak",
+        "lesions": [{"label": 2, "value": 6.0, "p": 1 / 21, "above_volume_threshold": True}],
+    }
+    big, small = lesion_report(mask, affine, lesion_labels=labels, lesion_stats=volume_stats)["lesions"]
+    assert big["above_volume_threshold"] is True and "q" not in big and "p_from_tail" not in big
+    assert "p" not in small  # candidate 1 was not kept: no evidence
+
+
+def test_drivers_by_strength_and_evidence_only_with_labels(tmp_path):
+    mask, affine, z, cz = _case()
+    cz[1, 6:9, 6:9, 6] = 4.0  # T2 now drives the big lesion more than FLAIR (3.0): listed first
+    big, _ = lesion_report(mask, affine, z, cz)["lesions"]
+    assert big["drivers"] == ["T2", "FLAIR"]
+    stats = {
+        "threshold": "lesion",
+        "alpha": 0.1,
+        "statistic": "mass",
+        "lesions": [{"label": 1, "value": 1.0, "p": 0.1}],
+    }
+    rep = lesion_report(mask, affine, lesion_stats=stats)  # evidence needs the candidates' labels too
+    assert rep["inference"] == {"threshold": "lesion", "alpha": 0.1, "statistic": "mass"}
+    assert all("p" not in e and "statistic" not in e for e in rep["lesions"])
+    for name, kwargs in (
+        ("zmap", {"zmap": np.zeros((2, 2, 2))}),
+        ("contrast_z", {"contrast_z": np.zeros((3, 2, 2, 2))}),
+        ("lesion_labels", {"lesion_labels": np.zeros((2, 2, 2))}),
+    ):
+        with pytest.raises(ValueError, match=rf"{name} of shape \(.*2, 2, 2\) does not match"):
+            lesion_report(mask, affine, **kwargs)
+
+
+def test_csv_cells_left_empty_and_the_header_of_an_empty_report(tmp_path):
+    mask, affine, _, _ = _case()
+    _, csv_path = write_lesion_report(lesion_report(mask, affine), tmp_path, "plain")  # no z-map, no evidence
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(r[k] == "" for r in rows for k in ("max_z", "drivers", "statistic", "p", "q"))
+    _, empty = write_lesion_report(lesion_report(np.zeros_like(mask), affine), tmp_path, "empty")
+    assert empty.read_text().splitlines() == ["id,voxels,volume_ml,x_mm,y_mm,z_mm,max_z,drivers,statistic,p,q"]

@@ -834,3 +834,27 @@ def test_check_score_lists_every_difference():
         ValueError, match=r"\(method: calibrated 'qrvae', used 'mse', score_median: calibrated 1, used 3\)"
     ):
         cal.check_score(method="mse", score_median=3)
+
+
+def test_stratified_p_values_skip_unused_strata_and_refuse_an_empty_one_in_use():
+    sorted_scores = torch.tensor([0.0, 1.0, 10.0, 11.0, 12.0, 20.0])
+    offsets = torch.tensor([0, 2, 5, 6])  # strata 0: {0, 1}, 1: {10, 11, 12}, 2: {20}
+    s = torch.tensor([11.0, 11.0, 21.0, 0.0])
+    strata = torch.tensor([1, 1, 2, 2])  # stratum 0 unused: the later ones must still be computed
+    p = stratified_p_values(s, strata, sorted_scores, offsets)
+    torch.testing.assert_close(p, torch.tensor([3 / 4, 3 / 4, 1 / 2, 1.0]))
+    with pytest.raises(ValueError, match="calibration stratum 1 has no score"):
+        stratified_p_values(s, strata, sorted_scores[:2], torch.tensor([0, 2, 2, 2]))
+
+
+def test_thinning_keeps_at_least_one_score_of_a_small_stratum():
+    # 100 brain voxels in slice 0, 3 in slice 1, at most 10 kept: 9 for the big stratum, 1 (the median) for the small
+    vol = torch.zeros(10, 10, 2)
+    vol[..., 0] = torch.arange(100.0).view(10, 10)
+    vol[0, :3, 1] = torch.tensor([5.0, 6.0, 7.0])
+    mask = torch.zeros(10, 10, 2)
+    mask[..., 0] = 1
+    mask[0, :3, 1] = 1
+    cal = Calibration.from_scores([vol], [mask], stratify="slice", num_strata=2, max_voxels=10)
+    assert cal.offsets.tolist() == [0, 9, 10] and cal.n_voxels == 103
+    assert cal.voxel_scores[-1] == 6.0

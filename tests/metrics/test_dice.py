@@ -249,3 +249,76 @@ def test_quantile_coverage_exact_small_case():
     torch.testing.assert_close(coverage, torch.tensor([[0.25], [0.75]], dtype=torch.float64))
     with pytest.raises(ValueError, match="y must be"):
         compute_quantile_coverage(pred, torch.zeros(1, 2, 1, 4), (0.15, 0.5))
+
+
+def test_quantile_coverage_pools_items_of_different_sizes_and_counts_strictly_below():
+    # Q = 2 levels (q0.15 = 0, q0.5 = 1), C = 1, two items: the first with 4 voxels, the second with 2 in its mask
+    pred = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1).expand(2, 2, 1, 4).clone()
+    target = torch.tensor([[[[-1.0, 0.0, 0.5, 1.0]]], [[[-1.0, 2.0, -5.0, -5.0]]]])  # a tie is not below
+    mask = torch.tensor([[[[1, 1, 1, 1]]], [[[1, 1, 0, 0]]]])
+    # below q0.15: 1 + 1 of 4 + 2 voxels; below q0.5: 3 + 1
+    expected = torch.tensor([[2 / 6], [4 / 6]], dtype=torch.float64)
+    torch.testing.assert_close(compute_quantile_coverage(pred, target, (0.15, 0.5), mask), expected)
+    per_volume = torch.tensor([[[0.25], [0.75]], [[0.5], [0.5]]], dtype=torch.float64)
+    torch.testing.assert_close(compute_quantile_coverage(pred, target, (0.15, 0.5), mask, per_volume=True), per_volume)
+    metric = QuantileCoverageMetric()
+    assert metric.get_buffer() is None
+    with pytest.raises(ValueError, match="no data"):
+        metric.aggregate()
+    metric(pred[:1], target[:1])  # no mask: every voxel of the first item
+    metric(pred[1:], target[1:], mask=mask[1:])
+    torch.testing.assert_close(metric.aggregate(), expected)
+    torch.testing.assert_close(metric.get_buffer(), per_volume)
+
+
+def test_dice_metric_per_item_conventions_on_flat_batches():
+    # (B, N) batches are batch-first too: one item per row. Item 0: nothing predicted, no lesion (empty_score);
+    # item 1: one false positive (Dice 0, not empty); item 2: 2 |{0}| / (2 + 1)
+    pred = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 1, 0]])
+    labels = torch.tensor([[0, 0, 0], [0, 0, 0], [1, 0, 0]])
+    metric = DiceScoreMetric()
+    metric(pred, labels)
+    per_item = metric.get_buffer()[:, 0]
+    assert math.isnan(per_item[0]) and per_item[1] == 0.0 and per_item[2] == pytest.approx(2 / 3)
+    assert metric.aggregate() == pytest.approx(2 * 1 / (3 + 1))
+    counted_perfect = DiceScoreMetric(empty_score=1.0)
+    counted_perfect(pred, labels)
+    assert counted_perfect.get_buffer()[:, 0].tolist() == pytest.approx([1.0, 0.0, 2 / 3])
+    best = BestDiceMetric()
+    best(torch.tensor([[0.9, 0.1, 0.2], [0.8, 0.3, 0.1]]), torch.tensor([[1, 0, 0], [1, 0, 0]]))
+    assert best.aggregate(return_threshold=True) == (1.0, pytest.approx(0.8))
+    for metric in (DiceScoreMetric(), BestDiceMetric()):
+        with pytest.raises(ValueError, match="batch-first"):
+            metric(torch.ones(3), torch.ones(3))
+
+
+def test_best_dice_metric_empty_score_reaches_the_pooled_and_per_item_values():
+    metric = BestDiceMetric(empty_score=0.0)
+    metric(torch.tensor([[0.9, 0.1, 0.2]]), torch.tensor([[1, 0, 0]]))  # the lesion, found at 0.9
+    metric(torch.tensor([[0.5, 0.3, 0.4]]), torch.tensor([[0, 0, 0]]))  # no lesion, nothing above 0.9
+    # pooled: the best cut is 0.9 (Dice 1); per item at 0.9: 1.0, and empty_score for the empty item
+    assert metric.aggregate(return_threshold=True) == (1.0, pytest.approx(0.9))
+    buffer = metric.get_buffer()
+    assert buffer.dtype == torch.float64 and buffer[:, 0].tolist() == [1.0, 0.0]
+    healthy = BestDiceMetric(empty_score=0.0)
+    healthy(torch.tensor([[0.5, 0.3, 0.4]]), torch.tensor([[0, 0, 0]]))
+    assert healthy.aggregate() == 0.0 and healthy.get_buffer()[:, 0].tolist() == [0.0]
+
+
+def test_list_items_without_labels_or_masks_and_with_channel_less_masks():
+    preds = [torch.tensor([[[0.9, 0.1, 0.2], [0.3, 0.8, 0.0]]])]  # one (1, 2, 3) item
+    labels = [torch.tensor([[[1, 0, 0], [0, 1, 0]]])]
+    for metric in (BestDiceMetric(), DiceScoreMetric()):
+        with pytest.raises(ValueError, match="lesion labels"):
+            metric(preds)
+    metric = BestDiceMetric()
+    metric(preds, labels)  # no mask: every voxel
+    assert metric.aggregate(return_threshold=True) == (1.0, pytest.approx(0.8))
+    masked = BestDiceMetric()
+    masked(preds, labels, mask=[torch.tensor([[1, 1, 1], [1, 0, 1]])])  # (H, W) mask of a (1, H, W) item
+    assert masked.aggregate(return_threshold=True) == (1.0, pytest.approx(0.9))
+    nan = torch.tensor([[[float("nan"), 0.1, 0.2], [0.3, 0.8, 0.0]]])
+    with pytest.raises(ValueError, match="NaN"):
+        BestDiceMetric()(nan[None], labels[0][None])
+    with pytest.raises(ValueError, match="labels"):
+        DiceScoreMetric()(preds[0][None] > 0.5, torch.ones(1, 1, 3, 2))
