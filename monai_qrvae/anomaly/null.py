@@ -16,7 +16,8 @@ Methods (:data:`NULL_METHODS`):
 - ``"robust"``: median and interquartile range / 1.349 (the normal's IQR).
 - ``"central"``: Efron's central matching (locfdr's default): a parabola fitted to the log histogram of the
   central half of the scores gives the mode ``-b / 2c`` and width ``sqrt(-1 / 2c)`` of the null's Gaussian core;
-  a lesion that fills a tail does not move it. Falls back to ``"robust"`` when the fit is not concave.
+  a lesion that fills a tail does not move it. Falls back to ``"robust"`` when the fit is not concave or its vertex
+  lies outside the central half (an almost flat centre, where the parabola's vertex is no mode of the scores).
 
 Reference:
     Efron, B. "Large-scale simultaneous hypothesis testing: the choice of a null hypothesis", JASA 99 (2004).
@@ -76,7 +77,10 @@ def _central(values: np.ndarray) -> tuple[float, float]:
     c2, c1, _ = np.polyfit(x, np.log(counts[keep]), 2, w=np.sqrt(counts[keep]))
     if c2 >= 0:  # flat or convex centre: no Gaussian core to match
         return centre, width
-    return float(centre + width * (-c1 / (2 * c2))), float(width * np.sqrt(-1.0 / (2 * c2)))
+    mode = centre + width * (-c1 / (2 * c2))
+    if not lo <= mode <= hi:  # a barely concave, almost flat centre: the vertex is no mode of these scores
+        return centre, width
+    return float(mode), float(width * np.sqrt(-1.0 / (2 * c2)))
 
 
 def empirical_null(scores: Any, mask: Any = None, method: str = "central") -> tuple[float, float]:
