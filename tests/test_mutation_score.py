@@ -3,6 +3,7 @@ argument whose literal value is the callee's own default (checked on the callee'
 gap unless reviewed by hand."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,27 @@ def test_categories_put_unreviewed_survivors_in_gap():
     assert mutation_score.category("x = f(a, device=d)  ->  x = f(a, device=None)") == "device"
     assert mutation_score.category("d[self.key] = None  ->  d[self.key] = 1") == "gap"
     assert mutation_score.category('key: str = "brain_mask"  ->  key: str = "XXbrain_maskXX"') == "gap"
+
+
+def test_is_equivalent_separates_equivalent_from_accepted_survivors():
+    reviewed = dict(mutation_score._EQUIVALENTS)
+    assert reviewed, "tools/mutation_equivalents.toml lists no reviewed survivor"
+    for name, why in reviewed.items():
+        assert mutation_score.is_equivalent("reviewed", name) is why.startswith("equivalent:")
+    assert mutation_score.is_equivalent("default", "x") and mutation_score.is_equivalent("metatensor", "x")
+    assert not mutation_score.is_equivalent("dtype", "x") and not mutation_score.is_equivalent("device", "x")
+    assert not mutation_score.is_equivalent("gap", "x")
+
+
+def test_the_testing_page_lists_exactly_the_reviewed_survivors():
+    """docs/testing.md's reviewed table (written by ``mutation_score.py --markdown``) and
+    tools/mutation_equivalents.toml name the same mutants, each with the reason the file gives."""
+    page = (TOOL.parents[1] / "docs" / "testing.md").read_text()
+    section = page.split("**reviewed**", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    listed = {}
+    for row in rows:
+        short, module = row.split("`")[1], row.split("(", 1)[1].split(")", 1)[0]
+        cells = re.split(r"(?<!\\)\|", row)  # a cell's own "|" is written "\|"
+        listed[f"{module}.{short}"] = cells[-2].strip().replace("\\|", "|")
+    assert listed == mutation_score._EQUIVALENTS
