@@ -17,7 +17,8 @@ Methods (:data:`NULL_METHODS`):
 - ``"central"``: Efron's central matching (locfdr's default): a parabola fitted to the log histogram of the
   central half of the scores gives the mode ``-b / 2c`` and width ``sqrt(-1 / 2c)`` of the null's Gaussian core;
   a lesion that fills a tail does not move it. Falls back to ``"robust"`` when the fit is not concave or its vertex
-  lies outside the central half (an almost flat centre, where the parabola's vertex is no mode of the scores).
+  lies outside the scores' range (an almost flat centre, where the parabola's vertex is no mode of the scores; a
+  skewed null may have its mode outside the central half, so that alone is no reason).
 
 Reference:
     Efron, B. "Large-scale simultaneous hypothesis testing: the choice of a null hypothesis", JASA 99 (2004).
@@ -78,7 +79,7 @@ def _central(values: np.ndarray) -> tuple[float, float]:
     if c2 >= 0:  # flat or convex centre: no Gaussian core to match
         return centre, width
     mode = centre + width * (-c1 / (2 * c2))
-    if not lo <= mode <= hi:  # a barely concave, almost flat centre: the vertex is no mode of these scores
+    if not values.min() <= mode <= values.max():  # a barely concave, almost flat centre: no mode of these scores
         return centre, width
     return float(mode), float(width * np.sqrt(-1.0 / (2 * c2)))
 

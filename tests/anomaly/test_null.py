@@ -100,7 +100,7 @@ def test_standardise_uses_the_volumes_own_null_inside_its_mask():
     assert (centre, width) == (10.0, 1.0) and torch.equal(z, scores - 10.0)
 
 
-def test_central_matching_falls_back_when_the_vertex_is_outside_the_central_half():
+def test_central_matching_falls_back_when_the_vertex_is_outside_the_scores():
     # integer-rounded uniform scores in [0, 10]: the central half's log histogram is almost flat and barely concave,
     # its parabola's vertex far outside the data (centre 49.3, width 62.5 before the guard): no mode to match there
     u = np.round(np.random.default_rng(0).uniform(0, 10, 20000))
@@ -108,6 +108,12 @@ def test_central_matching_falls_back_when_the_vertex_is_outside_the_central_half
     assert empirical_null(u, method="central") == robust
     lo, hi = np.quantile(u, (0.25, 0.75))
     assert lo <= robust[0] <= hi
+    # a skewed null (gamma, shape 2: mode 1) has its mode below the central half; its fitted vertex is kept
+    skewed = np.random.default_rng(2).gamma(2.0, 1.0, 200000)
+    centre, _ = empirical_null(skewed, method="central")
+    assert centre < np.quantile(skewed, 0.25) and abs(centre - 1.0) < abs(
+        empirical_null(skewed, method="robust")[0] - 1.0
+    )
     # a Gaussian core keeps its fitted mode (inside the central half), not the robust median
     g = np.random.default_rng(1).normal(3.0, 2.0, 20000)
     g = np.concatenate([g, np.full(2000, 9.0)])  # a lesion tail moves the median but not the mode
