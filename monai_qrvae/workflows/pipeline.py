@@ -26,6 +26,7 @@ from torch import nn
 
 from monai_qrvae.anomaly import FLAIR_CHANNEL
 from monai_qrvae.calibration import CALIBRATION_FILE, Calibration, load_calibration
+from monai_qrvae.data import check_item
 from monai_qrvae.defaults import THRESHOLD_CHOICES, MethodDefaults, method_defaults
 from monai_qrvae.engines import create_anomaly_evaluator
 from monai_qrvae.handlers import AnomalyMapHandler, invert_to_input
@@ -82,14 +83,35 @@ EXPECTED_INPUT = (
 
 class CheckedDataset(Dataset):
     """``monai.data.Dataset`` whose pre-transform errors are one :class:`InputError` line naming the item's file and
-    what was expected (see :func:`input_error`); the bundle's inference configs use it as their ``dataset``."""
+    what was expected (see :func:`input_error`); the bundle's inference configs use it as their ``dataset``.
 
-    def __init__(self, data: Sequence[Any], transform: Callable, expected: str = EXPECTED_INPUT) -> None:
+    Args:
+        data: the items (``{"image": path or [paths], "brain_mask"?: path, ...}`` or in-memory data).
+        transform: the pre-transforms.
+        expected: what an input must be, in words, for the error messages.
+        num_channels: when given, the files of each item are checked first (header only: a 3D volume with this many
+            channels, a brain mask and label on its grid, :func:`monai_qrvae.data.check_item`), so that a 2D slice or
+            a scan with other contrasts is refused even when the datalist was not checked up front.
+    """
+
+    def __init__(
+        self, data: Sequence[Any], transform: Callable, expected: str = EXPECTED_INPUT, num_channels: int | None = None
+    ) -> None:
         super().__init__(data, transform)
         self.expected = expected
+        self.num_channels = num_channels
+
+    def _check_files(self, item: Any) -> None:
+        image = item.get("image") if isinstance(item, Mapping) else None
+        paths = [image] if isinstance(image, (str, os.PathLike)) else image
+        if not isinstance(paths, Sequence) or not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
+            return  # in-memory data: nothing to read ahead
+        check_item(dict(item), num_channels=self.num_channels)
 
     def _transform(self, index: int) -> Any:
         try:
+            if self.num_channels is not None:
+                self._check_files(self.data[index])
             return super()._transform(index)
         except InputError:
             raise

@@ -267,15 +267,30 @@ def test_inference_dataset_errors_are_one_line_naming_the_file(tmp_path):
     corrupt.write_bytes(b"not a NIfTI file")
     nan = tmp_path / "scans" / "case1.nii.gz"
     nib.save(nib.Nifti1Image(np.full((20, 20, 20, 3), np.nan, np.float32), np.eye(4)), nan)
+    two_channels = tmp_path / "scans" / "case2.nii.gz"  # readable and finite, but not the model's three contrasts
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 20, 2), np.float32), np.eye(4)), two_channels)
+    flat = tmp_path / "scans" / "case3.nii.gz"  # one 2D slice
+    nib.save(nib.Nifti1Image(np.ones((20, 20), np.float32), np.eye(4)), flat)
+    paths = (corrupt, nan, two_channels, flat)
     # past the datalist's own up-front check (a datalist given on the command line, or a file changed since)
-    parser = _parser("inference.json", datalist=[{"image": str(corrupt)}, {"image": str(nan)}])
+    parser = _parser("inference.json", datalist=[{"image": str(p)} for p in paths])
     dataset = parser.get_parsed_content("dataset")
-    for index, path in enumerate((corrupt, nan)):
+    for index, path in enumerate(paths):
         with pytest.raises(InputError) as info:
             dataset[index]
         message = str(info.value)
         assert "\n" not in message and str(path) in message and "expected" in message, message
         assert "applying transform" not in message and " object at 0x" not in message, message
+    assert "has 2 channel(s)" in str(_raised(dataset, 2)) and "expected 3 (T1, T2, FLAIR)" in str(_raised(dataset, 2))
+    assert "3D" in str(_raised(dataset, 3)), str(_raised(dataset, 3))
+
+
+def _raised(dataset: Any, index: int) -> BaseException:
+    try:
+        dataset[index]
+    except Exception as err:  # noqa: BLE001 - the error is the result
+        return err
+    raise AssertionError(f"item {index} was accepted")
 
 
 @pytest.mark.parametrize("folder", ["empty", "missing", "other_files"])
