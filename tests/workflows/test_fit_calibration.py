@@ -138,7 +138,7 @@ def test_fit_calibration_options_reach_the_calibration(fitted):
     (model / CALIBRATION_FILE).unlink(missing_ok=True)
     config = ModelConfig.load(model / "model_config.json")
     _, net = build_networks(config)
-    net.load_state_dict(torch.load(model / "model.pt"))
+    net.load_state_dict(torch.load(model / "model.pt", weights_only=True))
     net.eval()
     cal = fit_calibration(
         model,
