@@ -101,11 +101,6 @@ def _change(orig: str, mutated: str) -> str:
     return " / ".join(line.strip() for line in a[i1:i2]) + "  ->  " + " / ".join(line.strip() for line in b[j1:j2])
 
 
-def changed_lines(wanted: set[str] | None = None, root: Path = Path("mutants")) -> dict[str, str]:
-    """``{mutant name: "old line -> new line"}`` from the mutated copies."""
-    return {name: _change(orig, mutated) for name, (_, orig, mutated) in _functions(root, wanted).items()}
-
-
 def _dropped_keyword(orig: str, mutated: str) -> tuple[ast.Call, ast.keyword] | None:
     """The call and the keyword argument a mutant removed, when that is its whole change (else None)."""
     try:
