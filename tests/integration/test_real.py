@@ -14,9 +14,13 @@ from benchmarks.null_choice import REAL, real_cases
 from monai_qrvae.tables import read_doc_block
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-#: the analysis-ready figures are pinned within this (docs/real.md: float32 inference of the shipped weights moves
-#: them by less than 0.001 across the emulated CPUs; lesion counts are compared exactly)
+#: the analysis-ready fractions and Dice are pinned within this, the volumes in mL within ML_RTOL of their value;
+#: lesion counts exactly. Measured: under ONEDNN_MAX_CPU_ISA=AVX2 no figure moves by 0.001; under
+#: ATEN_CPU_CAPABILITY=default (no SIMD kernels) fractions and Dice move by up to 0.004 and the flagged volumes by up to
+#: 1.35 % (FLAIR thresholding on DU-7294, 5.554 -> 5.479 mL; shipped QR-VAE on MET-00110, 73.098 -> 72.331 mL): a
+#: few boundary voxels of float32 maps cross the threshold
 TOLERANCE = 0.01
+ML_RTOL = 0.03
 
 pytestmark = pytest.mark.skipif(not real_cases(), reason=f"no real scans at {REAL} (../shared/real is not here)")
 
@@ -50,6 +54,8 @@ def test_real_cases_match_the_documented_figures(tmp_path):
         new = fresh[case][method][figure]
         if figure == "lesions reported":
             assert new == value, (case, figure, method, new)
+        elif "mL" in figure:
+            assert new == pytest.approx(value, rel=ML_RTOL, abs=TOLERANCE, nan_ok=True), (case, figure, method, new)
         else:
             assert new == pytest.approx(value, abs=TOLERANCE, nan_ok=True), (case, figure, method, new)
     # what the real-data paragraph of README and docs/real.md says
